@@ -1,0 +1,159 @@
+//! Reading the sequenced log: `rowcast.log` (positions) joined with `rowcast.events`
+//! (the captured rows).
+//!
+//! Rows come back with their JSON as text, unparsed ([`RawValue`]), so numbers beyond
+//! 2^53 and every other value reach clients exactly as PostgreSQL rendered them.
+
+use serde_json::value::RawValue;
+use tokio_postgres::{Client, Row, Statement};
+
+use crate::db::DbError;
+
+/// What happened to the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A row was inserted.
+    Insert,
+    /// A row was updated (and something visible changed).
+    Update,
+    /// A row was deleted.
+    Delete,
+    /// The table was truncated.
+    Truncate,
+}
+
+impl Op {
+    /// The SQL name, as sent on the wire (`INSERT`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Truncate => "TRUNCATE",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Op> {
+        match s {
+            "INSERT" => Some(Op::Insert),
+            "UPDATE" => Some(Op::Update),
+            "DELETE" => Some(Op::Delete),
+            "TRUNCATE" => Some(Op::Truncate),
+            _ => None,
+        }
+    }
+}
+
+/// One sequenced change, as stored by the capture trigger.
+#[derive(Debug)]
+pub struct Change {
+    /// Gap-free global position.
+    pub pos: i64,
+    /// The watched table (`schema.table` outside `public`).
+    pub table: String,
+    /// What happened.
+    pub op: Op,
+    /// Every topic the event is published on, computed by the trigger.
+    pub topics: Vec<String>,
+    /// Time of the change, RFC 3339 in UTC with milliseconds.
+    pub ts: String,
+    /// New row (INSERT, UPDATE) or old row (DELETE), minus excluded columns.
+    pub data: Option<Box<RawValue>>,
+    /// Previous values of the changed columns (UPDATE only).
+    pub old: Option<Box<RawValue>>,
+}
+
+/// A row of the log that could not be read (a corrupt or hand-edited log row).
+#[derive(Debug, thiserror::Error)]
+#[error("log row at position {pos} is malformed: {reason}")]
+pub struct MalformedRow {
+    /// Position of the row.
+    pub pos: i64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+macro_rules! select_changes {
+    ($where:literal) => {
+        concat!(
+            "select l.pos, e.table_name, e.op, l.topics, ",
+            "to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), ",
+            "e.data::text, e.old::text ",
+            "from rowcast.log l join rowcast.events e on e.id = l.event_id ",
+            $where
+        )
+    };
+}
+
+/// Changes with `$1 < pos <= $2`, in position order, at most `$3`.
+/// Prepare it once per connection and read with [`read_range`].
+pub const RANGE_SQL: &str =
+    select_changes!("where l.pos > $1 and l.pos <= $2 order by l.pos limit $3");
+
+/// Like [`RANGE_SQL`], but only changes published on one of the topics `$3` (a GIN
+/// lookup, so a sparse resume does not scan the log); at most `$4`. Read with
+/// [`read_range_for_topics`].
+pub const RANGE_FOR_TOPICS_SQL: &str = select_changes!(
+    "where l.pos > $1 and l.pos <= $2 and l.topics && $3::text[] order by l.pos limit $4"
+);
+
+/// A read of the log: every row, each either a change or why it could not be read.
+pub type Changes = Vec<Result<Change, MalformedRow>>;
+
+/// Reads up to `limit` changes with `after < pos <= upto`; `stmt` is [`RANGE_SQL`].
+pub async fn read_range(
+    client: &Client,
+    stmt: &Statement,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Changes, DbError> {
+    let rows = client.query(stmt, &[&after, &upto, &limit]).await?;
+    Ok(rows.iter().map(change_from_row).collect())
+}
+
+/// Reads up to `limit` changes with `after < pos <= upto` published on one of `topics`;
+/// `stmt` is [`RANGE_FOR_TOPICS_SQL`].
+pub async fn read_range_for_topics(
+    client: &Client,
+    stmt: &Statement,
+    after: i64,
+    upto: i64,
+    topics: &[String],
+    limit: i64,
+) -> Result<Changes, DbError> {
+    let rows = client
+        .query(stmt, &[&after, &upto, &topics, &limit])
+        .await?;
+    Ok(rows.iter().map(change_from_row).collect())
+}
+
+/// The last position handed out by the sequencer.
+pub async fn last_position(client: &Client) -> Result<i64, DbError> {
+    let row = client
+        .query_one("select last_pos from rowcast.sequencer", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
+fn change_from_row(row: &Row) -> Result<Change, MalformedRow> {
+    let pos: i64 = row.get(0);
+    let bad = |reason: String| MalformedRow { pos, reason };
+    let op: String = row.get(2);
+    let op = Op::parse(&op).ok_or_else(|| bad(format!("unknown op {op:?}")))?;
+    let raw = |idx: usize| -> Result<Option<Box<RawValue>>, MalformedRow> {
+        row.get::<_, Option<String>>(idx)
+            .map(RawValue::from_string)
+            .transpose()
+            .map_err(|err| bad(format!("column {idx} is not JSON: {err}")))
+    };
+    Ok(Change {
+        pos,
+        table: row.get(1),
+        op,
+        topics: row.get(3),
+        ts: row.get(4),
+        data: raw(5)?,
+        old: raw(6)?,
+    })
+}

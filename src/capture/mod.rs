@@ -1,0 +1,9 @@
+//! Capture: from the trigger's change log to ordered events.
+//!
+//! The capture trigger (SQL, in `migrations/`) writes `rowcast.events` in the writer's
+//! transaction; the [`sequencer`] gives committed events positions in `rowcast.log`;
+//! the [`tail`]er follows the log and hands events to the hub; [`log`] reads it.
+
+pub mod log;
+pub mod sequencer;
+pub mod tail;

@@ -1,0 +1,198 @@
+//! Connections to PostgreSQL.
+//!
+//! Two kinds: a pool (`deadpool-postgres`) for short queries such as replay reads, and
+//! dedicated connections for the sequencer and the tailer, which LISTEN and therefore
+//! cannot be pooled. A dedicated connection is driven by `poll_message`, so
+//! notifications reach the owner instead of being dropped, and it reports its own death.
+//! Both kinds use TCP keepalives so a half-open link is noticed.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::stream::{self, StreamExt};
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// Errors talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The connection string could not be parsed.
+    #[error("invalid database url: {0}")]
+    BadUrl(#[source] tokio_postgres::Error),
+    /// A query or connection attempt failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No pooled connection could be had.
+    #[error("postgres pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The pool could not be built.
+    #[error("postgres pool setup: {0}")]
+    PoolBuild(#[from] deadpool_postgres::BuildError),
+    /// A dedicated connection ended.
+    #[error("postgres connection closed")]
+    Closed,
+    /// A query did not answer in time (a silent link, or an overloaded server).
+    #[error("postgres did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl DbError {
+    /// Whether retrying later may succeed: a lost connection, a server shutting down
+    /// or restarting, a timeout. Bad configuration and SQL errors are fatal.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DbError::BadUrl(_) | DbError::PoolBuild(_) => false,
+            DbError::Closed | DbError::Timeout(_) | DbError::Pool(_) => true,
+            DbError::Postgres(err) => {
+                if err.is_closed() {
+                    return true;
+                }
+                match err.code() {
+                    // No SQL state: an I/O or protocol error, i.e. the connection.
+                    None => true,
+                    Some(code) => {
+                        let class = &code.code()[..2];
+                        // 08: connection exception, 57: operator intervention (shutdown,
+                        // admin_shutdown, cannot_connect_now), 53: insufficient resources,
+                        // 40: serialization failure or deadlock.
+                        matches!(class, "08" | "57" | "53" | "40")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses a database URL (or libpq key=value string) and turns on what long-lived
+/// connections need: TCP keepalives, a connect timeout and an application name.
+pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut config = tokio_postgres::Config::from_str(url).map_err(DbError::BadUrl)?;
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(15));
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("rowcast");
+    }
+    Ok(config)
+}
+
+/// A pool for short queries.
+pub fn pool(
+    config: &tokio_postgres::Config,
+    size: usize,
+) -> Result<deadpool_postgres::Pool, DbError> {
+    let manager = deadpool_postgres::Manager::from_config(
+        config.clone(),
+        NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    Ok(deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()?)
+}
+
+/// A dedicated connection that LISTENs on some channels.
+///
+/// Every notification on any channel wakes [`Listener::notified`] (notifications are
+/// wake-ups only; their payloads are not needed). [`Listener::closed`] resolves when the
+/// connection ends, whatever the cause.
+pub struct Listener {
+    /// The client for queries on this connection.
+    pub client: Client,
+    wake: Arc<Notify>,
+    closed: CancellationToken,
+}
+
+impl Listener {
+    /// Connects and LISTENs on `channels` before returning, so no wake-up sent after
+    /// this returns can be missed.
+    pub async fn connect(
+        config: &tokio_postgres::Config,
+        channels: &[&str],
+    ) -> Result<Self, DbError> {
+        let (client, mut connection) = config.connect(NoTls).await?;
+        let wake = Arc::new(Notify::new());
+        let closed = CancellationToken::new();
+        let messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+        let (driver_wake, driver_closed) = (wake.clone(), closed.clone());
+        tokio::spawn(async move {
+            let mut messages = std::pin::pin!(messages);
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => driver_wake.notify_one(),
+                    Ok(AsyncMessage::Notice(notice)) => {
+                        tracing::debug!(notice = %notice.message(), "postgres notice");
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(error = %err, "dedicated postgres connection failed");
+                        break;
+                    }
+                }
+            }
+            driver_closed.cancel();
+        });
+        let listener = Listener {
+            client,
+            wake,
+            closed,
+        };
+        for channel in channels {
+            listener
+                .client
+                .batch_execute(&format!("listen {channel}"))
+                .await?;
+        }
+        Ok(listener)
+    }
+
+    /// Resolves at the next notification (or at once if one arrived since the last call).
+    pub async fn notified(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Resolves when the connection has ended.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled() || self.client.is_closed()
+    }
+}
+
+/// Runs `fut` with a timeout, turning an elapsed timer into [`DbError::Timeout`].
+pub async fn with_timeout<T, E: Into<DbError>>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(DbError::Timeout(limit)),
+    }
+}
+
+/// Capped, jittered exponential backoff for reconnecting: 100 ms doubling to 5 s.
+pub fn reconnect_backoff() -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

@@ -1,0 +1,360 @@
+//! The hub: which session wants which topic, and the fan-out of published events.
+//!
+//! The tailer [`Hub::publish`]es events in position order; each event's frame is
+//! serialised once and shared (`Arc`) by every session that receives it. A session
+//! receives an event at most once, however many of its topics match.
+//!
+//! Back-pressure: every session has a bounded queue. When a live session's queue is full
+//! the hub drops the session's sender: the session drains what it has, sees the end of
+//! its queue and closes with 4000 ("too slow"); the client resumes with `since`. Nobody
+//! else waits for it.
+//!
+//! Replay: a session that resumes with `since` subscribes in *replaying* mode. The hub
+//! then only advances its head past the session; the session reads the log up to the
+//! head it was given, and asks [`Hub::go_live`] to switch. The switch succeeds only if
+//! the head has not moved since the session's last read, so the last replayed position
+//! and the first live one are adjacent: nothing is missed and nothing doubled.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+
+/// An event ready to send: its position, its topics and its serialised frame.
+#[derive(Debug)]
+pub struct Published {
+    /// Position in the log.
+    pub pos: i64,
+    /// Topics the event is published on.
+    pub topics: Vec<String>,
+    /// The `event` message, serialised once.
+    pub frame: Utf8Bytes,
+}
+
+/// Identifies a session in the hub.
+pub type SessionId = u64;
+
+/// The topic index and fan-out.
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Last position published (the tailer's cursor).
+    head: i64,
+    by_topic: HashMap<String, HashSet<SessionId>>,
+    sessions: HashMap<SessionId, Sub>,
+}
+
+#[derive(Debug)]
+struct Sub {
+    tx: mpsc::Sender<Arc<Published>>,
+    topics: HashSet<String>,
+    /// Last position queued to this session (one delivery per event).
+    last: i64,
+    replaying: bool,
+}
+
+/// A session's membership in the hub: its queue of events. Leaves the hub when dropped.
+#[derive(Debug)]
+pub struct Membership {
+    id: SessionId,
+    hub: Arc<Hub>,
+    /// Events for this session, in position order. Ends (`None`) when the hub dropped
+    /// the session for being too slow.
+    pub events: mpsc::Receiver<Arc<Published>>,
+}
+
+impl Membership {
+    /// This session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.leave(self.id);
+    }
+}
+
+impl Hub {
+    /// A hub whose head is `head` (the tailer starts reading after it).
+    pub fn new(head: i64) -> Arc<Hub> {
+        Arc::new(Hub {
+            state: Mutex::new(State {
+                head,
+                by_topic: HashMap::new(),
+                sessions: HashMap::new(),
+            }),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the index half-updated in a way
+        // that matters more than stopping every session would: keep going.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Last position published.
+    pub fn head(&self) -> i64 {
+        self.lock().head
+    }
+
+    /// Number of sessions.
+    pub fn sessions(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// Number of topics with at least one subscriber.
+    pub fn topics(&self) -> usize {
+        self.lock().by_topic.len()
+    }
+
+    /// Adds a session with a queue of `capacity` events.
+    pub fn join(self: &Arc<Self>, capacity: usize) -> Membership {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, events) = mpsc::channel(capacity.max(1));
+        self.lock().sessions.insert(
+            id,
+            Sub {
+                tx,
+                topics: HashSet::new(),
+                last: 0,
+                replaying: false,
+            },
+        );
+        Membership {
+            id,
+            hub: self.clone(),
+            events,
+        }
+    }
+
+    fn leave(&self, id: SessionId) {
+        let mut state = self.lock();
+        if let Some(sub) = state.sessions.remove(&id) {
+            unindex(&mut state.by_topic, id, &sub.topics);
+        }
+    }
+
+    /// Adds topics to a session and returns the head at that moment: every event after
+    /// it that is published on one of the topics reaches the session's queue, unless
+    /// `replay` is set, in which case nothing is queued until [`Hub::go_live`] succeeds.
+    /// Returns `None` if the session was dropped for being too slow.
+    pub fn subscribe<I>(&self, id: SessionId, topics: I, replay: bool) -> Option<i64>
+    where
+        I: IntoIterator<Item = String>,
+    {
+        let mut guard = self.lock();
+        let State {
+            head,
+            by_topic,
+            sessions,
+        } = &mut *guard;
+        let sub = sessions.get_mut(&id)?;
+        sub.replaying |= replay;
+        for topic in topics {
+            if sub.topics.insert(topic.clone()) {
+                by_topic.entry(topic).or_default().insert(id);
+            }
+        }
+        Some(*head)
+    }
+
+    /// Removes topics from a session.
+    pub fn unsubscribe(&self, id: SessionId, topics: &[String]) {
+        let mut guard = self.lock();
+        let State {
+            by_topic, sessions, ..
+        } = &mut *guard;
+        if let Some(sub) = sessions.get_mut(&id) {
+            let removed: HashSet<String> = topics
+                .iter()
+                .filter(|t| sub.topics.remove(*t))
+                .cloned()
+                .collect();
+            unindex(by_topic, id, &removed);
+        }
+    }
+
+    /// Ends a replay that has read the log up to `replayed`. If the head is still there
+    /// the session goes live and `Ok` is returned; otherwise `Err(head)` tells the
+    /// session to read up to the new head first.
+    pub fn go_live(&self, id: SessionId, replayed: i64) -> Result<(), i64> {
+        let mut state = self.lock();
+        let head = state.head;
+        match state.sessions.get_mut(&id) {
+            Some(sub) if head <= replayed => {
+                sub.replaying = false;
+                sub.last = sub.last.max(replayed);
+                Ok(())
+            }
+            Some(_) => Err(head),
+            // Gone: let the session find out from its queue.
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes events in position order: queues each to every live session with a
+    /// matching topic (once per session), then advances the head past it, and at the
+    /// end to `upto` (positions that had nothing to publish). Sessions whose queue is
+    /// full or closed are dropped from the hub.
+    pub fn publish(&self, events: &[Arc<Published>], upto: i64) {
+        let mut guard = self.lock();
+        let State {
+            head,
+            by_topic,
+            sessions,
+        } = &mut *guard;
+        let mut dropped = Vec::new();
+        for event in events {
+            for topic in &event.topics {
+                let Some(ids) = by_topic.get(topic) else {
+                    continue;
+                };
+                for id in ids {
+                    let Some(sub) = sessions.get_mut(id) else {
+                        continue;
+                    };
+                    if sub.replaying || sub.last >= event.pos {
+                        continue;
+                    }
+                    sub.last = event.pos;
+                    if sub.tx.try_send(event.clone()).is_err() {
+                        dropped.push(*id);
+                    }
+                }
+            }
+            *head = event.pos;
+        }
+        *head = (*head).max(upto);
+        for id in dropped {
+            if let Some(sub) = sessions.remove(&id) {
+                tracing::info!(session = id, "session queue full or closed: dropping it");
+                unindex(by_topic, id, &sub.topics);
+            }
+        }
+    }
+}
+
+fn unindex(
+    by_topic: &mut HashMap<String, HashSet<SessionId>>,
+    id: SessionId,
+    topics: &HashSet<String>,
+) {
+    for topic in topics {
+        if let Some(ids) = by_topic.get_mut(topic) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                by_topic.remove(topic);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(pos: i64, topics: &[&str]) -> Arc<Published> {
+        Arc::new(Published {
+            pos,
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            frame: Utf8Bytes::from(format!("frame {pos}")),
+        })
+    }
+
+    fn topics(list: &[&str]) -> Vec<String> {
+        list.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn an_event_matching_several_topics_is_queued_once() {
+        let hub = Hub::new(0);
+        let mut m = hub.join(8);
+        hub.subscribe(m.id(), topics(&["bookings", "user:7"]), false);
+        hub.publish(&[event(1, &["bookings", "booking:1", "user:7"])], 0);
+        assert_eq!(m.events.try_recv().unwrap().pos, 1);
+        assert!(m.events.try_recv().is_err());
+        assert_eq!(hub.head(), 1);
+    }
+
+    #[test]
+    fn sessions_only_get_their_topics() {
+        let hub = Hub::new(0);
+        let mut a = hub.join(8);
+        let mut b = hub.join(8);
+        hub.subscribe(a.id(), topics(&["user:1"]), false);
+        hub.subscribe(b.id(), topics(&["user:2"]), false);
+        hub.publish(&[event(1, &["t", "user:1"]), event(2, &["t", "user:2"])], 0);
+        assert_eq!(a.events.try_recv().unwrap().pos, 1);
+        assert!(a.events.try_recv().is_err());
+        assert_eq!(b.events.try_recv().unwrap().pos, 2);
+        assert!(b.events.try_recv().is_err());
+    }
+
+    #[test]
+    fn unsubscribe_stops_delivery_and_cleans_the_index() {
+        let hub = Hub::new(0);
+        let mut a = hub.join(8);
+        hub.subscribe(a.id(), topics(&["x"]), false);
+        hub.unsubscribe(a.id(), &topics(&["x"]));
+        hub.publish(&[event(1, &["x"])], 0);
+        assert!(a.events.try_recv().is_err());
+        assert_eq!(hub.topics(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_drops_only_that_session() {
+        let hub = Hub::new(0);
+        let mut slow = hub.join(1);
+        let mut fast = hub.join(8);
+        hub.subscribe(slow.id(), topics(&["x"]), false);
+        hub.subscribe(fast.id(), topics(&["x"]), false);
+        hub.publish(&[event(1, &["x"]), event(2, &["x"]), event(3, &["x"])], 0);
+        assert_eq!(slow.events.try_recv().unwrap().pos, 1);
+        assert!(matches!(
+            slow.events.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        for pos in 1..=3 {
+            assert_eq!(fast.events.try_recv().unwrap().pos, pos);
+        }
+        assert_eq!(hub.sessions(), 1);
+    }
+
+    #[test]
+    fn replaying_sessions_go_live_only_at_the_head() {
+        let hub = Hub::new(5);
+        let mut m = hub.join(8);
+        assert_eq!(hub.subscribe(m.id(), topics(&["x"]), true), Some(5));
+        hub.publish(&[event(6, &["x"])], 0);
+        assert!(
+            m.events.try_recv().is_err(),
+            "nothing queued while replaying"
+        );
+        assert_eq!(hub.go_live(m.id(), 5), Err(6));
+        assert_eq!(hub.go_live(m.id(), 6), Ok(()));
+        hub.publish(&[event(7, &["x"])], 0);
+        assert_eq!(m.events.try_recv().unwrap().pos, 7);
+    }
+
+    #[test]
+    fn dropping_a_membership_leaves_the_hub() {
+        let hub = Hub::new(0);
+        let m = hub.join(8);
+        hub.subscribe(m.id(), topics(&["x"]), false);
+        drop(m);
+        assert_eq!(hub.sessions(), 0);
+        assert_eq!(hub.topics(), 0);
+    }
+}

@@ -1,0 +1,30 @@
+//! rowcast: a change-data-capture notifier for PostgreSQL.
+//!
+//! Applications write plain SQL to their tables. Triggers installed by the DBA capture
+//! every change into a log in the same transaction; this crate turns the log into typed
+//! events and pushes them to WebSocket subscribers.
+//!
+//! # Layout
+//!
+//! The modules follow the data flow:
+//!
+//! - `migrations/` (SQL, applied by [`migrate`]): the capture trigger writes
+//!   `rowcast.events` in the writer's transaction.
+//! - [`capture::sequencer`] gives committed events gap-free positions in `rowcast.log`.
+//! - [`capture::tail`] follows the log on a dedicated connection (LISTEN, then read).
+//! - [`capture::log`] reads sequenced events (for the tailer and for replay).
+//! - [`events`] maps a captured change to a typed event and its wire frame.
+//! - [`hub`] indexes sessions by topic and fans every frame out once per session.
+//! - [`serve`] is the HTTP server: the WebSocket sessions and health endpoints.
+//! - [`db`] holds connection setup shared by all of the above; [`config`] the settings.
+
+pub mod capture;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod hub;
+pub mod migrate;
+pub mod serve;
+
+pub use config::Config;
+pub use serve::Application;

@@ -1,0 +1,197 @@
+//! The HTTP server: WebSocket sessions ([`ws`]) and health endpoints ([`health`]),
+//! plus the background tasks (sequencer, tailer) that feed the hub.
+//!
+//! [`Application::build`] connects, checks the schema and binds (port 0 works, for
+//! tests); [`Application::run`] serves until a shutdown token is cancelled, then closes
+//! every session with 1001 and waits for the tasks to finish.
+
+pub mod health;
+pub mod protocol;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::capture::{log, sequencer, tail};
+use crate::config::{Config, SessionConfig};
+use crate::db::{self, DbError};
+use crate::hub::Hub;
+use crate::migrate::{self, MigrateError};
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// PostgreSQL could not be reached or refused.
+    #[error(
+        "cannot connect to postgres at {target}: {source} (is it running, and is the url right?)"
+    )]
+    Connect {
+        /// host:port/dbname, without credentials.
+        target: String,
+        /// The cause.
+        #[source]
+        source: DbError,
+    },
+    /// A database error after connecting.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The schema is missing or does not match this binary.
+    #[error(transparent)]
+    Schema(#[from] MigrateError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// State shared by every handler.
+#[derive(Clone)]
+pub struct AppContext {
+    /// Topic index and fan-out.
+    pub hub: Arc<Hub>,
+    /// Pool for short queries.
+    pub pool: deadpool_postgres::Pool,
+    /// Session limits.
+    pub session: Arc<SessionConfig>,
+    /// Cancelled when the service shuts down.
+    pub shutdown: CancellationToken,
+    /// Tracks sessions so shutdown can wait for them.
+    pub sessions: TaskTracker,
+}
+
+/// A bound, ready-to-run service.
+pub struct Application {
+    listener: TcpListener,
+    ctx: AppContext,
+    pg: tokio_postgres::Config,
+    config: Config,
+}
+
+/// Describes where a config points, without credentials.
+pub fn describe_target(pg: &tokio_postgres::Config) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let dbname = pg.get_dbname().unwrap_or("(default database)");
+    format!("{host}:{port}/{dbname}")
+}
+
+impl Application {
+    /// Connects to PostgreSQL, checks the schema, and binds the listen address.
+    pub async fn build(config: Config) -> Result<Application, ServeError> {
+        let pg = db::pg_config(&config.database_url)?;
+        let pool = db::pool(&pg, config.pool_size)?;
+        let client = pool.get().await.map_err(|err| ServeError::Connect {
+            target: describe_target(&pg),
+            source: err.into(),
+        })?;
+        migrate::check(&client).await?;
+        let head = log::last_position(&client).await?;
+        drop(client);
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let ctx = AppContext {
+            hub: Hub::new(head),
+            pool,
+            session: Arc::new(config.session.clone()),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        };
+        Ok(Application {
+            listener,
+            ctx,
+            pg,
+            config,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The hub (for tests and stats).
+    pub fn hub(&self) -> Arc<Hub> {
+        self.ctx.hub.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, closes sessions
+    /// with 1001, lets the sequencer finish its batch, and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
+        let Application {
+            listener,
+            ctx,
+            pg,
+            config,
+        } = self;
+        let tasks = TaskTracker::new();
+        tasks.spawn(sequencer::run(
+            pg.clone(),
+            config.sequencer.clone(),
+            ctx.shutdown.clone(),
+        ));
+        tasks.spawn(tail::run(
+            pg,
+            config.tail.clone(),
+            ctx.hub.clone(),
+            ctx.shutdown.clone(),
+        ));
+        tasks.close();
+
+        let app = Router::new()
+            .merge(ws::router())
+            .merge(health::router())
+            .with_state(ctx.clone());
+        tracing::info!(addr = %listener.local_addr()?, "rowcast listening");
+        let stop = ctx.shutdown.clone();
+        let linked = shutdown.clone();
+        tokio::spawn(async move {
+            linked.cancelled().await;
+            stop.cancel();
+        });
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned())
+        .await;
+
+        ctx.shutdown.cancel();
+        ctx.sessions.close();
+        let all = async {
+            ctx.sessions.wait().await;
+            tasks.wait().await;
+        };
+        if tokio::time::timeout(config.shutdown_timeout, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timed out; some sessions or tasks were still running");
+        }
+        tracing::info!("rowcast stopped");
+        Ok(served?)
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests against a real PostgreSQL and the real service over WebSocket.
+//! One binary, so it links once; each test has a database of its own.
+
+mod support;
+
+mod faults;
+mod pipeline;
+mod schema;
+mod sequencing;
+mod session;

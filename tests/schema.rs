@@ -1,0 +1,243 @@
+//! The SQL side alone: migrations, the capture trigger and the DBA API.
+
+use crate::support::{TestDb, connect};
+
+const NEW_BOOKING: &str = "insert into bookings (client_id, provider_id, starts_at, ends_at, price) \
+     values (7, 3, now(), now() + interval '1 hour', 10) returning id";
+
+async fn captured(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one("select count(*) from rowcast.events", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn migrate_twice_is_a_no_op_and_records_the_version() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    let applied = rowcast::migrate::migrate(&mut client).await.unwrap();
+    assert!(applied.is_empty(), "second run applied {applied:?}");
+    rowcast::migrate::check(&client).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_rowcast_is_refused() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    client
+        .batch_execute(
+            "insert into rowcast.schema_history (version, name, applied_on, checksum) \
+             values (999, 'future', to_char(now() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '0')",
+        )
+        .await
+        .unwrap();
+    let err = rowcast::migrate::check(&client).await.unwrap_err();
+    assert!(err.to_string().contains("newer"), "{err}");
+    assert!(rowcast::migrate::migrate(&mut client).await.is_err());
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_is_refused_by_the_service() {
+    let db = TestDb::empty().await;
+    let err = rowcast::Application::build(crate::support::test_config(&db.url))
+        .await
+        .err()
+        .expect("the service must refuse an unmigrated database");
+    assert!(err.to_string().contains("rowcast migrate"), "{err}");
+}
+
+#[tokio::test]
+async fn rolled_back_transactions_and_savepoints_capture_nothing_that_commits() {
+    let db = TestDb::demo().await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!("begin; {NEW_BOOKING}; rollback;"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "begin; {NEW_BOOKING}; savepoint s; {NEW_BOOKING}; rollback to savepoint s; commit;"
+        ))
+        .await
+        .unwrap();
+    // Only the committed, not rolled-back insert is visible in the log.
+    assert_eq!(captured(&db).await, 1);
+    let n: i64 = client
+        .query_one("select rowcast.sequence()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    assert_eq!(db.positions().await, vec![1]);
+}
+
+#[tokio::test]
+async fn a_row_of_100_kb_is_captured_whole() {
+    let db = TestDb::demo().await;
+    let client = db.client().await;
+    let note = "x".repeat(100 * 1024);
+    client
+        .batch_execute(
+            "insert into meetings (id, title, court_rep_id, organization_id, scheduled_at) \
+             values (1, 'm', 2, 3, now())",
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "insert into court_cards (meeting_id, participant_id, court_rep_id, notes) values (1, 1, 2, $1)",
+            &[&note],
+        )
+        .await
+        .expect("a large row must never fail the write");
+    let stored: String = client
+        .query_one(
+            "select data->>'notes' from rowcast.events where table_name = 'court_cards'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored.len(), note.len());
+}
+
+#[tokio::test]
+async fn an_app_role_without_any_grant_on_rowcast_can_write_watched_tables() {
+    let db = TestDb::demo().await;
+    let admin = db.client().await;
+    let role = format!("{}_app", db.name);
+    admin
+        .batch_execute(&format!(
+            "drop role if exists {role}; create role {role} login;
+             grant usage on schema public to {role};
+             grant select, insert, update, delete on bookings to {role};
+             grant usage on all sequences in schema public to {role};"
+        ))
+        .await
+        .unwrap();
+    let app = connect(&format!("{} user={role}", db.url)).await;
+    let denied = app.query("select * from rowcast.events", &[]).await;
+    assert!(denied.is_err(), "the app role must not read the log");
+    app.query_one(NEW_BOOKING, &[])
+        .await
+        .expect("insert as app role");
+    app.execute("update bookings set status = 'CONFIRMED'", &[])
+        .await
+        .expect("update as app role");
+    assert_eq!(captured(&db).await, 2);
+    drop(app);
+    admin
+        .batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .await
+        .ok();
+}
+
+#[tokio::test]
+async fn watch_refuses_missing_tables_columns_and_injection_clearly() {
+    let db = TestDb::demo().await;
+    let client = db.client().await;
+    let err = client
+        .execute("select rowcast.watch('public.nope')", &[])
+        .await
+        .unwrap_err();
+    let message = err.as_db_error().unwrap().message();
+    assert!(message.contains("does not exist"), "{message}");
+    client
+        .batch_execute("create table y (id int primary key)")
+        .await
+        .unwrap();
+    let err = client
+        .execute("select rowcast.watch('x; drop table y')", &[])
+        .await
+        .unwrap_err();
+    assert!(err.as_db_error().is_some(), "{err}");
+    client
+        .query_one("select count(*) from y", &[])
+        .await
+        .expect("table y survives");
+    let err = client
+        .execute(
+            "select rowcast.watch('bookings', routes => '{\"nope\": \"user\"}')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    let message = err.as_db_error().unwrap().message().to_string();
+    assert!(message.contains("\"nope\""), "{message}");
+    let err = client
+        .execute("select rowcast.watch('bookings', wake => 'sometimes')", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error().unwrap().message().contains("wake"),
+        "{err}"
+    );
+    let err = client
+        .execute("select rowcast.watch('rowcast.events')", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("system schema")
+    );
+}
+
+#[tokio::test]
+async fn unwatch_removes_triggers_and_registration() {
+    let db = TestDb::demo().await;
+    let client = db.client().await;
+    let was: bool = client
+        .query_one("select rowcast.unwatch('bookings')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(was);
+    client.query_one(NEW_BOOKING, &[]).await.unwrap();
+    assert_eq!(captured(&db).await, 0);
+    let watched: i64 = client
+        .query_one(
+            "select count(*) from rowcast.watched where table_name = 'bookings'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(watched, 0);
+    let triggers: i64 = client
+        .query_one(
+            "select count(*) from pg_trigger where tgrelid = 'bookings'::regclass and tgname like 'rowcast%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(triggers, 0);
+}
+
+#[tokio::test]
+async fn poll_mode_tables_send_no_notify_but_are_captured() {
+    let db = TestDb::demo().await;
+    let client = db.client().await;
+    client
+        .batch_execute("select rowcast.watch('bookings', wake => 'poll')")
+        .await
+        .unwrap();
+    // NOTIFY makes PREPARE TRANSACTION fail; a poll-mode write does not NOTIFY, so a
+    // listener on the wake channel hears nothing.
+    let listener = rowcast::db::Listener::connect(
+        &rowcast::db::pg_config(&db.url).unwrap(),
+        &["rowcast_wake"],
+    )
+    .await
+    .unwrap();
+    client.query_one(NEW_BOOKING, &[]).await.unwrap();
+    let woke =
+        tokio::time::timeout(std::time::Duration::from_millis(300), listener.notified()).await;
+    assert!(woke.is_err(), "a poll-mode table must not NOTIFY");
+    assert_eq!(captured(&db).await, 1);
+}
