@@ -27,6 +27,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080", env = "ROWCAST_LISTEN")]
         listen: SocketAddr,
+        /// Install or upgrade the rowcast schema before serving (needs a role that may).
+        #[arg(long, env = "ROWCAST_MIGRATE")]
+        migrate: bool,
     },
     /// Install or upgrade the rowcast schema in the database.
     Migrate {
@@ -58,7 +61,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve {
             database_url,
             listen,
+            migrate,
         } => {
+            if migrate {
+                run_migrations(&database_url).await?;
+            }
             let mut config = Config::new(database_url);
             config.listen = listen;
             if !listen.ip().is_loopback() {
@@ -74,29 +81,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tokio::spawn(signal_shutdown(shutdown.clone()));
             app.run(shutdown).await?;
         }
-        Command::Migrate { database_url } => {
-            let pg = db::pg_config(&database_url)?;
-            let (mut client, connection) =
-                pg.connect(tokio_postgres::NoTls).await.map_err(|err| {
-                    anyhow::anyhow!(
-                        "cannot connect to postgres at {}: {err} (is it running?)",
-                        rowcast::serve::describe_target(&pg)
-                    )
-                })?;
-            tokio::spawn(connection);
-            let applied = migrate::migrate(&mut client).await?;
-            if applied.is_empty() {
-                println!(
-                    "rowcast schema is up to date (version {})",
-                    migrate::latest_version()
-                );
-            } else {
-                println!(
-                    "applied migrations {applied:?}; rowcast schema is at version {}",
-                    migrate::latest_version()
-                );
-            }
-        }
+        Command::Migrate { database_url } => run_migrations(&database_url).await?,
+    }
+    Ok(())
+}
+
+async fn run_migrations(database_url: &str) -> anyhow::Result<()> {
+    let pg = db::pg_config(database_url)?;
+    let (mut client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|err| {
+        anyhow::anyhow!(
+            "cannot connect to postgres at {}: {err} (is it running?)",
+            rowcast::serve::describe_target(&pg)
+        )
+    })?;
+    tokio::spawn(connection);
+    let applied = migrate::migrate(&mut client).await?;
+    let version = migrate::latest_version();
+    if applied.is_empty() {
+        tracing::info!(version, "rowcast schema is up to date");
+    } else {
+        tracing::info!(version, ?applied, "rowcast schema migrated");
     }
     Ok(())
 }
