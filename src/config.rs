@@ -1,28 +1,93 @@
-//! Settings of the service, with their defaults.
+//! Settings of the service: one documented struct with defaults, read from a TOML file,
+//! then the environment (`ROWCAST_*`, nested with `__`, and `DATABASE_URL`), then flags.
+//!
+//! ```toml
+//! database_url = "postgres://rowcast@127.0.0.1/app"
+//! listen = "127.0.0.1:8080"
+//! log_format = "json"
+//! [sequencer]
+//! poll_interval = "100ms"
+//! [session]
+//! queue = 4096
+//! ```
+//! The same settings as environment variables: `ROWCAST_LISTEN`, `ROWCAST_LOG_FORMAT`,
+//! `ROWCAST_SEQUENCER__POLL_INTERVAL`, `ROWCAST_SESSION__QUEUE`.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
 
 use crate::capture::sequencer::SequencerConfig;
 use crate::capture::tail::TailConfig;
 
 /// Everything `rowcast serve` needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// PostgreSQL connection string (URL or libpq key=value).
+    /// PostgreSQL connection string (URL or libpq key=value) of the service's role.
     pub database_url: String,
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
-    /// Connections in the pool for short queries (replay reads, readiness).
+    /// Connections in the pool for short queries (replay reads, readiness, stats).
     pub pool_size: usize,
+    /// Log filter (`info`, `rowcast=debug`, ...).
+    pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
     /// The sequencer's settings.
     pub sequencer: SequencerConfig,
     /// The tailer's settings.
     pub tail: TailConfig,
     /// Per-session settings.
     pub session: SessionConfig,
+    /// `/readyz` reports unready when more events than this wait to be delivered.
+    pub ready_max_lag: i64,
     /// How long shutdown waits for sessions and background tasks.
+    #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: String::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            pool_size: 16,
+            log: "info".into(),
+            log_format: LogFormat::Human,
+            sequencer: SequencerConfig::default(),
+            tail: TailConfig::default(),
+            session: SessionConfig::default(),
+            ready_max_lag: 10_000,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing, or a value has the wrong shape.
+    #[error("configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// The config file does not exist.
+    #[error("configuration file {0} does not exist")]
+    NoFile(String),
 }
 
 impl Config {
@@ -30,22 +95,68 @@ impl Config {
     pub fn new(database_url: impl Into<String>) -> Config {
         Config {
             database_url: database_url.into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            pool_size: 16,
-            sequencer: SequencerConfig::default(),
-            tail: TailConfig::default(),
-            session: SessionConfig::default(),
-            shutdown_timeout: Duration::from_secs(10),
+            ..Config::default()
         }
+    }
+
+    /// Reads the defaults, then `file` (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::NoFile(file.display().to_string()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment
+            .merge(
+                Env::prefixed("ROWCAST_")
+                    .ignore(&["config", "migrate", "admin_url", "auth"])
+                    .split("__"),
+            )
+            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .extract()
+            .map_err(|err| ConfigError::Invalid(Box::new(err)))
+    }
+
+    /// The configuration as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database_url = redact_url(&self.database_url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
 }
 
+/// Replaces the password of a connection string (URL or key=value) with `***`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@')
+            && let Some((user, _)) = userinfo.split_once(':')
+        {
+            return format!("{scheme}://{user}:***@{host}");
+        }
+        return url.to_string();
+    }
+    url.split_whitespace()
+        .map(|part| {
+            if part.starts_with("password=") {
+                "password=***".to_string()
+            } else {
+                part.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Per-session limits and timers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
     /// Events queued for a session before it is closed as too slow (4000).
     pub queue: usize,
     /// Interval of server pings; a session silent for two intervals is closed.
+    #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     /// Largest client frame accepted, in bytes; larger ones close the session (1009).
     pub max_frame: usize,
@@ -64,5 +175,44 @@ impl Default for SessionConfig {
             max_topics: 256,
             replay_page: 1000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_in_both_url_forms() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/app"),
+            "postgres://app:***@db:5432/app"
+        );
+        assert_eq!(
+            redact_url("host=db user=app password=s3cret dbname=app"),
+            "host=db user=app password=*** dbname=app"
+        );
+        assert_eq!(redact_url("postgres://app@db/app"), "postgres://app@db/app");
+    }
+
+    #[test]
+    fn a_toml_file_overrides_defaults_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("rowcast-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rowcast.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\n[sequencer]\npoll_interval = \"250ms\"\n[session]\nqueue = 64\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.sequencer.poll_interval, Duration::from_millis(250));
+        assert_eq!(config.session.queue, 64);
+        assert_eq!(config.session.max_frame, 16 * 1024);
+        std::fs::write(&file, "sesion = 1\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("sesion"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,7 +16,7 @@
 //! and the first live one are adjacent: nothing is missed and nothing doubled.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
@@ -41,6 +41,7 @@ pub type SessionId = u64;
 pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
+    feed_live: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -93,7 +94,18 @@ impl Hub {
                 sessions: HashMap::new(),
             }),
             next_id: AtomicU64::new(1),
+            feed_live: AtomicBool::new(false),
         })
+    }
+
+    /// Records whether the tailer currently holds a live connection to the log.
+    pub fn set_feed_live(&self, live: bool) {
+        self.feed_live.store(live, Ordering::Relaxed);
+    }
+
+    /// Whether the tailer currently holds a live connection to the log.
+    pub fn feed_live(&self) -> bool {
+        self.feed_live.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -18,11 +18,13 @@
 //! - [`serve`] is the HTTP server: the WebSocket sessions and health endpoints.
 //! - [`db`] holds connection setup shared by all of the above; [`config`] the settings.
 
+pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod db;
 pub mod events;
 pub mod hub;
+pub mod metrics;
 pub mod migrate;
 pub mod serve;
 

@@ -1,17 +1,20 @@
-//! The `rowcast` command line: `serve` and `migrate`.
+//! The `rowcast` command line. Parses arguments, sets up logging, and calls the library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use rowcast::admin::{self, WatchSpec};
+use rowcast::config::LogFormat;
 use rowcast::{Application, Config, db, migrate};
 
-/// rowcast: PostgreSQL changes, pushed to dashboards as typed events.
+/// rowcast: PostgreSQL changes, pushed to dashboards as events.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,36 +22,120 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve WebSocket subscribers (runs the sequencer and the tailer too).
-    Serve {
-        /// PostgreSQL connection URL.
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080", env = "ROWCAST_LISTEN")]
-        listen: SocketAddr,
-        /// Install or upgrade the rowcast schema before serving (needs a role that may).
-        #[arg(long, env = "ROWCAST_MIGRATE")]
-        migrate: bool,
+    /// Serve subscribers (runs the sequencer and the log tailer too).
+    Serve(ServeArgs),
+    /// Install or upgrade the rowcast schema (idempotent).
+    Migrate(AdminDb),
+    /// Watch a table: install its capture triggers, or update its settings.
+    Watch {
+        #[command(flatten)]
+        db: AdminDb,
+        /// The table, as `schema.table` or a name on the search path.
+        table: String,
+        /// Row topic prefix (default: the table name).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Routing column and its topic prefix, e.g. `--route client_id=user` (repeatable).
+        #[arg(long = "route", value_name = "COLUMN=PREFIX")]
+        routes: Vec<String>,
+        /// A column that must never leave the database (repeatable).
+        #[arg(long = "exclude", value_name = "COLUMN")]
+        exclude: Vec<String>,
+        /// Kind of row for typed events (booking, payment, payout, meeting, attendance, court_card, course).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Domain field and this table's column, e.g. `--column status=state` (repeatable).
+        #[arg(long = "column", value_name = "FIELD=COLUMN")]
+        columns: Vec<String>,
+        /// `notify` (wake the sequencer at commit) or `poll` (no NOTIFY from writers).
+        #[arg(long, value_parser = ["notify", "poll"])]
+        wake: Option<String>,
     },
-    /// Install or upgrade the rowcast schema in the database.
-    Migrate {
-        /// PostgreSQL connection URL (a role that may create the schema).
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
+    /// Stop watching a table: remove its triggers (captured events stay in the log).
+    Unwatch {
+        #[command(flatten)]
+        db: AdminDb,
+        /// The table.
+        table: String,
     },
+    /// Show watched tables, positions, lag and NOTIFY-queue usage.
+    Status {
+        #[command(flatten)]
+        db: AdminDb,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every capture trigger and the rowcast schema (app tables are untouched).
+    Uninstall {
+        #[command(flatten)]
+        db: AdminDb,
+        /// Required: uninstalling deletes the event log.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print the SQL-only install script (what `sql/install.sql` holds).
+    InstallSql,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (environment and flags override it).
+    #[arg(long, short, env = "ROWCAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// PostgreSQL URL of the service's role (or `DATABASE_URL`).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Address to listen on (default 127.0.0.1:8080, or `ROWCAST_LISTEN`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Install or upgrade the schema before serving (needs a role that may).
+    #[arg(long, env = "ROWCAST_MIGRATE")]
+    migrate: bool,
+    /// Log as JSON lines.
+    #[arg(long)]
+    json_logs: bool,
+    /// Print the resulting configuration (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Args)]
+struct AdminDb {
+    /// PostgreSQL URL of a role that owns the watched tables (or `ROWCAST_ADMIN_URL`,
+    /// then `DATABASE_URL`).
+    #[arg(long, env = "ROWCAST_ADMIN_URL")]
+    admin_url: Option<String>,
+}
+
+impl AdminDb {
+    fn url(&self) -> anyhow::Result<String> {
+        self.admin_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .filter(|url| !url.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!("no database given: pass --admin-url or set DATABASE_URL")
+            })
+    }
+}
+
+fn init_logs(filter: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_env("ROWCAST_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("ROWCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
     match run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("rowcast: {err:#}");
             ExitCode::FAILURE
@@ -56,45 +143,121 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve {
-            database_url,
-            listen,
-            migrate,
-        } => {
-            if migrate {
-                run_migrations(&database_url).await?;
-            }
-            let mut config = Config::new(database_url);
-            config.listen = listen;
-            if !listen.ip().is_loopback() {
-                tracing::warn!(
-                    %listen,
-                    "authentication is not configured: every client may subscribe to every topic"
-                );
-            } else {
-                tracing::warn!("authentication is not configured: listening on loopback only");
-            }
-            let app = Application::build(config).await?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(signal_shutdown(shutdown.clone()));
-            app.run(shutdown).await?;
+        Command::Serve(args) => serve(args).await?,
+        Command::Migrate(db) => {
+            init_logs("info", LogFormat::Human);
+            run_migrations(&db.url()?).await?;
         }
-        Command::Migrate { database_url } => run_migrations(&database_url).await?,
+        Command::Watch {
+            db,
+            table,
+            topic,
+            routes,
+            exclude,
+            domain,
+            columns,
+            wake,
+        } => {
+            let client = connect(&db.url()?).await?;
+            let spec = WatchSpec {
+                table,
+                topic,
+                routes,
+                exclude,
+                domain,
+                columns,
+                wake,
+            };
+            let shown = admin::watch(&client, &spec).await?;
+            println!("watching {shown}");
+        }
+        Command::Unwatch { db, table } => {
+            let client = connect(&db.url()?).await?;
+            if admin::unwatch(&client, &table).await? {
+                println!("no longer watching {table}");
+            } else {
+                println!("{table} was not watched");
+            }
+        }
+        Command::Status { db, json } => {
+            let client = connect(&db.url()?).await?;
+            let status = admin::status(&client).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+        }
+        Command::Uninstall { db, yes } => {
+            if !yes {
+                eprintln!(
+                    "rowcast: uninstall deletes the event log and every capture trigger; run again with --yes"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let client = connect(&db.url()?).await?;
+            admin::uninstall(&client).await?;
+            println!("rowcast removed: triggers and schema dropped, app tables untouched");
+        }
+        Command::InstallSql => print!("{}", admin::install_sql()),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(url) = args.database_url {
+        config.database_url = url;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if args.json_logs {
+        config.log_format = LogFormat::Json;
+    }
+    if args.print_config {
+        print!("{}", config.to_redacted_toml());
+        return Ok(());
+    }
+    init_logs(&config.log, config.log_format);
+    if config.database_url.is_empty() {
+        anyhow::bail!(
+            "no database given: pass --database-url, set DATABASE_URL, or database_url in the config file"
+        );
+    }
+    if args.migrate {
+        run_migrations(&config.database_url).await?;
+    }
+    if config.listen.ip().is_loopback() {
+        tracing::warn!(
+            "authentication is not configured: every client may subscribe to every topic; listening on loopback only"
+        );
+    } else {
+        tracing::warn!(listen = %config.listen, "authentication is not configured: every client may subscribe to every topic");
+    }
+    let app = Application::build(config).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    app.run(shutdown).await?;
     Ok(())
 }
 
-async fn run_migrations(database_url: &str) -> anyhow::Result<()> {
-    let pg = db::pg_config(database_url)?;
-    let (mut client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|err| {
-        anyhow::anyhow!(
-            "cannot connect to postgres at {}: {err} (is it running?)",
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let pg = db::pg_config(url)?;
+    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|err| {
+        anyhow::Error::new(err).context(format!(
+            "cannot connect to postgres at {} (is it running, and is the url right?)",
             rowcast::serve::describe_target(&pg)
-        )
+        ))
     })?;
     tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn run_migrations(database_url: &str) -> anyhow::Result<()> {
+    let mut client = connect(database_url).await?;
     let applied = migrate::migrate(&mut client).await?;
     let version = migrate::latest_version();
     if applied.is_empty() {
@@ -105,19 +268,36 @@ async fn run_migrations(database_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_status(status: &admin::Status) {
+    println!("schema version   {}", status.schema_version);
+    println!("head position    {}", status.head);
+    println!("unsequenced      {}", status.unsequenced);
+    println!("retained events  {}", status.retained);
+    println!("notify queue     {:.4}%", status.notify_queue_usage * 100.0);
+    println!("service conns    {}", status.service_connections);
+    println!("watched tables   {}", status.watched.len());
+    for w in &status.watched {
+        println!(
+            "  {:<28} topic={} wake={} domain={} routes={} exclude={:?}{}",
+            w.table,
+            w.topic,
+            w.wake,
+            w.domain.as_deref().unwrap_or("-"),
+            w.routes,
+            w.exclude,
+            if w.active { "" } else { "  (trigger missing)" }
+        );
+    }
+}
+
 async fn signal_shutdown(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
     tracing::info!("shutting down");
     shutdown.cancel();
 }

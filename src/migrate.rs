@@ -51,6 +51,13 @@ pub enum MigrateError {
     },
 }
 
+/// The migrations this binary ships, in version order.
+pub fn embedded_migrations() -> Vec<refinery::Migration> {
+    let mut all = embedded::migrations::runner().get_migrations().clone();
+    all.sort();
+    all
+}
+
 /// The highest migration version this binary ships.
 pub fn latest_version() -> i64 {
     embedded::migrations::runner()

@@ -3,7 +3,9 @@
 
 mod support;
 
+mod cli;
 mod faults;
+mod operator;
 mod pipeline;
 mod schema;
 mod sequencing;

@@ -25,13 +25,16 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{self, DbError, Listener};
 
 /// Settings of the sequencer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SequencerConfig {
     /// Longest wait between batches without a wake-up (the latency of `poll` tables).
+    #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Most events per batch (one transaction).
     pub batch_limit: i32,
     /// Longest time one batch may take before the connection is considered dead.
+    #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
 }
 
@@ -53,6 +56,7 @@ pub async fn run(pg: tokio_postgres::Config, config: SequencerConfig, shutdown: 
         match session(&pg, &config, &shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(err) => {
+                metrics::counter!(crate::metrics::RECONNECTS, "role" => "sequencer").increment(1);
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(error = %err, retry_in = ?delay, "sequencer connection lost");
                 tokio::select! {
@@ -96,6 +100,7 @@ async fn session(
             .await?
             .get(0);
             if n > 0 {
+                metrics::counter!(crate::metrics::EVENTS_SEQUENCED).increment(n as u64);
                 tracing::debug!(events = n, "sequenced");
             }
             if n < i64::from(config.batch_limit) {

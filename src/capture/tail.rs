@@ -20,11 +20,14 @@ use crate::events::{self, Event};
 use crate::hub::{Hub, Published};
 
 /// Settings of the tailer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TailConfig {
     /// Longest wait between reads without a wake-up.
+    #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Longest time a read may take before the connection is considered dead.
+    #[serde(with = "humantime_serde")]
     pub probe_timeout: Duration,
     /// Most events per read.
     pub batch: i64,
@@ -62,6 +65,8 @@ pub async fn run(
         match session(&pg, &config, &hub, &shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(err) => {
+                hub.set_feed_live(false);
+                metrics::counter!(crate::metrics::RECONNECTS, "role" => "tailer").increment(1);
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(error = %err, retry_in = ?delay, "tailer connection lost");
                 tokio::select! {
@@ -86,6 +91,7 @@ async fn session(
     *backoff = db::reconnect_backoff();
     loop {
         catch_up(&listener, &stmt, config, hub).await?;
+        hub.set_feed_live(true);
         tokio::select! {
             _ = listener.notified() => {}
             _ = tokio::time::sleep(config.poll_interval) => {}
@@ -125,6 +131,7 @@ async fn catch_up(
                 }
             }
         }
+        metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(batch.len() as u64);
         hub.publish(&batch, last);
         if !full {
             return Ok(());

@@ -1,32 +1,172 @@
-//! Health endpoints: `/healthz` (the process answers) and `/readyz` (PostgreSQL answers).
+//! Operator endpoints: `/healthz` (the process answers), `/readyz` (PostgreSQL answers,
+//! the tailer is connected, and the lag is below the threshold), `/metrics`
+//! (Prometheus text) and `/api/stats` (JSON).
+//!
+//! [`monitor`] samples the database side (sequenced position, NOTIFY-queue usage)
+//! on an interval, so scrapes and probes cost no query of their own but `/readyz`'s.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::AppContext;
-use crate::db;
+use crate::db::{self, DbError};
+use crate::hub::Hub;
+use crate::metrics;
+
+/// The database side as last sampled by [`monitor`].
+#[derive(Debug, Default)]
+pub struct DbStats {
+    sequenced: AtomicI64,
+    notify_queue_bits: AtomicU64,
+}
+
+impl DbStats {
+    /// Last position handed out by the sequencer, as last sampled.
+    pub fn sequenced(&self) -> i64 {
+        self.sequenced.load(Ordering::Relaxed)
+    }
+
+    /// Fraction of the NOTIFY queue in use, as last sampled.
+    pub fn notify_queue(&self) -> f64 {
+        f64::from_bits(self.notify_queue_bits.load(Ordering::Relaxed))
+    }
+
+    fn record(&self, sequenced: i64, notify_queue: f64) {
+        self.sequenced.store(sequenced, Ordering::Relaxed);
+        self.notify_queue_bits
+            .store(notify_queue.to_bits(), Ordering::Relaxed);
+    }
+}
 
 /// Routes of this module.
 pub fn router() -> Router<AppContext> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
+        .route("/api/stats", get(stats))
 }
 
-async fn ready(State(ctx): State<AppContext>) -> (StatusCode, &'static str) {
-    let probe = async {
-        let client = ctx.pool.get().await?;
-        db::with_timeout(Duration::from_secs(2), client.query_one("select 1", &[])).await
-    };
-    match probe.await {
-        Ok(_) => (StatusCode::OK, "ready\n"),
-        Err(err) => {
-            tracing::warn!(error = %err, "not ready: postgres unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "postgres unreachable\n")
+async fn sample(pool: &deadpool_postgres::Pool) -> Result<(i64, f64), DbError> {
+    let client = pool.get().await?;
+    let row = db::with_timeout(
+        Duration::from_secs(2),
+        client.query_one(
+            "select last_pos, pg_notification_queue_usage() from rowcast.sequencer",
+            &[],
+        ),
+    )
+    .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+fn export(hub: &Hub, stats: &DbStats) {
+    let head = hub.head();
+    ::metrics::gauge!(metrics::HEAD).set(head as f64);
+    ::metrics::gauge!(metrics::SEQUENCED).set(stats.sequenced() as f64);
+    ::metrics::gauge!(metrics::LAG).set((stats.sequenced() - head).max(0) as f64);
+    ::metrics::gauge!(metrics::NOTIFY_QUEUE).set(stats.notify_queue());
+    ::metrics::gauge!(metrics::SESSIONS).set(hub.sessions() as f64);
+}
+
+/// Samples the database every `interval` until `shutdown`.
+pub async fn monitor(ctx: AppContext, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        match sample(&ctx.pool).await {
+            Ok((sequenced, queue)) => {
+                ctx.db_stats.record(sequenced, queue);
+                if queue > 0.5 {
+                    tracing::warn!(
+                        usage = queue,
+                        "the NOTIFY queue is more than half full: a listener is stuck"
+                    );
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "stats sample failed"),
+        }
+        export(&ctx.hub, &ctx.db_stats);
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
+}
+
+async fn ready(State(ctx): State<AppContext>) -> (StatusCode, String) {
+    let sequenced = match sample(&ctx.pool).await {
+        Ok((sequenced, queue)) => {
+            ctx.db_stats.record(sequenced, queue);
+            sequenced
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "not ready: postgres unreachable");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "postgres unreachable\n".into(),
+            );
+        }
+    };
+    if !ctx.hub.feed_live() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the log tailer is not connected\n".into(),
+        );
+    }
+    let lag = sequenced - ctx.hub.head();
+    if lag > ctx.ready_max_lag {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{lag} events behind the log\n"),
+        );
+    }
+    (StatusCode::OK, "ready\n".into())
+}
+
+async fn render_metrics(State(ctx): State<AppContext>) -> impl IntoResponse {
+    export(&ctx.hub, &ctx.db_stats);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::handle().render(),
+    )
+}
+
+/// The body of `/api/stats`.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    /// Open sessions on this replica.
+    pub connections: usize,
+    /// Topics with at least one subscriber on this replica.
+    pub topics: usize,
+    /// Last position this replica published.
+    pub head: i64,
+    /// Last position the sequencer handed out (sampled).
+    pub sequenced: i64,
+    /// `sequenced - head`.
+    pub lag: i64,
+    /// Fraction of the NOTIFY queue in use (sampled).
+    pub notify_queue_usage: f64,
+    /// Whether the tailer is connected.
+    pub feed_live: bool,
+}
+
+async fn stats(State(ctx): State<AppContext>) -> Json<Stats> {
+    let head = ctx.hub.head();
+    let sequenced = ctx.db_stats.sequenced().max(head);
+    Json(Stats {
+        connections: ctx.hub.sessions(),
+        topics: ctx.hub.topics(),
+        head,
+        sequenced,
+        lag: sequenced - head,
+        notify_queue_usage: ctx.db_stats.notify_queue(),
+        feed_live: ctx.hub.feed_live(),
+    })
 }

@@ -11,6 +11,7 @@ pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -70,6 +71,10 @@ pub struct AppContext {
     pub shutdown: CancellationToken,
     /// Tracks sessions so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// The database side, sampled by [`health::monitor`].
+    pub db_stats: Arc<health::DbStats>,
+    /// `/readyz` turns unready above this many undelivered events.
+    pub ready_max_lag: i64,
 }
 
 /// A bound, ready-to-run service.
@@ -95,6 +100,7 @@ pub fn describe_target(pg: &tokio_postgres::Config) -> String {
 impl Application {
     /// Connects to PostgreSQL, checks the schema, and binds the listen address.
     pub async fn build(config: Config) -> Result<Application, ServeError> {
+        crate::metrics::handle();
         let pg = db::pg_config(&config.database_url)?;
         let pool = db::pool(&pg, config.pool_size)?;
         let client = pool.get().await.map_err(|err| ServeError::Connect {
@@ -117,6 +123,8 @@ impl Application {
             session: Arc::new(config.session.clone()),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            db_stats: Arc::default(),
+            ready_max_lag: config.ready_max_lag,
         };
         Ok(Application {
             listener,
@@ -157,6 +165,11 @@ impl Application {
             pg,
             config.tail.clone(),
             ctx.hub.clone(),
+            ctx.shutdown.clone(),
+        ));
+        tasks.spawn(health::monitor(
+            ctx.clone(),
+            Duration::from_secs(5),
             ctx.shutdown.clone(),
         ));
         tasks.close();

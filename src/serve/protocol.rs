@@ -47,6 +47,19 @@ pub enum ErrorCode {
     RateLimited,
 }
 
+impl ErrorCode {
+    /// The code as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::TooManyTopics => "too_many_topics",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+}
+
 /// A client message that could not be accepted, with the error to send back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {

@@ -35,6 +35,18 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// The client read too slowly; resume with `since`.
     pub const TOO_SLOW: u16 = 4000;
+
+    /// A metric label for a close code.
+    pub fn label(code: u16) -> &'static str {
+        match code {
+            GOING_AWAY => "going_away",
+            POLICY => "policy",
+            TOO_LARGE => "too_large",
+            INTERNAL => "internal_error",
+            TOO_SLOW => "too_slow",
+            _ => "other",
+        }
+    }
 }
 
 /// Routes of this module.
@@ -88,6 +100,11 @@ impl Session {
 
     async fn run(mut self) {
         let end = self.serve().await;
+        let reason = match &end {
+            End::Close(code, _) => close::label(*code),
+            End::Gone => "client_gone",
+        };
+        metrics::counter!(crate::metrics::SESSIONS_CLOSED, "reason" => reason).increment(1);
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
                 code,
@@ -132,6 +149,7 @@ impl Session {
                             if self.socket.send(Message::Text(event.frame.clone())).await.is_err() {
                                 return End::Gone;
                             }
+                            metrics::counter!(crate::metrics::DELIVERIES).increment(1);
                         }
                     }
                     None => return End::Close(close::TOO_SLOW, "too slow: resume with since"),
@@ -156,6 +174,7 @@ impl Session {
     }
 
     async fn refuse(&mut self, refusal: &Refusal) -> Result<(), End> {
+        metrics::counter!(crate::metrics::REFUSALS, "code" => refusal.code.as_str()).increment(1);
         self.send_json(&Outgoing::Error {
             code: refusal.code,
             message: &refusal.message,

@@ -1,0 +1,434 @@
+-- rowcast: SQL-only install, generated from migrations/ by `rowcast install-sql`.
+-- Run as a role that may create schemas: psql -v ON_ERROR_STOP=1 -f sql/install.sql
+begin;
+create schema if not exists rowcast;
+create table if not exists rowcast.schema_history (version int4 primary key, name varchar(255), applied_on varchar(255), checksum varchar(255));
+
+-- migration V1__core
+-- rowcast core schema.
+--
+--   rowcast.events     the change log the capture trigger writes (immutable, one row per change)
+--   rowcast.log        positions the sequencer gives to committed events (narrow, insert-only)
+--   rowcast.sequencer  the one-row counter and snapshot the sequencer advances
+--   rowcast.watches    what is watched, and how (the registry behind the view rowcast.watched)
+--   rowcast.capture()  the row trigger; rowcast.capture_truncate() the statement trigger
+--   rowcast.watch() / rowcast.unwatch()   the DBA API
+--   rowcast.sequence() the sequencer's batch, called by the service
+--
+-- Every function fixes its search_path and qualifies every name; execute is revoked from
+-- public at the end of the file.
+
+create schema if not exists rowcast;
+
+-- cache 1: with a per-backend cache, ids from concurrent sessions would not follow the
+-- order of insertion, and the sequencer relies on id order for changes to the same row.
+create sequence rowcast.events_id_seq as bigint cache 1;
+
+create table rowcast.events (
+    id         bigint primary key default nextval('rowcast.events_id_seq'),
+    -- top-level transaction of the write (savepoints share it); the sequencer compares
+    -- it with snapshots to find events that committed since its last batch.
+    txid       xid8 not null default pg_current_xact_id(),
+    relid      oid not null,
+    table_name text not null,
+    op         text not null check (op in ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    topics     text[] not null,
+    -- the new row (INSERT, UPDATE) or the old row (DELETE), minus excluded columns
+    data       jsonb,
+    -- UPDATE only: the previous values of the changed columns
+    old        jsonb,
+    ts         timestamptz not null default clock_timestamp()
+);
+alter sequence rowcast.events_id_seq owned by rowcast.events.id;
+create index events_txid on rowcast.events (txid);
+
+comment on table rowcast.events is
+    'rowcast change log: one row per committed or in-flight change of a watched table; positions live in rowcast.log';
+
+-- The sequenced log: a narrow row per event so that giving a position is not a second
+-- write of the (possibly wide) event row. Topics are copied here by the sequencer so a
+-- sparse resume (user:7) is an index lookup that writers never pay for.
+create table rowcast.log (
+    pos      bigint primary key,
+    event_id bigint not null unique,
+    topics   text[] not null
+);
+create index log_topics on rowcast.log using gin (topics);
+
+comment on table rowcast.log is
+    'rowcast sequenced log: gap-free positions of committed events, in delivery order';
+
+-- One row. Everything visible in `snap` has a position. A pass in progress (a batch that
+-- hit its limit) remembers its target snapshot and the last event id it sequenced.
+create table rowcast.sequencer (
+    singleton  boolean primary key default true check (singleton),
+    last_pos   bigint not null default 0,
+    snap       pg_snapshot not null,
+    pass_snap  pg_snapshot,
+    pass_id    bigint not null default 0,
+    updated_at timestamptz not null default clock_timestamp()
+);
+insert into rowcast.sequencer (snap) values (pg_current_snapshot());
+
+create table rowcast.watches (
+    relid        oid primary key,
+    table_name   text not null,
+    topic        text not null,
+    key_columns  text[] not null,
+    routes       jsonb not null default '{}',
+    route_columns text[] not null default '{}',
+    route_topics text[] not null default '{}',
+    exclude      text[] not null default '{}',
+    domain       text,
+    columns      jsonb not null default '{}',
+    wake         text not null default 'notify' check (wake in ('notify', 'poll')),
+    created_at   timestamptz not null default clock_timestamp(),
+    updated_at   timestamptz not null default clock_timestamp()
+);
+
+create view rowcast.watched as
+select w.relid::regclass as "table",
+       w.table_name,
+       w.topic,
+       w.key_columns,
+       w.routes,
+       w.exclude,
+       w.domain,
+       w.columns,
+       w.wake,
+       exists (select 1 from pg_catalog.pg_trigger t
+               where t.tgrelid = w.relid and t.tgname = 'rowcast_capture') as active,
+       w.created_at,
+       w.updated_at
+from rowcast.watches w;
+
+comment on view rowcast.watched is 'rowcast: the watched tables and their settings';
+
+-- The capture trigger. Runs in the writer's transaction: it only reads the registration
+-- and inserts one row, so a write never waits on the notifier and never fails because of
+-- a payload size (the row is stored as jsonb, not sent through NOTIFY).
+create function rowcast.capture() returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+as $$
+declare
+    w        rowcast.watches;
+    full_new jsonb;
+    full_old jsonb;
+    new_row  jsonb;
+    old_row  jsonb;
+    changed  jsonb;
+    topics   text[];
+    r        jsonb;
+    t        text;
+    v        text;
+    i        int;
+begin
+    select * into w from rowcast.watches where relid = tg_argv[0]::oid;
+    if not found then
+        return null;  -- unwatched while this statement ran
+    end if;
+
+    if tg_op <> 'DELETE' then
+        full_new := to_jsonb(new);
+        new_row := full_new - w.exclude;
+    end if;
+    if tg_op <> 'INSERT' then
+        full_old := to_jsonb(old);
+        old_row := full_old - w.exclude;
+    end if;
+
+    if tg_op = 'UPDATE' then
+        if new_row = old_row then
+            return null;  -- nothing visible changed: no event
+        end if;
+        select jsonb_object_agg(o.key, o.value) into changed
+        from jsonb_each(old_row) o
+        where new_row -> o.key is distinct from o.value;
+        changed := coalesce(changed, '{}');
+    end if;
+
+    -- Topics: the table, the row (new and old key), one per routing column (new and old value).
+    topics := array[w.table_name];
+    foreach r in array array[full_new, full_old] loop
+        continue when r is null;
+        if cardinality(w.key_columns) > 0 then
+            t := w.topic;
+            foreach v in array w.key_columns loop
+                t := t || ':' || coalesce(r ->> v, '');
+            end loop;
+            if not t = any(topics) then
+                topics := topics || t;
+            end if;
+        end if;
+        for i in 1 .. coalesce(cardinality(w.route_columns), 0) loop
+            v := r ->> w.route_columns[i];
+            continue when v is null;
+            t := w.route_topics[i] || ':' || v;
+            if not t = any(topics) then
+                topics := topics || t;
+            end if;
+        end loop;
+    end loop;
+
+    insert into rowcast.events (relid, table_name, op, topics, data, old)
+    values (w.relid, w.table_name, tg_op, topics,
+            case when tg_op = 'DELETE' then old_row else new_row end, changed);
+
+    if w.wake = 'notify' then
+        perform pg_catalog.pg_notify('rowcast_wake', '');
+    end if;
+    return null;
+end
+$$;
+
+create function rowcast.capture_truncate() returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+as $$
+declare
+    w rowcast.watches;
+begin
+    select * into w from rowcast.watches where relid = tg_argv[0]::oid;
+    if not found then
+        return null;
+    end if;
+    insert into rowcast.events (relid, table_name, op, topics, data, old)
+    values (w.relid, w.table_name, 'TRUNCATE', array[w.table_name], null, null);
+    if w.wake = 'notify' then
+        perform pg_catalog.pg_notify('rowcast_wake', '');
+    end if;
+    return null;
+end
+$$;
+
+-- Raises a clear error unless every name is a live column of the table.
+create function rowcast.check_columns(tbl regclass, what text, names text[]) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    missing text;
+begin
+    select n into missing
+    from unnest(names) as n
+    where not exists (select 1 from pg_catalog.pg_attribute a
+                      where a.attrelid = tbl and a.attname = n
+                        and a.attnum > 0 and not a.attisdropped)
+    limit 1;
+    if missing is not null then
+        raise exception 'rowcast.watch: % names column "%", which table % does not have', what, missing, tbl
+            using errcode = 'undefined_column';
+    end if;
+end
+$$;
+
+-- Watch a table: register how its changes become events and install the triggers.
+-- Calling it again updates the settings. Runs with the caller's rights: creating a
+-- trigger needs the table owner's.
+create function rowcast.watch(
+    tbl     regclass,
+    topic   text    default null,
+    routes  jsonb   default '{}',
+    exclude text[]  default '{}',
+    domain  text    default null,
+    columns jsonb   default '{}',
+    wake    text    default 'notify'
+) returns text
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    rel        record;
+    shown      text;
+    keys       text[];
+    r_cols     text[];
+    r_topics   text[];
+    bad        text;
+begin
+    -- Registrations of tables dropped since (their triggers went with them).
+    delete from rowcast.watches w
+    where not exists (select 1 from pg_catalog.pg_class c where c.oid = w.relid);
+
+    select c.relkind, c.relname, c.relispartition, n.nspname into rel
+    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+    where c.oid = tbl;
+    if rel.relkind not in ('r', 'p') then
+        raise exception 'rowcast.watch: % is not a table (only tables and partitioned tables can be watched)', tbl
+            using errcode = 'wrong_object_type';
+    end if;
+    if rel.nspname in ('rowcast', 'pg_catalog', 'information_schema') or rel.nspname like 'pg_toast%' then
+        raise exception 'rowcast.watch: % is in a system schema and cannot be watched', tbl
+            using errcode = 'insufficient_privilege';
+    end if;
+    if rel.relispartition then
+        raise exception 'rowcast.watch: % is a partition; watch its partitioned table instead', tbl
+            using errcode = 'wrong_object_type';
+    end if;
+
+    if wake is null or wake not in ('notify', 'poll') then
+        raise exception 'rowcast.watch: wake must be ''notify'' or ''poll'', not %', coalesce(quote_literal(wake), 'null')
+            using errcode = 'invalid_parameter_value';
+    end if;
+
+    shown := case when rel.nspname = 'public' then rel.relname else rel.nspname || '.' || rel.relname end;
+    topic := coalesce(topic, shown);
+    if topic = '' or topic ~ '[\s,]' then
+        raise exception 'rowcast.watch: topic prefix % must be non-empty and contain no spaces or commas', quote_literal(topic)
+            using errcode = 'invalid_parameter_value';
+    end if;
+
+    routes := coalesce(routes, '{}');
+    if jsonb_typeof(routes) <> 'object' then
+        raise exception 'rowcast.watch: routes must be a JSON object of column -> topic prefix, like {"client_id": "user"}'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    select e.key into bad from jsonb_each(routes) e
+    where jsonb_typeof(e.value) <> 'string' or e.value #>> '{}' = '' or e.value #>> '{}' ~ '[\s,]' limit 1;
+    if bad is not null then
+        raise exception 'rowcast.watch: routes: the topic prefix for column "%" must be a non-empty string without spaces or commas', bad
+            using errcode = 'invalid_parameter_value';
+    end if;
+    select coalesce(array_agg(e.key order by e.key), '{}'), coalesce(array_agg(e.value #>> '{}' order by e.key), '{}')
+    into r_cols, r_topics
+    from jsonb_each(routes) e;
+    perform rowcast.check_columns(tbl, 'routes', r_cols);
+
+    exclude := coalesce(exclude, '{}');
+    perform rowcast.check_columns(tbl, 'exclude', exclude);
+
+    columns := coalesce(columns, '{}');
+    if jsonb_typeof(columns) <> 'object' then
+        raise exception 'rowcast.watch: columns must be a JSON object of domain field -> column, like {"status": "state"}'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    select e.key into bad from jsonb_each(columns) e where jsonb_typeof(e.value) <> 'string' limit 1;
+    if bad is not null then
+        raise exception 'rowcast.watch: columns: the column for field "%" must be a string', bad
+            using errcode = 'invalid_parameter_value';
+    end if;
+    perform rowcast.check_columns(tbl, 'columns', array(select e.value #>> '{}' from jsonb_each(columns) e));
+
+    select coalesce(array_agg(a.attname::text order by k.ord), '{}') into keys
+    from pg_catalog.pg_index i
+    cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+    join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+    where i.indrelid = tbl and i.indisprimary;
+
+    insert into rowcast.watches as w (relid, table_name, topic, key_columns, routes, route_columns,
+                                      route_topics, exclude, domain, columns, wake)
+    values (tbl, shown, topic, keys, routes, r_cols, r_topics, exclude, domain, columns, wake)
+    on conflict (relid) do update
+        set table_name = excluded.table_name, topic = excluded.topic, key_columns = excluded.key_columns,
+            routes = excluded.routes, route_columns = excluded.route_columns,
+            route_topics = excluded.route_topics, exclude = excluded.exclude, domain = excluded.domain,
+            columns = excluded.columns, wake = excluded.wake, updated_at = clock_timestamp();
+
+    execute format('create or replace trigger rowcast_capture after insert or update or delete on %s '
+                   'for each row execute function rowcast.capture(%L)', tbl, tbl::oid);
+    execute format('create or replace trigger rowcast_capture_truncate after truncate on %s '
+                   'for each statement execute function rowcast.capture_truncate(%L)', tbl, tbl::oid);
+    return shown;
+end
+$$;
+
+-- Stop watching a table: remove its triggers and its registration. Events already
+-- captured stay in the log and are delivered. Returns false if it was not watched.
+create function rowcast.unwatch(tbl regclass) returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute format('drop trigger if exists rowcast_capture on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_truncate on %s', tbl);
+    delete from rowcast.watches where relid = tbl;
+    return found;
+end
+$$;
+
+-- One sequencer batch. Gives the next gap-free positions to events whose transaction
+-- committed since the last batch, and wakes the tailers.
+--
+-- Why not `where id > last_id`: ids (and xids) are handed out when a transaction writes,
+-- but transactions commit in another order, so a reader that follows ids skips an event
+-- whose transaction commits after a later id was read. Instead the sequencer keeps the
+-- snapshot of its last batch: an event is new when its transaction is visible in the
+-- current snapshot and was not in the stored one (it was in progress then, or started
+-- after). Rolled-back transactions are never visible, so their events never get a
+-- position. Within a batch events are ordered by id: a second change to a row waits for
+-- the first change's transaction to end, so it has a larger id, and it can never be
+-- visible in a snapshot that does not show the first one: every row keeps its order.
+--
+-- The counter row is locked for the whole batch, so two sequencers can never hand out a
+-- position twice (and `log.pos` is a primary key besides); `skip locked` makes the
+-- row lock the leadership: a replica that finds it taken returns -1 and does nothing.
+-- The lock is transaction-scoped, so it dies with a dead connection's transaction.
+create function rowcast.sequence(batch_limit integer default 10000) returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_custom_plan
+as $$
+declare
+    st     rowcast.sequencer;
+    target pg_snapshot;
+    n      bigint;
+    top_id bigint;
+begin
+    if batch_limit is null or batch_limit < 1 then
+        raise exception 'rowcast.sequence: batch_limit must be at least 1' using errcode = 'invalid_parameter_value';
+    end if;
+    select * into st from rowcast.sequencer where singleton for update skip locked;
+    if not found then
+        return -1;
+    end if;
+    target := coalesce(st.pass_snap, pg_current_snapshot());
+
+    with batch as (
+        select e.id, e.topics from rowcast.events e
+        where e.txid >= pg_snapshot_xmax(st.snap)
+          and e.txid < pg_snapshot_xmax(target)
+          and pg_visible_in_snapshot(e.txid, target)
+          and e.id > st.pass_id
+        union all
+        select e.id, e.topics from rowcast.events e
+        where e.txid = any (array(select pg_snapshot_xip(st.snap)))
+          and pg_visible_in_snapshot(e.txid, target)
+          and e.id > st.pass_id
+        order by id
+        limit batch_limit
+    ), ins as (
+        insert into rowcast.log (pos, event_id, topics)
+        select st.last_pos + row_number() over (order by b.id), b.id, b.topics from batch b
+        returning pos, event_id
+    )
+    select count(*), max(event_id) into n, top_id from ins;
+
+    if n < batch_limit then
+        update rowcast.sequencer
+        set last_pos = st.last_pos + n, snap = target, pass_snap = null, pass_id = 0,
+            updated_at = clock_timestamp()
+        where singleton;
+    else
+        update rowcast.sequencer
+        set last_pos = st.last_pos + n, pass_snap = target, pass_id = top_id,
+            updated_at = clock_timestamp()
+        where singleton;
+    end if;
+
+    if n > 0 then
+        perform pg_catalog.pg_notify('rowcast_seq', (st.last_pos + n)::text);
+    end if;
+    return n;
+end
+$$;
+
+revoke all on schema rowcast from public;
+revoke execute on all functions in schema rowcast from public;
+
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (1, 'core', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '688753434274595731');
+commit;

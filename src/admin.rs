@@ -1,0 +1,232 @@
+//! DBA operations run by the CLI over an admin connection: watch, unwatch, status,
+//! uninstall, and the SQL-only install script.
+//!
+//! `watch`/`unwatch` create and drop triggers, which needs the table owner's rights; the
+//! service itself never calls these and runs as a least-privilege role.
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::migrate;
+
+/// The SQL that removes rowcast: every capture trigger, then the schema. App tables and
+/// their data are untouched.
+pub const UNINSTALL_SQL: &str = include_str!("../sql/uninstall.sql");
+
+/// Why an admin operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// PostgreSQL refused (the message is PostgreSQL's, e.g. an unknown column).
+    #[error("{0}")]
+    Db(String),
+    /// An argument is malformed.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl From<tokio_postgres::Error> for AdminError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        match err.as_db_error() {
+            Some(db) => AdminError::Db(db.message().to_string()),
+            None => AdminError::Db(err.to_string()),
+        }
+    }
+}
+
+/// A `watch` registration, as given on the command line.
+#[derive(Debug, Default, Clone)]
+pub struct WatchSpec {
+    /// The table (`schema.table` or a name on the search path).
+    pub table: String,
+    /// Row topic prefix (default: the table name).
+    pub topic: Option<String>,
+    /// `column=prefix` routing pairs.
+    pub routes: Vec<String>,
+    /// Columns that never leave the database.
+    pub exclude: Vec<String>,
+    /// Kind of row for typed events.
+    pub domain: Option<String>,
+    /// `field=column` mapping pairs.
+    pub columns: Vec<String>,
+    /// `notify` or `poll`.
+    pub wake: Option<String>,
+}
+
+fn pairs(what: &str, items: &[String]) -> Result<serde_json::Value, AdminError> {
+    let mut map = serde_json::Map::new();
+    for item in items {
+        let Some((key, value)) = item.split_once('=') else {
+            return Err(AdminError::Usage(format!(
+                "{what} {item:?} must look like key=value"
+            )));
+        };
+        if key.is_empty() || value.is_empty() {
+            return Err(AdminError::Usage(format!(
+                "{what} {item:?} must look like key=value"
+            )));
+        }
+        map.insert(
+            key.to_string(),
+            serde_json::Value::String(value.to_string()),
+        );
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+/// Registers (or updates) a watched table. Returns the name events will carry.
+pub async fn watch(client: &Client, spec: &WatchSpec) -> Result<String, AdminError> {
+    let routes = pairs("--route", &spec.routes)?;
+    let columns = pairs("--column", &spec.columns)?;
+    let row = client
+        .query_one(
+            "select rowcast.watch($1::text::regclass, topic => $2, routes => $3, exclude => $4, \
+             domain => $5, columns => $6, wake => coalesce($7, 'notify'))",
+            &[
+                &spec.table,
+                &spec.topic,
+                &routes,
+                &spec.exclude,
+                &spec.domain,
+                &columns,
+                &spec.wake,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Stops watching a table. Returns whether it was watched.
+pub async fn unwatch(client: &Client, table: &str) -> Result<bool, AdminError> {
+    Ok(client
+        .query_one("select rowcast.unwatch($1::text::regclass)", &[&table])
+        .await?
+        .get(0))
+}
+
+/// Removes every capture trigger and the schema `rowcast`.
+pub async fn uninstall(client: &Client) -> Result<(), AdminError> {
+    client.batch_execute(UNINSTALL_SQL).await?;
+    Ok(())
+}
+
+/// One watched table, for `status`.
+#[derive(Debug, Serialize)]
+pub struct Watched {
+    /// The table.
+    pub table: String,
+    /// Row topic prefix.
+    pub topic: String,
+    /// Routing columns and prefixes.
+    pub routes: serde_json::Value,
+    /// Excluded columns.
+    pub exclude: Vec<String>,
+    /// Kind of row, if typed.
+    pub domain: Option<String>,
+    /// `notify` or `poll`.
+    pub wake: String,
+    /// Whether its trigger exists.
+    pub active: bool,
+}
+
+/// What `rowcast status` reports from the database.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Schema version installed.
+    pub schema_version: i64,
+    /// Watched tables.
+    pub watched: Vec<Watched>,
+    /// Last position handed out.
+    pub head: i64,
+    /// Captured events newer than the newest sequenced one (waiting for the sequencer).
+    pub unsequenced: i64,
+    /// Events retained in the log.
+    pub retained: i64,
+    /// Fraction of the NOTIFY queue in use.
+    pub notify_queue_usage: f64,
+    /// Sessions of the service connected to this database (dedicated connections).
+    pub service_connections: i64,
+}
+
+/// Reads the status of rowcast in this database.
+pub async fn status(client: &Client) -> Result<Status, AdminError> {
+    let version: i64 = client
+        .query_one(
+            &format!(
+                "select coalesce(max(version), 0)::bigint from {}",
+                migrate::HISTORY_TABLE
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    let watched = client
+        .query(
+            "select \"table\"::text, topic, routes, exclude, domain, wake, active \
+             from rowcast.watched order by 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Watched {
+            table: r.get(0),
+            topic: r.get(1),
+            routes: r.get(2),
+            exclude: r.get(3),
+            domain: r.get(4),
+            wake: r.get(5),
+            active: r.get(6),
+        })
+        .collect();
+    let row = client
+        .query_one(
+            "select s.last_pos, \
+                    (select count(*) from rowcast.events e \
+                      where e.id > coalesce((select max(event_id) from rowcast.log), 0)), \
+                    (select count(*) from rowcast.log), \
+                    pg_notification_queue_usage(), \
+                    (select count(*) from pg_stat_activity \
+                      where datname = current_database() and application_name = 'rowcast') \
+             from rowcast.sequencer s",
+            &[],
+        )
+        .await?;
+    Ok(Status {
+        schema_version: version,
+        watched,
+        head: row.get(0),
+        unsequenced: row.get(1),
+        retained: row.get(2),
+        notify_queue_usage: row.get(3),
+        service_connections: row.get(4),
+    })
+}
+
+/// The SQL-only install script: every migration, then the history rows that make
+/// `rowcast migrate` recognise the result. `sql/install.sql` is this text.
+pub fn install_sql() -> String {
+    let mut out = String::from(
+        "-- rowcast: SQL-only install, generated from migrations/ by `rowcast install-sql`.\n\
+         -- Run as a role that may create schemas: psql -v ON_ERROR_STOP=1 -f sql/install.sql\n\
+         begin;\n\
+         create schema if not exists rowcast;\n",
+    );
+    out.push_str(&format!(
+        "create table if not exists {} (version int4 primary key, name varchar(255), \
+         applied_on varchar(255), checksum varchar(255));\n",
+        migrate::HISTORY_TABLE
+    ));
+    for m in migrate::embedded_migrations() {
+        out.push_str(&format!("\n-- migration V{}__{}\n", m.version(), m.name()));
+        out.push_str(m.sql().unwrap_or_default());
+        out.push_str(&format!(
+            "\ninsert into {} (version, name, applied_on, checksum) values ({}, '{}', \
+             to_char(now() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '{}');\n",
+            migrate::HISTORY_TABLE,
+            m.version(),
+            m.name(),
+            m.checksum()
+        ));
+    }
+    out.push_str("commit;\n");
+    out
+}

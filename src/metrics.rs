@@ -1,0 +1,79 @@
+//! Prometheus metrics: names, descriptions, and the process-wide recorder.
+//!
+//! Counters and gauges are recorded with the `metrics` facade where things happen;
+//! `/metrics` renders them in the Prometheus text format.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Events given positions by this replica's sequencer.
+pub const EVENTS_SEQUENCED: &str = "rowcast_events_sequenced_total";
+/// Events read from the log and published to the hub.
+pub const EVENTS_PUBLISHED: &str = "rowcast_events_published_total";
+/// Event frames written to client sessions.
+pub const DELIVERIES: &str = "rowcast_deliveries_total";
+/// Open client sessions.
+pub const SESSIONS: &str = "rowcast_sessions";
+/// Sessions closed, by reason.
+pub const SESSIONS_CLOSED: &str = "rowcast_sessions_closed_total";
+/// Client messages refused, by error code.
+pub const REFUSALS: &str = "rowcast_refusals_total";
+/// Reconnects of a dedicated connection, by role (sequencer, tailer).
+pub const RECONNECTS: &str = "rowcast_db_reconnects_total";
+/// Last position published by this replica.
+pub const HEAD: &str = "rowcast_head_position";
+/// Last position handed out by the sequencer (any replica).
+pub const SEQUENCED: &str = "rowcast_sequenced_position";
+/// Positions sequenced but not yet published by this replica.
+pub const LAG: &str = "rowcast_listener_lag_events";
+/// Captured events that have no position yet.
+pub const UNSEQUENCED: &str = "rowcast_unsequenced_events";
+/// Fraction of PostgreSQL's NOTIFY queue in use (`pg_notification_queue_usage()`).
+pub const NOTIFY_QUEUE: &str = "rowcast_notify_queue_usage";
+
+/// The process-wide recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .install_recorder()
+            .expect("no other metrics recorder is installed");
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        EVENTS_SEQUENCED,
+        "Events given positions by this replica's sequencer"
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        "Events read from the log and published to sessions"
+    );
+    describe_counter!(DELIVERIES, "Event frames written to client sessions");
+    describe_gauge!(SESSIONS, "Open client sessions");
+    describe_counter!(SESSIONS_CLOSED, "Client sessions closed, by reason");
+    describe_counter!(REFUSALS, "Client messages refused, by error code");
+    describe_counter!(
+        RECONNECTS,
+        "Reconnects of dedicated database connections, by role"
+    );
+    describe_gauge!(HEAD, "Last position published by this replica");
+    describe_gauge!(SEQUENCED, "Last position handed out by the sequencer");
+    describe_gauge!(
+        LAG,
+        "Positions sequenced but not yet published by this replica"
+    );
+    describe_gauge!(
+        UNSEQUENCED,
+        "Captured events without a position yet (estimate)"
+    );
+    describe_gauge!(
+        NOTIFY_QUEUE,
+        "Fraction of the PostgreSQL NOTIFY queue in use"
+    );
+}

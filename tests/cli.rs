@@ -1,0 +1,216 @@
+//! The command line against a real database: admin commands, errors, install/uninstall.
+
+use std::process::{Command, Output};
+
+use crate::support::{TestDb, connect};
+
+fn rowcast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("ROWCAST_ADMIN_URL")
+        .output()
+        .expect("running the rowcast binary")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn watch_status_and_unwatch_work_against_a_real_database() {
+    let db = TestDb::migrated().await;
+    db.client()
+        .await
+        .batch_execute("create table orders (id bigint primary key, buyer_id bigint, secret text)")
+        .await
+        .unwrap();
+    let url = db.url.as_str();
+    let out = rowcast(&[
+        "watch",
+        "--admin-url",
+        url,
+        "orders",
+        "--topic",
+        "order",
+        "--route",
+        "buyer_id=user",
+        "--exclude",
+        "secret",
+        "--wake",
+        "poll",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("watching orders"));
+
+    let out = rowcast(&["status", "--admin-url", url, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let watched = &status["watched"][0];
+    assert_eq!(watched["table"], "orders");
+    assert_eq!(watched["topic"], "order");
+    assert_eq!(watched["wake"], "poll");
+    assert_eq!(watched["routes"], serde_json::json!({"buyer_id": "user"}));
+    assert_eq!(watched["exclude"], serde_json::json!(["secret"]));
+    assert_eq!(status["head"], 0);
+
+    let out = rowcast(&["status", "--admin-url", url]);
+    assert!(text(&out).contains("orders"), "{}", text(&out));
+
+    let out = rowcast(&["unwatch", "--admin-url", url, "orders"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = rowcast(&["status", "--admin-url", url, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["watched"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn bad_arguments_and_an_unreachable_database_fail_clearly() {
+    let db = TestDb::migrated().await;
+    let out = rowcast(&["watch", "--admin-url", &db.url, "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("\"nope\" does not exist"),
+        "{}",
+        text(&out)
+    );
+
+    let out = rowcast(&[
+        "watch",
+        "--admin-url",
+        &db.url,
+        "nope",
+        "--route",
+        "client_id",
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("key=value"), "{}", text(&out));
+
+    let out = rowcast(&["watch", "--admin-url", &db.url, "t", "--wake", "sometimes"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let out = rowcast(&["status"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--admin-url"), "{}", text(&out));
+
+    let out = rowcast(&[
+        "status",
+        "--admin-url",
+        "host=127.0.0.1 port=1 user=postgres dbname=x",
+    ]);
+    assert!(!out.status.success());
+    let message = text(&out);
+    assert!(
+        message.contains("cannot connect to postgres at 127.0.0.1:1/x"),
+        "{message}"
+    );
+    assert!(message.contains("is it running"), "{message}");
+
+    let out = rowcast(&["uninstall", "--admin-url", &db.url]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("--yes"));
+}
+
+#[tokio::test]
+async fn the_sql_install_script_is_generated_from_the_migrations() {
+    let on_disk =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/install.sql")).unwrap();
+    assert_eq!(
+        on_disk,
+        rowcast::admin::install_sql(),
+        "sql/install.sql is stale: regenerate it with `cargo run -- install-sql > sql/install.sql`"
+    );
+}
+
+const CATALOG: &str = "select 'ns ' || nspname from pg_namespace \
+     union all select 'fn ' || p.oid::regprocedure::text from pg_proc p \
+        join pg_namespace n on n.oid = p.pronamespace where nspname not in ('pg_catalog', 'information_schema') \
+     union all select 'tg ' || tgrelid::regclass || ' ' || tgname from pg_trigger where not tgisinternal \
+     union all select 'ty ' || t.oid::regtype::text from pg_type t \
+        join pg_namespace n on n.oid = t.typnamespace where nspname not in ('pg_catalog', 'information_schema', 'pg_toast') \
+     union all select 'rel ' || c.oid::regclass::text from pg_class c \
+        join pg_namespace n on n.oid = c.relnamespace where nspname not in ('pg_catalog', 'information_schema', 'pg_toast') \
+     order by 1";
+
+async fn catalog(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(CATALOG, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn psql(url: &str, file: &str) {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", file])
+        .output()
+        .expect("running psql");
+    assert!(out.status.success(), "psql -f {file}: {}", text(&out));
+}
+
+#[tokio::test]
+async fn install_then_uninstall_leaves_the_catalog_as_it_was() {
+    let db = TestDb::empty().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create table bookings (id bigint primary key, client_id bigint, status text);
+             insert into bookings values (1, 7, 'PENDING');",
+        )
+        .await
+        .unwrap();
+    let before = catalog(&db).await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    psql(&db.url, &format!("{root}/sql/install.sql"));
+    rowcast::migrate::check(&client)
+        .await
+        .expect("the SQL install is recognised as migrated");
+    client
+        .batch_execute(
+            "select rowcast.watch('bookings', routes => '{\"client_id\": \"user\"}');
+             update bookings set status = 'CONFIRMED';",
+        )
+        .await
+        .unwrap();
+    psql(&db.url, &format!("{root}/sql/uninstall.sql"));
+    assert_eq!(catalog(&db).await, before);
+    let status: String = connect(&db.url)
+        .await
+        .query_one("select status from bookings where id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "CONFIRMED", "app data untouched");
+}
+
+#[tokio::test]
+async fn rowcast_uninstall_removes_what_migrate_installed() {
+    let db = TestDb::empty().await;
+    let before = catalog(&db).await;
+    let out = rowcast(&["migrate", "--admin-url", &db.url]);
+    assert!(out.status.success(), "{}", text(&out));
+    db.client()
+        .await
+        .batch_execute(crate::support::DEMO_SQL)
+        .await
+        .unwrap();
+    let with_demo: Vec<String> = catalog(&db).await;
+    let out = rowcast(&["uninstall", "--admin-url", &db.url, "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = catalog(&db).await;
+    assert!(
+        after.iter().all(|entry| !entry.contains("rowcast")),
+        "{after:?}"
+    );
+    // Only the demo's own tables remain beyond what was there before.
+    let demo_only: Vec<&String> = after.iter().filter(|e| !before.contains(e)).collect();
+    assert!(demo_only.iter().all(|e| with_demo.contains(e)));
+    assert!(!demo_only.is_empty());
+}
