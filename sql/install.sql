@@ -265,6 +265,10 @@ begin
         raise exception 'rowcast.watch: % is in a system schema and cannot be watched', tbl
             using errcode = 'insufficient_privilege';
     end if;
+    if not pg_catalog.pg_has_role(current_user, (select c.relowner from pg_catalog.pg_class c where c.oid = tbl), 'USAGE') then
+        raise exception 'rowcast.watch: only the owner of % may watch it (creating its trigger needs ownership)', tbl
+            using errcode = 'insufficient_privilege';
+    end if;
     if rel.relispartition then
         raise exception 'rowcast.watch: % is a partition; watch its partitioned table instead', tbl
             using errcode = 'wrong_object_type';
@@ -350,6 +354,39 @@ begin
 end
 $$;
 
+-- Least-privilege grants, run by the DBA once per role:
+--   select rowcast.grant_service('rowcast_service');  -- the role `rowcast serve` connects as
+--   select rowcast.grant_admin('app_owner');          -- a table owner who runs watch/unwatch
+-- The service role reads the log and calls rowcast.sequence(); it gets no access to app
+-- tables. The admin role may register tables it owns (creating a trigger still needs
+-- ownership of the table).
+create function rowcast.grant_service(role regrole) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute format('grant usage on schema rowcast to %s', role);
+    execute format('grant select on rowcast.events, rowcast.log, rowcast.sequencer, rowcast.watches, '
+                   'rowcast.watched, rowcast.schema_history to %s', role);
+    execute format('grant execute on function rowcast.sequence(integer) to %s', role);
+end
+$$;
+
+create function rowcast.grant_admin(role regrole) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute format('grant usage on schema rowcast to %s', role);
+    execute format('grant select, insert, update, delete on rowcast.watches to %s', role);
+    execute format('grant select on rowcast.watched, rowcast.sequencer, rowcast.log, rowcast.events, '
+                   'rowcast.schema_history to %s', role);
+    execute format('grant execute on function rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text), '
+                   'rowcast.unwatch(regclass), rowcast.check_columns(regclass, text, text[]), '
+                   'rowcast.capture(), rowcast.capture_truncate() to %s', role);
+end
+$$;
+
 -- One sequencer batch. Gives the next gap-free positions to events whose transaction
 -- committed since the last batch, and wakes the tailers.
 --
@@ -430,5 +467,5 @@ $$;
 revoke all on schema rowcast from public;
 revoke execute on all functions in schema rowcast from public;
 
-insert into rowcast.schema_history (version, name, applied_on, checksum) values (1, 'core', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '688753434274595731');
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (1, 'core', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '9785332601412131795');
 commit;

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::capture::sequencer::SequencerConfig;
 use crate::capture::tail::TailConfig;
+use crate::serve::admission::LimitsConfig;
+use crate::serve::auth::AuthConfig;
 
 /// Everything `rowcast serve` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,6 +46,10 @@ pub struct Config {
     pub tail: TailConfig,
     /// Per-session settings.
     pub session: SessionConfig,
+    /// Authentication and the topic policy; off unless `auth.algorithm` is set.
+    pub auth: AuthConfig,
+    /// Connection and request limits.
+    pub limits: LimitsConfig,
     /// `/readyz` reports unready when more events than this wait to be delivered.
     pub ready_max_lag: i64,
     /// How long shutdown waits for sessions and background tasks.
@@ -73,6 +79,8 @@ impl Default for Config {
             sequencer: SequencerConfig::default(),
             tail: TailConfig::default(),
             session: SessionConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
             ready_max_lag: 10_000,
             shutdown_timeout: Duration::from_secs(10),
         }
@@ -111,7 +119,7 @@ impl Config {
         figment
             .merge(
                 Env::prefixed("ROWCAST_")
-                    .ignore(&["config", "migrate", "admin_url", "auth"])
+                    .ignore(&["config", "migrate", "admin_url"])
                     .split("__"),
             )
             .merge(Env::raw().only(&["DATABASE_URL"]))
@@ -123,6 +131,9 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database_url = redact_url(&self.database_url);
+        if shown.auth.secret.is_some() {
+            shown.auth.secret = Some("***".into());
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
 }

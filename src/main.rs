@@ -230,12 +230,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.migrate {
         run_migrations(&config.database_url).await?;
     }
-    if config.listen.ip().is_loopback() {
-        tracing::warn!(
-            "authentication is not configured: every client may subscribe to every topic; listening on loopback only"
-        );
-    } else {
-        tracing::warn!(listen = %config.listen, "authentication is not configured: every client may subscribe to every topic");
+    if config.auth.algorithm.is_none() {
+        if config.listen.ip().is_loopback() {
+            tracing::warn!(
+                "authentication is not configured: every client may subscribe to every topic; listening on loopback only"
+            );
+        } else {
+            tracing::warn!(listen = %config.listen, "AUTHENTICATION IS NOT CONFIGURED and the service listens beyond loopback: every client may subscribe to every topic");
+        }
     }
     let app = Application::build(config).await?;
     let shutdown = CancellationToken::new();

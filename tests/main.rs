@@ -8,5 +8,6 @@ mod faults;
 mod operator;
 mod pipeline;
 mod schema;
+mod security;
 mod sequencing;
 mod session;

@@ -5,6 +5,8 @@
 //! tests); [`Application::run`] serves until a shutdown token is cancelled, then closes
 //! every session with 1001 and waits for the tasks to finish.
 
+pub mod admission;
+pub mod auth;
 pub mod health;
 pub mod protocol;
 pub mod ws;
@@ -41,6 +43,9 @@ pub enum ServeError {
     /// A database error after connecting.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The authentication settings cannot be used.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthConfigError),
     /// The schema is missing or does not match this binary.
     #[error(transparent)]
     Schema(#[from] MigrateError),
@@ -75,6 +80,12 @@ pub struct AppContext {
     pub db_stats: Arc<health::DbStats>,
     /// `/readyz` turns unready above this many undelivered events.
     pub ready_max_lag: i64,
+    /// Token verifier and policy; `None` when authentication is off.
+    pub auth: Option<Arc<auth::Auth>>,
+    /// Connection and request limits.
+    pub limits: Arc<admission::LimitsConfig>,
+    /// Open sessions, in total and per IP.
+    pub connections: Arc<admission::Connections>,
 }
 
 /// A bound, ready-to-run service.
@@ -101,6 +112,7 @@ impl Application {
     /// Connects to PostgreSQL, checks the schema, and binds the listen address.
     pub async fn build(config: Config) -> Result<Application, ServeError> {
         crate::metrics::handle();
+        let auth = auth::Auth::from_config(&config.auth)?.map(Arc::new);
         let pg = db::pg_config(&config.database_url)?;
         let pool = db::pool(&pg, config.pool_size)?;
         let client = pool.get().await.map_err(|err| ServeError::Connect {
@@ -125,6 +137,9 @@ impl Application {
             sessions: TaskTracker::new(),
             db_stats: Arc::default(),
             ready_max_lag: config.ready_max_lag,
+            auth,
+            limits: Arc::new(config.limits.clone()),
+            connections: Arc::default(),
         };
         Ok(Application {
             listener,

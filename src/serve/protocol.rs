@@ -194,6 +194,11 @@ pub enum Outgoing<'a> {
     },
     /// Answer to `ping`.
     Pong,
+    /// Answer to an accepted `auth`: the new token's expiry.
+    Authed {
+        /// Expiry of the new token (Unix seconds).
+        exp: Option<i64>,
+    },
     /// A refused request; the connection stays open.
     Error {
         /// Machine-readable code.

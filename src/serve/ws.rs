@@ -5,19 +5,24 @@
 //! goes live (see [`crate::hub`] for the switch-over). Bad client frames get an `error`
 //! message and the session goes on; a frame above the size limit closes it with 1009.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Longest a replay read may take.
 const REPLAY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::AppContext;
+use super::admission::{self, Permit, RateLimit};
+use super::auth::Principal;
 use super::protocol::{self, ErrorCode, Incoming, Outgoing, Refusal};
 use crate::capture::{log, tail};
 use crate::db::{self, DbError};
@@ -35,6 +40,10 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// The client read too slowly; resume with `since`.
     pub const TOO_SLOW: u16 = 4000;
+    /// The token expired.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// A token refresh was refused.
+    pub const REFRESH_REFUSED: u16 = 4002;
 
     /// A metric label for a close code.
     pub fn label(code: u16) -> &'static str {
@@ -44,6 +53,8 @@ pub mod close {
             TOO_LARGE => "too_large",
             INTERNAL => "internal_error",
             TOO_SLOW => "too_slow",
+            TOKEN_EXPIRED => "token_expired",
+            REFRESH_REFUSED => "refresh_refused",
             _ => "other",
         }
     }
@@ -54,7 +65,24 @@ pub fn router() -> Router<AppContext> {
     Router::new().route("/ws", get(upgrade))
 }
 
-async fn upgrade(ws: WebSocketUpgrade, State(ctx): State<AppContext>) -> Response {
+/// The query string of `/ws`.
+#[derive(Debug, Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+}
+
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(ctx): State<AppContext>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+) -> Response {
+    let (principal, permit) =
+        match admission::admit_session(&ctx, &headers, query.token.as_deref(), peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal.into_response(),
+        };
     let max = ctx.session.max_frame;
     ws.read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -63,7 +91,7 @@ async fn upgrade(ws: WebSocketUpgrade, State(ctx): State<AppContext>) -> Respons
         .max_message_size(max)
         .on_upgrade(move |socket| {
             let sessions = ctx.sessions.clone();
-            sessions.track_future(Session::new(ctx, socket).run())
+            sessions.track_future(Session::new(ctx, socket, principal, permit).run())
         })
 }
 
@@ -79,22 +107,30 @@ struct Session {
     ctx: AppContext,
     socket: WebSocket,
     member: Membership,
+    principal: Principal,
+    /// Subscribed topics, to re-check when the token is refreshed.
+    subscribed: Vec<String>,
+    rate: RateLimit,
+    _permit: Permit,
     /// Last position sent; anything at or below it is not sent again.
     cursor: i64,
     subscribed_once: bool,
-    topics: usize,
 }
 
 impl Session {
-    fn new(ctx: AppContext, socket: WebSocket) -> Session {
+    fn new(ctx: AppContext, socket: WebSocket, principal: Principal, permit: Permit) -> Session {
         let member = ctx.hub.join(ctx.session.queue);
+        let rate = RateLimit::new(ctx.limits.subscribe_rate, ctx.limits.subscribe_burst);
         Session {
             ctx,
             socket,
             member,
+            principal,
+            subscribed: Vec::new(),
+            rate,
+            _permit: permit,
             cursor: 0,
             subscribed_once: false,
-            topics: 0,
         }
     }
 
@@ -120,9 +156,11 @@ impl Session {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         let mut last_seen = Instant::now();
         loop {
+            let expiry = expiry_of(&self.principal);
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
+                _ = tokio::time::sleep_until(expiry) => return End::Close(close::TOKEN_EXPIRED, "token expired"),
                 incoming = self.socket.recv() => {
                     last_seen = Instant::now();
                     match incoming {
@@ -186,20 +224,23 @@ impl Session {
         match protocol::parse(text) {
             Err(refusal) => self.refuse(&refusal).await,
             Ok(Incoming::Ping) => self.send_json(&Outgoing::Pong).await,
-            Ok(Incoming::Subscribe { topics, since }) => self.subscribe(topics, since).await,
-            Ok(Incoming::Unsubscribe { topics }) => {
-                self.ctx.hub.unsubscribe(self.member.id(), &topics);
-                self.topics = self.topics.saturating_sub(topics.len());
-                self.send_json(&Outgoing::Unsubscribed { topics: &topics })
-                    .await
-            }
-            Ok(Incoming::Auth { .. }) => {
+            Ok(Incoming::Subscribe { .. } | Incoming::Unsubscribe { .. })
+                if !self.rate.try_take() =>
+            {
                 self.refuse(&Refusal {
-                    code: ErrorCode::BadRequest,
-                    message: "this server has no authentication configured".into(),
+                    code: ErrorCode::RateLimited,
+                    message: "too many subscribe or unsubscribe requests: slow down".into(),
                 })
                 .await
             }
+            Ok(Incoming::Subscribe { topics, since }) => self.subscribe(topics, since).await,
+            Ok(Incoming::Unsubscribe { topics }) => {
+                self.ctx.hub.unsubscribe(self.member.id(), &topics);
+                self.subscribed.retain(|t| !topics.contains(t));
+                self.send_json(&Outgoing::Unsubscribed { topics: &topics })
+                    .await
+            }
+            Ok(Incoming::Auth { token }) => self.refresh(&token).await,
         }
     }
 
@@ -213,7 +254,15 @@ impl Session {
             }
             if let Err(refusal) = protocol::check_topic(&topic) {
                 self.refuse(&refusal).await?;
-            } else if self.topics + accepted.len() >= self.ctx.session.max_topics {
+            } else if !self.principal.allows(&topic) {
+                let refusal = Refusal {
+                    code: ErrorCode::Forbidden,
+                    message: format!("topic {topic} is not allowed for this token"),
+                };
+                self.refuse(&refusal).await?;
+            } else if self.subscribed.contains(&topic) {
+                continue;
+            } else if self.subscribed.len() + accepted.len() >= self.ctx.session.max_topics {
                 let refusal = Refusal {
                     code: ErrorCode::TooManyTopics,
                     message: format!(
@@ -245,7 +294,7 @@ impl Session {
         else {
             return Err(End::Close(close::TOO_SLOW, "too slow: resume with since"));
         };
-        self.topics += accepted.len();
+        self.subscribed.extend(accepted.iter().cloned());
         self.send_json(&Outgoing::Subscribed {
             topics: &accepted,
             head,
@@ -255,6 +304,57 @@ impl Session {
             Some(since) => self.replay(accepted, since, head).await,
             None => Ok(()),
         }
+    }
+
+    /// Replaces the session's token. A token that fails verification, or belongs to
+    /// another subject, closes the session (4002); topics the new token no longer
+    /// allows are dropped, each with a `forbidden` error.
+    async fn refresh(&mut self, token: &str) -> Result<(), End> {
+        let Some(auth) = self.ctx.auth.clone() else {
+            return self
+                .refuse(&Refusal {
+                    code: ErrorCode::BadRequest,
+                    message: "this server has no authentication configured".into(),
+                })
+                .await;
+        };
+        let principal = match auth.verify(token) {
+            Ok(p) if p.sub == self.principal.sub => p,
+            Ok(_) => {
+                return Err(End::Close(
+                    close::REFRESH_REFUSED,
+                    "refresh refused: another subject",
+                ));
+            }
+            Err(err) => {
+                tracing::info!(session = self.member.id(), error = %err, "token refresh refused");
+                return Err(End::Close(
+                    close::REFRESH_REFUSED,
+                    "refresh refused: invalid token",
+                ));
+            }
+        };
+        let (kept, dropped): (Vec<String>, Vec<String>) = std::mem::take(&mut self.subscribed)
+            .into_iter()
+            .partition(|t| principal.allows(t));
+        self.subscribed = kept;
+        self.principal = principal;
+        if !dropped.is_empty() {
+            self.ctx.hub.unsubscribe(self.member.id(), &dropped);
+            for topic in &dropped {
+                let refusal = Refusal {
+                    code: ErrorCode::Forbidden,
+                    message: format!(
+                        "topic {topic} is not allowed for the new token: unsubscribed"
+                    ),
+                };
+                self.refuse(&refusal).await?;
+            }
+        }
+        self.send_json(&Outgoing::Authed {
+            exp: self.principal.exp,
+        })
+        .await
     }
 
     /// Sends the log's events on `topics` with `since < pos <= head`, then goes live,
@@ -350,4 +450,10 @@ fn receive_failed(err: axum::Error) -> End {
     } else {
         End::Gone
     }
+}
+
+/// When the session's token expires (far away when it has no expiry).
+fn expiry_of(principal: &Principal) -> Instant {
+    let far = Duration::from_secs(365 * 24 * 3600);
+    Instant::now() + principal.expires_in().unwrap_or(far)
 }

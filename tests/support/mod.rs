@@ -228,13 +228,19 @@ pub struct WsClient {
 impl WsClient {
     /// Connects to `/ws` on `addr`.
     pub async fn connect(addr: SocketAddr) -> WsClient {
-        let (stream, _) = tokio::time::timeout(
-            WAIT,
-            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
-        )
-        .await
-        .expect("websocket connect timed out")
-        .expect("websocket connect failed");
+        Self::connect_url(format!("ws://{addr}/ws")).await
+    }
+
+    /// Connects to `/ws` on `addr` with `?token=`.
+    pub async fn connect_with_token(addr: SocketAddr, token: &str) -> WsClient {
+        Self::connect_url(format!("ws://{addr}/ws?token={token}")).await
+    }
+
+    async fn connect_url(url: String) -> WsClient {
+        let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("websocket connect timed out")
+            .expect("websocket connect failed");
         WsClient { stream }
     }
 

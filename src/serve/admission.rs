@@ -1,0 +1,289 @@
+//! Admission: what a request must pass before it becomes a session. The Origin
+//! allow-list (cross-site WebSocket hijacking), the connection limits (total and per
+//! IP), and the token ([`super::auth`]). A refusal is an HTTP error with a JSON body,
+//! sent before any upgrade, and counted.
+//!
+//! Also the per-session subscribe rate limit ([`RateLimit`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::AppContext;
+use super::auth::{AuthError, Principal, token_of};
+
+/// Limits on connections and requests (`[limits]` in the config file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most open sessions (WebSocket and SSE) on this replica.
+    pub max_connections: usize,
+    /// Most open sessions from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Sustained `subscribe`/`unsubscribe` messages per second per session.
+    pub subscribe_rate: f64,
+    /// Burst of `subscribe`/`unsubscribe` messages allowed above the rate.
+    pub subscribe_burst: f64,
+    /// Origins allowed to open sessions from a browser (`https://app.example.com`);
+    /// empty allows any. Requests without an Origin header (non-browser clients) pass.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 50_000,
+            max_connections_per_ip: 1_000,
+            subscribe_rate: 10.0,
+            subscribe_burst: 50.0,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Counts open sessions, in total and per IP.
+#[derive(Debug, Default)]
+pub struct Connections {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open session's share of the connection counts; released on drop.
+#[derive(Debug)]
+pub struct Permit {
+    connections: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.connections.total.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self
+            .connections
+            .per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Connections {
+    /// Open sessions now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn acquire(self: &Arc<Self>, ip: IpAddr, limits: &LimitsConfig) -> Result<Permit, Refusal> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.total.load(Ordering::Relaxed) >= limits.max_connections {
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "this server has reached its connection limit; retry later or use another replica",
+            ));
+        }
+        if per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_connections_per_ip {
+            return Err(Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "too many connections from this address",
+            ));
+        }
+        *per_ip.entry(ip).or_insert(0) += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(Permit {
+            connections: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A refused request: an HTTP status and a JSON error body.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    /// A refusal with a status, an error code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(err: AuthError) -> Self {
+        Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string())
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        metrics::counter!(crate::metrics::REFUSALS, "code" => self.code).increment(1);
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({"type": "error", "code": self.code, "message": self.message})),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// Verifies the request's token (any principal is allowed everything when auth is off).
+pub fn authenticate(
+    ctx: &AppContext,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Principal, Refusal> {
+    match &ctx.auth {
+        None => Ok(Principal::anonymous()),
+        Some(auth) => {
+            let token = token_of(headers, query_token).ok_or(AuthError::Missing)?;
+            Ok(auth.verify(token)?)
+        }
+    }
+}
+
+/// Admits a session: Origin, token, then a connection permit.
+pub fn admit_session(
+    ctx: &AppContext,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    ip: IpAddr,
+) -> Result<(Principal, Permit), Refusal> {
+    check_origin(&ctx.limits, headers)?;
+    let principal = authenticate(ctx, headers, query_token)?;
+    let permit = ctx.connections.acquire(ip, &ctx.limits)?;
+    Ok((principal, permit))
+}
+
+fn check_origin(limits: &LimitsConfig, headers: &HeaderMap) -> Result<(), Refusal> {
+    if limits.allowed_origins.is_empty() {
+        return Ok(());
+    }
+    match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => Ok(()),
+        Some(Ok(origin)) if limits.allowed_origins.iter().any(|o| o == origin) => Ok(()),
+        Some(_) => Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this Origin may not open sessions on this server",
+        )),
+    }
+}
+
+/// A token bucket: `rate` per second, up to `burst` at once.
+#[derive(Debug)]
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64) -> RateLimit {
+        RateLimit {
+            rate,
+            burst: burst.max(1.0),
+            tokens: burst.max(1.0),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_refuses() {
+        let mut bucket = RateLimit::new(0.0, 3.0);
+        assert!(bucket.try_take() && bucket.try_take() && bucket.try_take());
+        assert!(!bucket.try_take());
+    }
+
+    #[test]
+    fn permits_count_per_ip_and_release_on_drop() {
+        let connections = Arc::new(Connections::default());
+        let limits = LimitsConfig {
+            max_connections_per_ip: 2,
+            ..LimitsConfig::default()
+        };
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let a = connections.acquire(ip, &limits).unwrap();
+        let _b = connections.acquire(ip, &limits).unwrap();
+        assert_eq!(
+            connections.acquire(ip, &limits).unwrap_err().status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert!(
+            connections
+                .acquire("10.0.0.2".parse().unwrap(), &limits)
+                .is_ok()
+        );
+        drop(a);
+        assert!(connections.acquire(ip, &limits).is_ok());
+    }
+
+    #[test]
+    fn origins_outside_the_list_are_refused_and_missing_ones_pass() {
+        let limits = LimitsConfig {
+            allowed_origins: vec!["https://app.example.com".into()],
+            ..LimitsConfig::default()
+        };
+        let mut headers = HeaderMap::new();
+        assert!(check_origin(&limits, &headers).is_ok());
+        headers.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert_eq!(
+            check_origin(&limits, &headers).unwrap_err().status(),
+            StatusCode::FORBIDDEN
+        );
+        headers.insert(header::ORIGIN, "https://app.example.com".parse().unwrap());
+        assert!(check_origin(&limits, &headers).is_ok());
+    }
+}

@@ -1,0 +1,490 @@
+//! Authentication and topic authorization.
+//!
+//! A client presents a JWT (`Authorization: Bearer <jwt>`, or `?token=<jwt>` for
+//! browsers, which cannot set headers on WebSocket or EventSource; the query form may
+//! reach proxy logs). The algorithm is pinned by configuration (HS256 with a shared
+//! secret, RS256/ES256 with a public key), so `alg: none` and algorithm confusion are
+//! refused; `exp` is required, `nbf`, `aud` and `iss` are checked with a small leeway.
+//!
+//! The policy maps claims to allowed topic patterns: each rule applies to everyone or
+//! to one role, and lists templates like `user:{sub}` or `provider:{sub}`, `attendance`,
+//! `court_rep:*`, `*`. Claim values are substituted literally (a `*` inside a claim
+//! never becomes a wildcard). Anything not allowed is denied. Topics are checked when
+//! subscribed and again when the token is refreshed, never per event.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Authentication settings (`[auth]` in the config file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `HS256`, `RS256` or `ES256`; unset means authentication is off.
+    pub algorithm: Option<String>,
+    /// HS256 shared secret.
+    pub secret: Option<String>,
+    /// File holding the HS256 shared secret (instead of `secret`).
+    pub secret_file: Option<PathBuf>,
+    /// PEM public key for RS256/ES256.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Clock leeway for `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// The claim holding the role (a string or an array of strings).
+    pub role_claim: String,
+    /// Policy rules; when empty: role `admin` may subscribe to anything, everyone to
+    /// `user:{sub}`.
+    pub allow: Vec<Rule>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: None,
+            secret: None,
+            secret_file: None,
+            public_key_file: None,
+            audience: None,
+            issuer: None,
+            leeway: Duration::from_secs(30),
+            role_claim: "role".into(),
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// One policy rule: topics allowed to everyone, or to one role.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// The role this rule applies to; unset means every authenticated client.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Topic templates: `{claim}` is replaced by the claim's value; a trailing `*`
+    /// matches any rest; `*` alone matches every topic.
+    pub topics: Vec<String>,
+}
+
+/// The configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// The algorithm is not one of HS256, RS256, ES256.
+    #[error("auth.algorithm {0:?} is not supported: use HS256, RS256 or ES256")]
+    Algorithm(String),
+    /// A key or secret is missing or unreadable.
+    #[error("auth: {0}")]
+    Key(String),
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token was presented.
+    #[error("a token is required: send Authorization: Bearer <jwt> or ?token=<jwt>")]
+    Missing,
+    /// The token has expired.
+    #[error("the token has expired")]
+    Expired,
+    /// The token is not valid yet (`nbf`).
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// Wrong audience or issuer.
+    #[error("the token is for another audience or issuer")]
+    WrongAudience,
+    /// Signed with another algorithm than the configured one (including `none`).
+    #[error("the token's algorithm is not the one this server accepts")]
+    Algorithm,
+    /// Bad signature or malformed token.
+    #[error("the token is invalid")]
+    Invalid,
+    /// The token has no usable `sub`.
+    #[error("the token has no subject (sub)")]
+    NoSubject,
+}
+
+/// What a topic pattern matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    Any,
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    fn matches(&self, topic: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Exact(t) => t == topic,
+            Pattern::Prefix(p) => topic.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// An authenticated client: who it is, until when, and what it may subscribe to.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Subject (`sub`), or `anonymous` without authentication.
+    pub sub: String,
+    /// Expiry (`exp`, Unix seconds), if the token has one.
+    pub exp: Option<i64>,
+    allowed: Vec<Pattern>,
+}
+
+impl Principal {
+    /// The principal of a server without authentication: everything is allowed.
+    pub fn anonymous() -> Principal {
+        Principal {
+            sub: "anonymous".into(),
+            exp: None,
+            allowed: vec![Pattern::Any],
+        }
+    }
+
+    /// Whether this principal may subscribe to `topic`.
+    pub fn allows(&self, topic: &str) -> bool {
+        self.allowed.iter().any(|p| p.matches(topic))
+    }
+
+    /// Time left until expiry.
+    pub fn expires_in(&self) -> Option<Duration> {
+        let exp = self.exp?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Some(Duration::from_secs((exp - now).max(0) as u64))
+    }
+}
+
+/// A verifier built from [`AuthConfig`].
+pub struct Auth {
+    key: DecodingKey,
+    validation: Validation,
+    rules: Vec<Rule>,
+    role_claim: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("algorithms", &self.validation.algorithms)
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Builds the verifier, or `None` when authentication is off.
+    pub fn from_config(config: &AuthConfig) -> Result<Option<Auth>, AuthConfigError> {
+        let Some(name) = config.algorithm.as_deref() else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|err| {
+                AuthConfigError::Key(format!("cannot read {}: {err}", path.display()))
+            })
+        };
+        let (algorithm, key) = match name.to_ascii_uppercase().as_str() {
+            "HS256" => {
+                let secret = match (&config.secret, &config.secret_file) {
+                    (Some(secret), _) => secret.as_bytes().to_vec(),
+                    (None, Some(path)) => {
+                        let mut bytes = read(path)?;
+                        while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                            bytes.pop();
+                        }
+                        bytes
+                    }
+                    (None, None) => {
+                        return Err(AuthConfigError::Key(
+                            "HS256 needs auth.secret or auth.secret_file".into(),
+                        ));
+                    }
+                };
+                if secret.len() < 16 {
+                    return Err(AuthConfigError::Key(
+                        "the HS256 secret must be at least 16 bytes".into(),
+                    ));
+                }
+                (Algorithm::HS256, DecodingKey::from_secret(&secret))
+            }
+            alg @ ("RS256" | "ES256") => {
+                let path = config.public_key_file.as_ref().ok_or_else(|| {
+                    AuthConfigError::Key(format!("{alg} needs auth.public_key_file"))
+                })?;
+                let pem = read(path)?;
+                let parsed = if alg == "RS256" {
+                    DecodingKey::from_rsa_pem(&pem).map(|k| (Algorithm::RS256, k))
+                } else {
+                    DecodingKey::from_ec_pem(&pem).map(|k| (Algorithm::ES256, k))
+                };
+                parsed.map_err(|err| {
+                    AuthConfigError::Key(format!(
+                        "{} is not a {alg} public key: {err}",
+                        path.display()
+                    ))
+                })?
+            }
+            other => return Err(AuthConfigError::Algorithm(other.to_string())),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &config.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let rules = if config.allow.is_empty() {
+            vec![
+                Rule {
+                    role: Some("admin".into()),
+                    topics: vec!["*".into()],
+                },
+                Rule {
+                    role: None,
+                    topics: vec!["user:{sub}".into()],
+                },
+            ]
+        } else {
+            config.allow.clone()
+        };
+        Ok(Some(Auth {
+            key,
+            validation,
+            rules,
+            role_claim: config.role_claim.clone(),
+        }))
+    }
+
+    /// Verifies a token and computes what its bearer may subscribe to.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|err| match err.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer => AuthError::WrongAudience,
+            ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthError::Algorithm,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "sub" => AuthError::NoSubject,
+            _ => AuthError::Invalid,
+        })?;
+        let claims = data.claims;
+        let sub = claim_text(claims.get("sub")).ok_or(AuthError::NoSubject)?;
+        let exp = claims.get("exp").and_then(Value::as_i64);
+        let roles: Vec<String> = match claims.get(&self.role_claim) {
+            Some(Value::String(role)) => vec![role.clone()],
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut allowed = Vec::new();
+        for rule in &self.rules {
+            if let Some(role) = &rule.role
+                && !roles.contains(role)
+            {
+                continue;
+            }
+            for template in &rule.topics {
+                if let Some(pattern) = expand(template, &claims) {
+                    allowed.push(pattern);
+                }
+            }
+        }
+        Ok(Principal { sub, exp, allowed })
+    }
+}
+
+/// A claim's value as text: strings as they are, integers in decimal.
+fn claim_text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Expands `{claim}` placeholders literally; `None` if a claim is missing.
+fn expand(template: &str, claims: &Map<String, Value>) -> Option<Pattern> {
+    if template == "*" {
+        return Some(Pattern::Any);
+    }
+    let (body, wildcard) = match template.strip_suffix('*') {
+        Some(body) => (body, true),
+        None => (template, false),
+    };
+    let mut out = String::with_capacity(body.len() + 16);
+    let mut rest = body;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}')? + start;
+        let value = claim_text(claims.get(&rest[start + 1..end]))?;
+        if value.chars().any(|c| c.is_whitespace() || c == ',') {
+            return None;
+        }
+        out.push_str(&value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Some(if wildcard {
+        Pattern::Prefix(out)
+    } else {
+        Pattern::Exact(out)
+    })
+}
+
+/// The token a request carries: the `Authorization: Bearer` header, else `?token=`.
+pub fn token_of<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .or(query_token)
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &str = "a-test-secret-of-enough-length";
+
+    fn auth(rules: Vec<Rule>) -> Auth {
+        Auth::from_config(&AuthConfig {
+            algorithm: Some("HS256".into()),
+            secret: Some(SECRET.into()),
+            allow: rules,
+            ..AuthConfig::default()
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    fn token(claims: Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn future() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            + 3600
+    }
+
+    #[test]
+    fn default_policy_gives_users_their_topic_and_admins_everything() {
+        let auth = auth(vec![]);
+        let user = auth
+            .verify(&token(json!({"sub": "7", "exp": future()})))
+            .unwrap();
+        assert!(user.allows("user:7"));
+        assert!(!user.allows("user:8"));
+        assert!(!user.allows("bookings"));
+        let admin = auth
+            .verify(&token(
+                json!({"sub": "1", "role": "admin", "exp": future()}),
+            ))
+            .unwrap();
+        assert!(admin.allows("bookings") && admin.allows("user:8"));
+    }
+
+    #[test]
+    fn role_rules_expand_claims_and_arrays_of_roles_count() {
+        let auth = auth(vec![
+            Rule {
+                role: Some("court_rep".into()),
+                topics: vec!["court_rep:{sub}".into(), "attendance".into()],
+            },
+            Rule {
+                role: Some("provider".into()),
+                topics: vec!["provider:{sub}".into(), "organization:{org}".into()],
+            },
+        ]);
+        let rep = auth
+            .verify(&token(
+                json!({"sub": "5", "org": 12, "role": ["court_rep"], "exp": future()}),
+            ))
+            .unwrap();
+        assert!(rep.allows("court_rep:5") && rep.allows("attendance"));
+        assert!(!rep.allows("court_rep:6") && !rep.allows("provider:5"));
+        // A rule whose claim is missing grants nothing of that template.
+        let provider = auth
+            .verify(&token(
+                json!({"sub": "3", "role": "provider", "exp": future()}),
+            ))
+            .unwrap();
+        assert!(provider.allows("provider:3"));
+        assert!(!provider.allows("organization:"));
+    }
+
+    #[test]
+    fn a_star_inside_a_claim_is_not_a_wildcard() {
+        let auth = auth(vec![Rule {
+            role: None,
+            topics: vec!["user:{sub}".into(), "team:{team}*".into()],
+        }]);
+        let p = auth
+            .verify(&token(json!({"sub": "*", "team": "4", "exp": future()})))
+            .unwrap();
+        assert!(p.allows("user:*"));
+        assert!(!p.allows("user:7"));
+        assert!(p.allows("team:4") && p.allows("team:42"));
+    }
+
+    #[test]
+    fn tokens_without_exp_or_sub_are_refused() {
+        let auth = auth(vec![]);
+        assert_eq!(
+            auth.verify(&token(json!({"sub": "7"}))).unwrap_err(),
+            AuthError::Invalid
+        );
+        assert_eq!(
+            auth.verify(&token(json!({"exp": future()}))).unwrap_err(),
+            AuthError::NoSubject
+        );
+        assert_eq!(auth.verify("garbage").unwrap_err(), AuthError::Invalid);
+    }
+
+    #[test]
+    fn a_short_secret_is_a_configuration_error() {
+        let err = Auth::from_config(&AuthConfig {
+            algorithm: Some("HS256".into()),
+            secret: Some("short".into()),
+            ..AuthConfig::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("16 bytes"));
+        assert!(
+            Auth::from_config(&AuthConfig {
+                algorithm: Some("none".into()),
+                ..AuthConfig::default()
+            })
+            .is_err()
+        );
+    }
+}
