@@ -169,6 +169,9 @@ pub struct SessionConfig {
     /// Interval of server pings; a session silent for two intervals is closed.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// Longest a write to the client may take before the session is closed as too slow.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Largest client frame accepted, in bytes; larger ones close the session (1009).
     pub max_frame: usize,
     /// Most topics one connection may hold.
@@ -182,6 +185,7 @@ impl Default for SessionConfig {
         SessionConfig {
             queue: 4096,
             ping_interval: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(10),
             max_frame: 16 * 1024,
             max_topics: 256,
             replay_page: 1000,

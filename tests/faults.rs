@@ -1,41 +1,388 @@
-//! Faults on a cluster of the test's own: the service rides them out.
+//! Faults: every committed change reaches every resuming subscriber exactly once, in
+//! position order, whatever fails in between. Each test has a cluster or service of its own.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::pipeline::NEW_BOOKING;
 use crate::support::cluster::Cluster;
-use crate::support::{DEMO_SQL, TestApp, TestDb, connect, positions};
+use crate::support::proxy::Proxy;
+use crate::support::service::{ServiceProcess, Writer};
+use crate::support::{DEMO_SQL, TestApp, TestDb, WAIT, connect, positions, test_config};
+
+/// A dashboard that follows `bookings`, reconnecting (to any of `addrs`) and resuming
+/// with the last position it saw, and records every position it receives.
+struct Follower {
+    seen: Arc<Mutex<Vec<i64>>>,
+    reconnects: Arc<Mutex<u32>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    fn start(addrs: Arc<Mutex<Vec<SocketAddr>>>) -> Follower {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reconnects = Arc::new(Mutex::new(0));
+        let (log, count) = (seen.clone(), reconnects.clone());
+        let handle = tokio::spawn(async move {
+            let mut turn = 0usize;
+            loop {
+                let addr = {
+                    let addrs = addrs.lock().unwrap();
+                    addrs[turn % addrs.len()]
+                };
+                turn += 1;
+                let since = log.lock().unwrap().last().copied().unwrap_or(0);
+                if let Ok((mut ws, _)) =
+                    tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await
+                {
+                    let subscribe =
+                        json!({"type": "subscribe", "topics": ["bookings"], "since": since});
+                    if ws.send(Message::text(subscribe.to_string())).await.is_ok() {
+                        while let Some(Ok(message)) = ws.next().await {
+                            let Message::Text(text) = message else {
+                                continue;
+                            };
+                            let value: Value = serde_json::from_str(&text).unwrap();
+                            if value["type"] == "event" {
+                                log.lock().unwrap().push(value["pos"].as_i64().unwrap());
+                            }
+                        }
+                    }
+                }
+                *count.lock().unwrap() += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Follower {
+            seen,
+            reconnects,
+            handle,
+        }
+    }
+
+    /// Waits until `n` events were seen, then checks they are exactly 1..=n.
+    async fn expect_exactly(&self, n: i64) {
+        let deadline = tokio::time::Instant::now() + WAIT * 3;
+        loop {
+            let got = self.seen.lock().unwrap().len() as i64;
+            if got >= n {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {got} of {n} events arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = self.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            (1..=n).collect::<Vec<_>>(),
+            "every position exactly once, in order"
+        );
+    }
+
+    fn reconnects(&self) -> u32 {
+        *self.reconnects.lock().unwrap()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+async fn own_demo_db(cluster: &Cluster) -> TestDb {
+    let db = TestDb::empty_on(cluster).await;
+    let mut client = db.client().await;
+    rowcast::migrate::migrate(&mut client).await.unwrap();
+    client.batch_execute(DEMO_SQL).await.unwrap();
+    db
+}
+
+async fn sequenced_count(db: &TestDb) -> i64 {
+    let total: i64 = db
+        .client()
+        .await
+        .query_one("select count(*) from rowcast.events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.wait_sequenced(total).await;
+    total
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_written_across_a_postgres_restart_are_all_delivered() {
-    let cluster = Cluster::start_own();
-    let own = cluster.own.as_ref().expect("an own cluster");
-    let db = TestDb::empty_on(&cluster).await;
-    {
-        let mut client = db.client().await;
-        rowcast::migrate::migrate(&mut client).await.unwrap();
-        client.batch_execute(DEMO_SQL).await.unwrap();
+async fn sigkill_of_the_service_under_load_loses_nothing() {
+    let db = TestDb::demo().await;
+    let mut service = ServiceProcess::start(&db.url, None).await;
+    let addr = service.addr;
+    let follower = Follower::start(Arc::new(Mutex::new(vec![addr])));
+    let writer = Writer::start(&db.url, Duration::from_millis(3));
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        service.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        service = ServiceProcess::start(&db.url, Some(addr)).await;
     }
-    let app = TestApp::start(&db).await;
-    let mut ws = app.ws().await;
-    ws.subscribe(&["bookings"], None).await;
-    let writer = db.client().await;
-    for i in 0..10i64 {
-        writer.query_one(NEW_BOOKING, &[&i, &1i64]).await.unwrap();
-    }
-    assert_eq!(
-        positions(&ws.events(10).await),
-        (1..=10).collect::<Vec<_>>()
-    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let written = writer.stop().await as i64;
+    assert!(written > 100, "only {written} writes");
+    assert_eq!(sequenced_count(&db).await, written);
+    follower.expect_exactly(written).await;
+    assert!(follower.reconnects() >= 2);
+}
 
-    own.stop("fast");
+async fn restart_under_load(mode: &str) {
+    let cluster = Cluster::start_own();
+    let own = cluster.own.as_ref().unwrap();
+    let db = own_demo_db(&cluster).await;
+    let app = TestApp::start(&db).await;
+    let follower = Follower::start(Arc::new(Mutex::new(vec![app.addr])));
+    let writer = Writer::start(&db.url, Duration::from_millis(3));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    own.stop(mode);
     own.start();
-    let writer = connect(&db.url).await;
-    for i in 0..10i64 {
-        writer.query_one(NEW_BOOKING, &[&i, &1i64]).await.unwrap();
+    let restarted = tokio::time::Instant::now();
+    let before = follower.seen.lock().unwrap().len();
+    // Live again within 5 s, without restarting the service.
+    loop {
+        if follower.seen.lock().unwrap().len() > before + 5
+            && writer.committed() as usize > before + 5
+        {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "not live within 5 s of the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The open session is fed again once the tailer and sequencer have reconnected.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = writer.stop().await as i64;
+    assert_eq!(sequenced_count(&db).await, written);
+    follower.expect_exactly(written).await;
+    // A fresh client resuming from 0 gets the same sequence.
+    let mut ws = app.ws().await;
+    ws.subscribe(&["bookings"], Some(0)).await;
     assert_eq!(
-        positions(&ws.events(10).await),
-        (11..=20).collect::<Vec<_>>()
+        positions(&ws.events(written as usize).await),
+        (1..=written).collect::<Vec<_>>()
     );
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_postgres_restart_under_load_loses_nothing() {
+    restart_under_load("fast").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immediate_postgres_restart_under_load_loses_nothing() {
+    restart_under_load("immediate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminating_the_services_backends_loses_nothing() {
+    let db = TestDb::demo().await;
+    let app = TestApp::start(&db).await;
+    let follower = Follower::start(Arc::new(Mutex::new(vec![app.addr])));
+    let writer = Writer::start(&db.url, Duration::from_millis(3));
+    let admin = db.client().await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed: i64 = admin
+            .query_one(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity \
+                 where datname = current_database() and application_name = 'rowcast'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(killed >= 2, "the tailer and the sequencer hold connections");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let written = writer.stop().await as i64;
+    assert_eq!(sequenced_count(&db).await, written);
+    follower.expect_exactly(written).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_goes_silent_is_detected_and_replaced() {
+    let db = TestDb::demo().await;
+    let pg: tokio_postgres::Config = db.url.parse().unwrap();
+    let host = match &pg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("tcp expected, got {other:?}"),
+    };
+    let target: SocketAddr = format!("{host}:{}", pg.get_ports()[0]).parse().unwrap();
+    let proxy = Proxy::start(target).await;
+    let url = format!(
+        "host=127.0.0.1 port={} user={} dbname={}",
+        proxy.addr.port(),
+        pg.get_user().unwrap(),
+        pg.get_dbname().unwrap()
+    );
+    let mut config = test_config(&url);
+    config.tail.probe_timeout = Duration::from_secs(1);
+    config.tail.poll_interval = Duration::from_millis(200);
+    config.sequencer.statement_timeout = Duration::from_secs(1);
+    let app = TestApp::start_with(config).await;
+    let mut ws = app.ws().await;
+    ws.subscribe(&["bookings"], None).await;
+    let writer = connect(&db.url).await;
+    for _ in 0..5 {
+        writer
+            .query_one(NEW_BOOKING, &[&1i64, &2i64])
+            .await
+            .unwrap();
+    }
+    assert_eq!(positions(&ws.events(5).await), vec![1, 2, 3, 4, 5]);
+    proxy.freeze_existing();
+    for _ in 0..5 {
+        writer
+            .query_one(NEW_BOOKING, &[&1i64, &2i64])
+            .await
+            .unwrap();
+    }
+    // Probes time out, the dedicated connections are replaced, nothing is lost.
+    assert_eq!(positions(&ws.events(5).await), vec![6, 7, 8, 9, 10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_others_go_on() {
+    let db = TestDb::demo().await;
+    let writer = db.client().await;
+    writer
+        .batch_execute("alter table bookings add column note text")
+        .await
+        .unwrap();
+    let mut config = test_config(&db.url);
+    config.session.queue = 16;
+    config.session.write_timeout = Duration::from_millis(500);
+    let app = TestApp::start_with(config).await;
+    let (mut stalled, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
+        .await
+        .unwrap();
+    stalled
+        .send(Message::text(
+            r#"{"type":"subscribe","topics":["bookings"]}"#,
+        ))
+        .await
+        .unwrap();
+    let mut healthy = app.ws().await;
+    healthy.subscribe(&["bookings"], None).await;
+    const N: i64 = 600;
+    let url = db.url.clone();
+    let writes = tokio::spawn(async move {
+        let writer = connect(&url).await;
+        let note = "n".repeat(20_000);
+        for _ in 0..N {
+            writer
+                .query_one(
+                    "insert into bookings (client_id, provider_id, starts_at, ends_at, price, note) \
+                     values (1, 2, now(), now() + interval '1 hour', 1, $1) returning id",
+                    &[&note],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    // The healthy client gets everything while the stalled one holds 12 MB unread.
+    assert_eq!(
+        positions(&healthy.events(N as usize).await),
+        (1..=N).collect::<Vec<_>>()
+    );
+    writes.await.unwrap();
+    // The stalled client was cut off: reading now drains what the kernel buffered,
+    // then the connection ends.
+    let mut last = 0;
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(message) = stalled.next().await {
+            match message {
+                Ok(Message::Text(text)) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] == "event" {
+                        last = value["pos"].as_i64().unwrap();
+                    }
+                }
+                Ok(Message::Close(_)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled client must be disconnected");
+    assert!(last < N, "it cannot have received everything");
+    // It resumes with since and gets the rest.
+    let mut resumed = app.ws().await;
+    resumed.subscribe(&["bookings"], Some(last)).await;
+    assert_eq!(
+        positions(&resumed.events((N - last) as usize).await),
+        (last + 1..=N).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_keep_positions_gap_free_when_one_dies_or_its_sequencer_goes_silent() {
+    let db = TestDb::demo().await;
+    let mut a = ServiceProcess::start(&db.url, None).await;
+    let b = ServiceProcess::start(&db.url, None).await;
+    let c = ServiceProcess::start(&db.url, None).await;
+    let addrs = Arc::new(Mutex::new(vec![a.addr, b.addr, c.addr]));
+    let follower = Follower::start(addrs.clone());
+    let writer = Writer::start(&db.url, Duration::from_millis(3));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill();
+    addrs.lock().unwrap().retain(|addr| *addr != a.addr);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A sequencer whose link went silent mid-batch holds the counter row; PostgreSQL
+    // ends such a session after `abandon_after` (the same setting the service uses).
+    let stale = connect(&db.url).await;
+    stale
+        .batch_execute("set idle_in_transaction_session_timeout = '2s'; begin; select * from rowcast.sequencer for update")
+        .await
+        .unwrap();
+    let held_at = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stalled_at: i64 = db
+        .client()
+        .await
+        .query_one("select last_pos from rowcast.sequencer", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = held_at + Duration::from_secs(10);
+    loop {
+        let now: i64 = db
+            .client()
+            .await
+            .query_one("select last_pos from rowcast.sequencer", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if now > stalled_at {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no takeover after the stale holder"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = writer.stop().await as i64;
+    assert_eq!(sequenced_count(&db).await, written);
+    assert_eq!(db.positions().await, (1..=written).collect::<Vec<_>>());
+    follower.expect_exactly(written).await;
+    drop((b, c));
 }

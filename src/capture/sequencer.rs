@@ -36,6 +36,11 @@ pub struct SequencerConfig {
     /// Longest time one batch may take before the connection is considered dead.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
+    /// PostgreSQL ends a sequencer session that stays idle inside a transaction this
+    /// long (`idle_in_transaction_session_timeout`), so a sequencer whose link went
+    /// silent mid-batch cannot hold the counter row: another replica takes over.
+    #[serde(with = "humantime_serde")]
+    pub abandon_after: Duration,
 }
 
 impl Default for SequencerConfig {
@@ -44,6 +49,7 @@ impl Default for SequencerConfig {
             poll_interval: Duration::from_millis(100),
             batch_limit: 10_000,
             statement_timeout: Duration::from_secs(30),
+            abandon_after: Duration::from_secs(10),
         }
     }
 }
@@ -80,7 +86,8 @@ async fn session(
     listener
         .client
         .batch_execute(&format!(
-            "set idle_in_transaction_session_timeout = '10s'; set statement_timeout = {}",
+            "set idle_in_transaction_session_timeout = {}; set statement_timeout = {}",
+            config.abandon_after.as_millis(),
             config.statement_timeout.as_millis()
         ))
         .await?;

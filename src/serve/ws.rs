@@ -146,7 +146,12 @@ impl Session {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
-            let _ = self.socket.send(Message::Close(Some(frame))).await;
+            // A client that stopped reading may never take the close frame.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.socket.send(Message::Close(Some(frame))),
+            )
+            .await;
         }
         tracing::debug!(session = self.member.id(), "session ended");
     }
@@ -184,8 +189,8 @@ impl Session {
                     Some(event) => {
                         if event.pos > self.cursor {
                             self.cursor = event.pos;
-                            if self.socket.send(Message::Text(event.frame.clone())).await.is_err() {
-                                return End::Gone;
+                            if let Err(end) = self.write(Message::Text(event.frame.clone())).await {
+                                return end;
                             }
                             metrics::counter!(crate::metrics::DELIVERIES).increment(1);
                         }
@@ -196,19 +201,26 @@ impl Session {
                     if last_seen.elapsed() > interval * 2 {
                         return End::Close(close::GOING_AWAY, "no answer to ping");
                     }
-                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
-                        return End::Gone;
+                    if let Err(end) = self.write(Message::Ping(Default::default())).await {
+                        return end;
                     }
                 }
             }
         }
     }
 
+    /// Writes one message; a client that takes longer than the write timeout is too slow.
+    async fn write(&mut self, message: Message) -> Result<(), End> {
+        match tokio::time::timeout(self.ctx.session.write_timeout, self.socket.send(message)).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(close::TOO_SLOW, "too slow: resume with since")),
+        }
+    }
+
     async fn send_json(&mut self, message: &Outgoing<'_>) -> Result<(), End> {
-        self.socket
-            .send(Message::Text(message.to_json().into()))
-            .await
-            .map_err(|_| End::Gone)
+        self.write(Message::Text(message.to_json().into())).await
     }
 
     async fn refuse(&mut self, refusal: &Refusal) -> Result<(), End> {
@@ -370,7 +382,7 @@ impl Session {
                         tracing::warn!(error = %err, "replay failed");
                         End::Close(close::INTERNAL, "replay failed: reconnect and resume")
                     }
-                    ReplayError::Send => End::Gone,
+                    ReplayError::Send(end) => end,
                 });
             }
             read = read.max(head);
@@ -411,10 +423,9 @@ impl Session {
                     Ok(change) => {
                         after = change.pos;
                         let published = tail::publishable(&change);
-                        self.socket
-                            .send(Message::Text(published.frame.clone()))
+                        self.write(Message::Text(published.frame.clone()))
                             .await
-                            .map_err(|_| ReplayError::Send)?;
+                            .map_err(ReplayError::Send)?;
                     }
                     Err(err) => {
                         after = err.pos;
@@ -431,7 +442,7 @@ impl Session {
 
 enum ReplayError {
     Db(DbError),
-    Send,
+    Send(End),
 }
 
 impl From<DbError> for ReplayError {

@@ -97,7 +97,7 @@ impl OwnCluster {
     /// Starts the server (waits until it accepts connections).
     pub fn start(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
              -c full_page_writes=off -c max_connections=300 -c shared_buffers=64MB",
             self.port,
             self.dir.display()

@@ -2,6 +2,8 @@
 //! a real WebSocket client. Every wait is bounded.
 
 pub mod cluster;
+pub mod proxy;
+pub mod service;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

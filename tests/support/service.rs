@@ -1,0 +1,129 @@
+//! The service as a separate process (for SIGKILL), and a steady background writer.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::WAIT;
+
+/// `rowcast serve` running as a child process.
+pub struct ServiceProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl ServiceProcess {
+    /// Starts `rowcast serve` on `url`, on a free port (or `addr`), and waits until it answers.
+    pub async fn start(url: &str, addr: Option<SocketAddr>) -> ServiceProcess {
+        let addr = addr.unwrap_or_else(|| {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+        });
+        let child = Command::new(env!("CARGO_BIN_EXE_rowcast"))
+            .args([
+                "serve",
+                "--database-url",
+                url,
+                "--listen",
+                &addr.to_string(),
+            ])
+            .env("ROWCAST_SEQUENCER__POLL_INTERVAL", "50ms")
+            .env("ROWCAST_TAIL__POLL_INTERVAL", "200ms")
+            .env("ROWCAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting rowcast serve");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(response) = reqwest::get(format!("http://{addr}/readyz")).await
+                && response.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rowcast serve did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ServiceProcess { addr, child }
+    }
+
+    /// SIGKILL: no shutdown, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Inserts bookings steadily from its own connection, riding out database outages;
+/// counts only what committed.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts writing one booking every `every`.
+    pub fn start(url: &str, every: Duration) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let (url, flag, count) = (url.to_string(), stop.clone(), committed.clone());
+        let handle = tokio::spawn(async move {
+            let mut client = None;
+            while !flag.load(Ordering::SeqCst) {
+                if client.is_none() {
+                    if let Ok((c, conn)) =
+                        tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        client = Some(c);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+                let c = client.as_ref().unwrap();
+                match c
+                    .query_one(crate::pipeline::NEW_BOOKING, &[&1i64, &2i64])
+                    .await
+                {
+                    Ok(_) => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => client = None,
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        Writer {
+            stop,
+            committed,
+            handle,
+        }
+    }
+
+    /// Committed writes so far.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    /// Stops and returns the number of committed writes.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.await.unwrap();
+        self.committed.load(Ordering::SeqCst)
+    }
+}
