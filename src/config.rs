@@ -169,6 +169,9 @@ pub struct SessionConfig {
     /// Interval of server pings; a session silent for two intervals is closed.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// Whether `/ws` accepts connections; off serves only SSE and HTTP polling (for
+    /// networks whose proxies break WebSocket).
+    pub websocket: bool,
     /// Longest a write to the client may take before the session is closed as too slow.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -185,6 +188,7 @@ impl Default for SessionConfig {
         SessionConfig {
             queue: 4096,
             ping_interval: Duration::from_secs(20),
+            websocket: true,
             write_timeout: Duration::from_secs(10),
             max_frame: 16 * 1024,
             max_topics: 256,

@@ -22,6 +22,8 @@ pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod db;
+pub mod demo;
+pub mod embedded;
 pub mod events;
 pub mod hub;
 pub mod metrics;

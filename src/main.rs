@@ -76,6 +76,17 @@ enum Command {
     },
     /// Print the SQL-only install script (what `sql/install.sql` holds).
     InstallSql,
+    /// Start a demo: PostgreSQL (a throwaway cluster unless DATABASE_URL is set), the
+    /// demo schema, a writer playing attendance, booking and course activity, and the
+    /// live dashboard.
+    Demo {
+        /// Address to serve the dashboard on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Average pause between the writer's statements, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        pace_ms: u64,
+    },
 }
 
 #[derive(Args)]
@@ -202,6 +213,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("rowcast removed: triggers and schema dropped, app tables untouched");
         }
         Command::InstallSql => print!("{}", admin::install_sql()),
+        Command::Demo { listen, pace_ms } => demo(listen, pace_ms).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -242,6 +254,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = Application::build(config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
+    app.run(shutdown).await?;
+    Ok(())
+}
+
+async fn demo(listen: SocketAddr, pace_ms: u64) -> anyhow::Result<()> {
+    init_logs("info", LogFormat::Human);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    // Keep the throwaway cluster alive until the end of this function: dropping it
+    // stops the server and removes its directory.
+    let (url, _cluster) = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            tracing::info!("no DATABASE_URL: starting a throwaway PostgreSQL");
+            let cluster = tokio::task::spawn_blocking(|| {
+                rowcast::embedded::EmbeddedPostgres::start("rowcast-demo")
+            })
+            .await??;
+            (cluster.url("postgres"), Some(cluster))
+        }
+    };
+    run_migrations(&url).await?;
+    rowcast::demo::load(&connect(&url).await?).await?;
+    let mut config = Config::new(url.clone());
+    config.listen = listen;
+    let app = Application::build(config).await?;
+    let addr = app.local_addr();
+    for seed in 0..3 {
+        tokio::spawn(rowcast::demo::play(
+            url.clone(),
+            std::time::Duration::from_millis(pace_ms),
+            seed,
+            shutdown.clone(),
+        ));
+    }
+    println!("rowcast demo: open http://{addr}/ (Ctrl-C to stop)");
     app.run(shutdown).await?;
     Ok(())
 }

@@ -148,8 +148,8 @@ async fn restart_under_load(mode: &str) {
     let follower = Follower::start(Arc::new(Mutex::new(vec![app.addr])));
     let writer = Writer::start(&db.url, Duration::from_millis(3));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    own.stop(mode);
-    own.start();
+    own.stop(mode).unwrap();
+    own.resume().unwrap();
     let restarted = tokio::time::Instant::now();
     let before = follower.seen.lock().unwrap().len();
     // Live again within 5 s, without restarting the service.

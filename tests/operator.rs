@@ -80,7 +80,7 @@ async fn readyz_turns_unready_when_postgres_goes_away_and_ready_again_after() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(get(&app, "/healthz").await.0, 200);
-    own.stop("fast");
+    own.stop("fast").unwrap();
     let (status, body) = get(&app, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
@@ -88,7 +88,7 @@ async fn readyz_turns_unready_when_postgres_goes_away_and_ready_again_after() {
         200,
         "the process is still healthy"
     );
-    own.start();
+    own.resume().unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (status, body) = get(&app, "/readyz").await;

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod auth;
 pub mod health;
 pub mod protocol;
+pub mod web;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -192,6 +193,7 @@ impl Application {
         let app = Router::new()
             .merge(ws::router())
             .merge(health::router())
+            .merge(web::router())
             .with_state(ctx.clone());
         tracing::info!(addr = %listener.local_addr()?, "rowcast listening");
         let stop = ctx.shutdown.clone();

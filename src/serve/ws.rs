@@ -78,6 +78,14 @@ async fn upgrade(
     headers: HeaderMap,
     Query(query): Query<WsQuery>,
 ) -> Response {
+    if !ctx.session.websocket {
+        return admission::Refusal::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "websocket_disabled",
+            "WebSocket is turned off on this server: use /sse or /events",
+        )
+        .into_response();
+    }
     let (principal, permit) =
         match admission::admit_session(&ctx, &headers, query.token.as_deref(), peer.ip()) {
             Ok(admitted) => admitted,

@@ -1,6 +1,7 @@
 //! Test harness: a fresh database per test, the real service in-process on port 0, and
 //! a real WebSocket client. Every wait is bounded.
 
+pub mod browser;
 pub mod cluster;
 pub mod proxy;
 pub mod service;

@@ -1,0 +1,38 @@
+//! The live dashboard (`/`) and the browser client (`/rowcast.js`), embedded in the binary.
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::AppContext;
+
+/// The dashboard page.
+pub const INDEX_HTML: &str = include_str!("../../web/index.html");
+/// The zero-dependency browser client.
+pub const CLIENT_JS: &str = include_str!("../../web/rowcast.js");
+
+/// Routes of this module.
+pub fn router() -> Router<AppContext> {
+    Router::new()
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    INDEX_HTML,
+                )
+            }),
+        )
+        .route("/rowcast.js", get(client_js))
+}
+
+async fn client_js() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CLIENT_JS,
+    )
+}

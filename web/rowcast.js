@@ -1,0 +1,251 @@
+// rowcast.js: the browser client for rowcast. Zero dependencies, an ES module.
+//
+//   import { Rowcast } from "/rowcast.js";
+//   const rc = new Rowcast({ topics: ["bookings", "user:7"], token: () => fetchToken() });
+//   rc.on("booking.accepted", (event) => ...);   // one event name
+//   rc.on("*", (event) => ...);                  // every event
+//   rc.on("status", ({ status, transport }) => ...);
+//   rc.on("reset", ({ head }) => ...);           // history was pruned: refetch state
+//   rc.start();
+//
+// It connects over WebSocket, resumes after every disconnect with the last position it
+// saw (so nothing is missed or doubled), reconnects with jittered exponential backoff,
+// and falls back to Server-Sent Events and then to HTTP polling when WebSocket cannot
+// be opened. The token goes in the query string (browsers cannot set headers on
+// WebSocket or EventSource), so it may reach proxy logs: keep tokens short-lived.
+
+/** Event names the server may send; SSE needs a listener per name. */
+const KNOWN_EVENTS = [
+  "row.inserted", "row.updated", "row.deleted", "table.truncated",
+  "meeting.started", "meeting.ended", "meeting.created", "meeting.updated", "meeting.deleted",
+  "participant.joined", "participant.left", "attendance.updated", "attendance.deleted",
+  "court_card.created", "court_card.updated", "court_card.deleted",
+  "booking.created", "booking.accepted", "booking.rejected", "booking.cancelled",
+  "booking.status_changed", "booking.updated", "booking.deleted",
+  "payment.created", "payment.status_changed", "payment.updated", "payment.deleted",
+  "payout.created", "payout.status_changed", "payout.updated", "payout.deleted",
+  "course.requested", "course.assigned", "course.rescheduled", "course.completed",
+  "course.cancelled", "course.updated", "course.deleted",
+];
+
+const TRANSPORTS = ["ws", "sse", "poll"];
+
+export class Rowcast {
+  /**
+   * @param {object} options
+   * @param {string} [options.url] base URL of the rowcast server (default: this page's origin)
+   * @param {string[]} options.topics topics to follow
+   * @param {string|function(): (string|Promise<string>)} [options.token] a JWT, or a function returning one
+   * @param {number} [options.since] resume after this position (default: live only)
+   * @param {string[]} [options.transports] order of transports to try
+   * @param {number} [options.pollInterval] milliseconds between HTTP polls
+   */
+  constructor(options = {}) {
+    this.url = (options.url || globalThis.location?.origin || "").replace(/\/$/, "");
+    this.topics = [...(options.topics || [])];
+    this.token = options.token;
+    this.transports = options.transports || TRANSPORTS;
+    this.pollInterval = options.pollInterval ?? 2000;
+    this.lastPos = options.since ?? null;
+    this.lastUpdated = null;
+    this.status = "offline";
+    this.transport = null;
+    this._handlers = new Map();
+    this._failures = 0;
+    this._transportIndex = 0;
+    this._stopped = true;
+    this._conn = null;
+    this._timer = null;
+  }
+
+  /** Registers a handler; returns a function that removes it. */
+  on(name, handler) {
+    if (!this._handlers.has(name)) this._handlers.set(name, new Set());
+    this._handlers.get(name).add(handler);
+    return () => this._handlers.get(name)?.delete(handler);
+  }
+
+  /** Connects (and keeps reconnecting until stop()). */
+  start() {
+    if (!this._stopped) return this;
+    this._stopped = false;
+    this._connect();
+    return this;
+  }
+
+  /** Disconnects for good. */
+  stop() {
+    this._stopped = true;
+    clearTimeout(this._timer);
+    this._close();
+    this._setStatus("offline");
+  }
+
+  _emit(name, value) {
+    for (const handler of this._handlers.get(name) || []) {
+      try { handler(value); } catch (err) { console.error("rowcast handler failed", err); }
+    }
+  }
+
+  _setStatus(status) {
+    if (this.status === status) return;
+    this.status = status;
+    this._emit("status", { status, transport: this.transport, lastPos: this.lastPos });
+  }
+
+  async _token() {
+    const t = typeof this.token === "function" ? await this.token() : this.token;
+    return t || null;
+  }
+
+  _deliver(message) {
+    if (message.type === "event") {
+      if (this.lastPos !== null && message.pos <= this.lastPos) return;
+      this.lastPos = message.pos;
+      this.lastUpdated = new Date();
+      this._emit(message.event, message);
+      this._emit("*", message);
+    } else if (message.type === "reset") {
+      this.lastPos = message.head;
+      this._emit("reset", message);
+    } else if (message.type === "error") {
+      this._emit("error", message);
+    } else if (message.type === "subscribed" && this.lastPos === null) {
+      this.lastPos = message.head;
+    }
+  }
+
+  async _connect() {
+    if (this._stopped) return;
+    this.transport = this.transports[this._transportIndex % this.transports.length];
+    this._setStatus(this._failures === 0 && this.status === "offline" ? "connecting" : "reconnecting");
+    let token;
+    try {
+      token = await this._token();
+    } catch (err) {
+      this._emit("error", { type: "error", code: "token", message: String(err) });
+      return this._retry(false);
+    }
+    if (this._stopped) return;
+    const opened = () => {
+      this._failures = 0;
+      this._setStatus(this.transport === "poll" ? "polling" : "live");
+    };
+    if (this.transport === "ws") this._openWebSocket(token, opened);
+    else if (this.transport === "sse") this._openEventSource(token, opened);
+    else this._poll(token, opened);
+  }
+
+  _query(extra = {}) {
+    const params = new URLSearchParams();
+    for (const [key, value] of Object.entries(extra)) {
+      if (value !== null && value !== undefined) params.set(key, String(value));
+    }
+    return params.toString();
+  }
+
+  _openWebSocket(token, opened) {
+    const base = this.url.replace(/^http/, "ws");
+    let ws;
+    try {
+      ws = new WebSocket(`${base}/ws?${this._query({ token })}`);
+    } catch (err) {
+      return this._retry(false);
+    }
+    let wasOpen = false;
+    this._conn = { close: () => ws.close(1000) };
+    ws.onopen = () => {
+      wasOpen = true;
+      const subscribe = { type: "subscribe", topics: this.topics };
+      if (this.lastPos !== null) subscribe.since = this.lastPos;
+      ws.send(JSON.stringify(subscribe));
+      opened();
+    };
+    ws.onmessage = (msg) => this._deliver(JSON.parse(msg.data));
+    ws.onclose = (msg) => {
+      this._conn = null;
+      if (msg.code === 4001 || msg.code === 4002) this._emit("expired", { code: msg.code, reason: msg.reason });
+      this._retry(wasOpen);
+    };
+  }
+
+  _openEventSource(token, opened) {
+    const query = this._query({ topics: this.topics.join(","), since: this.lastPos, token });
+    let source;
+    try {
+      source = new EventSource(`${this.url}/sse?${query}`);
+    } catch (err) {
+      return this._retry(false);
+    }
+    let wasOpen = false;
+    this._conn = { close: () => source.close() };
+    const onEvent = (msg) => this._deliver(JSON.parse(msg.data));
+    const names = new Set([...KNOWN_EVENTS, ...this._handlers.keys()]);
+    for (const name of names) source.addEventListener(name, onEvent);
+    source.addEventListener("reset", onEvent);
+    source.onmessage = onEvent;
+    source.onopen = () => { wasOpen = true; opened(); };
+    source.onerror = () => {
+      // EventSource reconnects by itself with Last-Event-ID; take over only when it gave up.
+      if (source.readyState === EventSource.CLOSED || !wasOpen) {
+        source.close();
+        this._conn = null;
+        this._retry(wasOpen);
+      } else {
+        this._setStatus("reconnecting");
+      }
+    };
+  }
+
+  async _poll(token, opened) {
+    let active = true;
+    this._conn = { close: () => { active = false; } };
+    while (active && !this._stopped) {
+      try {
+        const query = this._query({ topics: this.topics.join(","), since: this.lastPos ?? 0, limit: 500 });
+        const headers = token ? { Authorization: `Bearer ${token}` } : {};
+        const response = await fetch(`${this.url}/events?${query}`, { headers });
+        if (response.status === 410) {
+          this._deliver(await response.json());
+          continue;
+        }
+        if (!response.ok) throw new Error(`HTTP ${response.status}`);
+        const page = await response.json();
+        opened();
+        for (const event of page.events) this._deliver(event);
+        if (this.lastPos === null || page.head > this.lastPos) this.lastPos = page.head;
+        if (page.events.length >= 500) continue;
+      } catch (err) {
+        if (!active) return;
+        this._conn = null;
+        return this._retry(this.status === "polling");
+      }
+      await new Promise((resolve) => { this._timer = setTimeout(resolve, this.pollInterval); });
+    }
+  }
+
+  _close() {
+    if (this._conn) {
+      const conn = this._conn;
+      this._conn = null;
+      conn.close();
+    }
+  }
+
+  /** Schedules a reconnect; after repeated failures to open, tries the next transport. */
+  _retry(wasOpen) {
+    if (this._stopped) return;
+    this._failures = wasOpen ? 1 : this._failures + 1;
+    if (!wasOpen && this._failures >= 3 && this._transportIndex < this.transports.length - 1) {
+      this._transportIndex += 1;
+      this._failures = 1;
+      // Go back to the preferred transport now and then.
+      setTimeout(() => { this._transportIndex = 0; }, 60_000);
+    }
+    this._setStatus("reconnecting");
+    const ceiling = Math.min(15_000, 500 * 2 ** Math.min(this._failures, 8));
+    const delay = Math.random() * ceiling;
+    clearTimeout(this._timer);
+    this._timer = setTimeout(() => this._connect(), delay);
+  }
+}
