@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::capture::prune::RetentionConfig;
 use crate::capture::sequencer::SequencerConfig;
 use crate::capture::tail::TailConfig;
 
@@ -21,6 +22,8 @@ pub struct Config {
     pub tail: TailConfig,
     /// Per-session settings.
     pub session: SessionConfig,
+    /// How much of the log is kept (resumes from before it get `reset` / 410).
+    pub retention: RetentionConfig,
     /// How long shutdown waits for sessions and background tasks.
     pub shutdown_timeout: Duration,
 }
@@ -35,6 +38,7 @@ impl Config {
             sequencer: SequencerConfig::default(),
             tail: TailConfig::default(),
             session: SessionConfig::default(),
+            retention: RetentionConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -53,6 +57,8 @@ pub struct SessionConfig {
     pub max_topics: usize,
     /// Events read from the log per replay query.
     pub replay_page: i64,
+    /// Interval of SSE keep-alive comments (`: keepalive`) on an otherwise quiet stream.
+    pub sse_keepalive: Duration,
 }
 
 impl Default for SessionConfig {
@@ -63,6 +69,7 @@ impl Default for SessionConfig {
             max_frame: 16 * 1024,
             max_topics: 256,
             replay_page: 1000,
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 }

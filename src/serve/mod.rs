@@ -1,12 +1,18 @@
-//! The HTTP server: WebSocket sessions ([`ws`]) and health endpoints ([`health`]),
-//! plus the background tasks (sequencer, tailer) that feed the hub.
+//! The HTTP server: WebSocket sessions ([`ws`]), server-sent events ([`sse`]), HTTP
+//! polling ([`http`]) and health endpoints ([`health`]), plus the background tasks
+//! (sequencer, tailer, prune) that feed the hub and keep the log in bounds. Every
+//! transport resumes through [`replay`]; [`query`] holds what SSE and polling share.
 //!
 //! [`Application::build`] connects, checks the schema and binds (port 0 works, for
 //! tests); [`Application::run`] serves until a shutdown token is cancelled, then closes
 //! every session with 1001 and waits for the tasks to finish.
 
 pub mod health;
+pub mod http;
 pub mod protocol;
+pub mod query;
+pub mod replay;
+pub mod sse;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -17,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::capture::{log, sequencer, tail};
+use crate::capture::{log, prune, sequencer, tail};
 use crate::config::{Config, SessionConfig};
 use crate::db::{self, DbError};
 use crate::hub::Hub;
@@ -159,10 +165,17 @@ impl Application {
             ctx.hub.clone(),
             ctx.shutdown.clone(),
         ));
+        tasks.spawn(prune::run(
+            ctx.pool.clone(),
+            config.retention.clone(),
+            ctx.shutdown.clone(),
+        ));
         tasks.close();
 
         let app = Router::new()
             .merge(ws::router())
+            .merge(sse::router())
+            .merge(http::router())
             .merge(health::router())
             .with_state(ctx.clone());
         tracing::info!(addr = %listener.local_addr()?, "rowcast listening");

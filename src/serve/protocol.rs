@@ -45,6 +45,8 @@ pub enum ErrorCode {
     TooManyTopics,
     /// Too many requests.
     RateLimited,
+    /// The server cannot answer now (HTTP 503); retry later.
+    Unavailable,
 }
 
 /// A client message that could not be accepted, with the error to send back.
@@ -57,7 +59,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn bad_request(message: impl Into<String>) -> Refusal {
+    /// A `bad_request` refusal.
+    pub fn bad_request(message: impl Into<String>) -> Refusal {
         Refusal {
             code: ErrorCode::BadRequest,
             message: message.into(),
