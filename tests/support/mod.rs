@@ -2,6 +2,7 @@
 //! a real WebSocket client. Every wait is bounded.
 
 pub mod cluster;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
