@@ -227,3 +227,42 @@ async fn the_prune_task_applies_the_configured_retention_on_its_interval() {
     assert_eq!(db.positions().await, (16..=20).collect::<Vec<_>>());
     assert_eq!(count(&db, "select count(*) from rowcast.events").await, 5);
 }
+
+#[tokio::test]
+async fn a_replay_read_that_a_prune_has_cut_reports_it_instead_of_a_gap() {
+    use rowcast::serve::replay::{self, ReadError};
+
+    let db = TestDb::demo().await;
+    book(&db, 6).await;
+    let client = db.client().await;
+    client
+        .query_one("select rowcast.sequence()", &[])
+        .await
+        .unwrap();
+    let pool = rowcast::db::pool(&rowcast::db::pg_config(&db.url).unwrap(), 2).unwrap();
+    let topics = vec!["bookings".to_string()];
+    let page = replay::read_page(&pool, &topics, 1, 6, 100).await.unwrap();
+    assert_eq!(page.events.len(), 5);
+    assert!(!page.full);
+
+    prune::prune_once(&client, &retention(2, Duration::ZERO))
+        .await
+        .unwrap();
+    // A reader that checked `since` before the prune and reads after it.
+    match replay::read_page(&pool, &topics, 1, 6, 100).await {
+        Err(ReadError::TooOld {
+            after: 1,
+            pruned: 4,
+        }) => {}
+        other => panic!("expected TooOld, got {other:?}"),
+    }
+    assert!(matches!(
+        replay::start(&pool, 3).await,
+        Err(ReadError::TooOld { pruned: 4, .. })
+    ));
+    assert_eq!(replay::start(&pool, 0).await.unwrap(), 4, "0: all retained");
+    assert_eq!(replay::start(&pool, 4).await.unwrap(), 4);
+    let page = replay::read_page(&pool, &topics, 4, 6, 1).await.unwrap();
+    assert!(page.full);
+    assert_eq!(page.last, 5);
+}
