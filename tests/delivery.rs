@@ -347,3 +347,40 @@ async fn an_sse_client_too_slow_for_its_queue_loses_the_stream_and_resumes_with_
         (ids.len() as i64 + 1..=50).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn sse_resume_while_writes_go_on_switches_to_live_with_no_gap_and_nothing_twice() {
+    let db = TestDb::demo().await;
+    let app = TestApp::start(&db).await;
+    write_bookings(&db, 150).await;
+    db.wait_sequenced(150).await;
+    let url = db.url.clone();
+    let writing = tokio::spawn(async move {
+        let writer = crate::support::connect(&url).await;
+        for i in 0..250i64 {
+            writer.query_one(NEW_BOOKING, &[&i, &2i64]).await.unwrap();
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    for since in [0i64, 42, 149] {
+        let mut stream = sse::open(app.addr, "topics=bookings", Some(&since.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(stream.next().await.event.as_deref(), Some("subscribed"));
+        let got = positions(&stream.events((400 - since) as usize).await);
+        assert_eq!(
+            got,
+            (since + 1..=400).collect::<Vec<_>>(),
+            "resume from {since}"
+        );
+        assert!(
+            stream
+                .block_within(Duration::from_millis(200))
+                .await
+                .is_none()
+        );
+    }
+    writing.await.unwrap();
+}
