@@ -2,11 +2,14 @@
 --
 --   rowcast.events     the change log the capture trigger writes (immutable, one row per change)
 --   rowcast.log        positions the sequencer gives to committed events (narrow, insert-only)
---   rowcast.sequencer  the one-row counter and snapshot the sequencer advances
+--   rowcast.sequencer  the one-row counter and snapshot the sequencer advances, and how far
+--                      the log has been pruned
+--   rowcast.log_marks  when positions were reached, so retention can tell the age of a position
 --   rowcast.watches    what is watched, and how (the registry behind the view rowcast.watched)
 --   rowcast.capture()  the row trigger; rowcast.capture_truncate() the statement trigger
 --   rowcast.watch() / rowcast.unwatch()   the DBA API
 --   rowcast.sequence() the sequencer's batch, called by the service
+--   rowcast.prune()    one retention batch, called by the service
 --
 -- Every function fixes its search_path and qualifies every name; execute is revoked from
 -- public at the end of the file.
@@ -53,15 +56,32 @@ comment on table rowcast.log is
 
 -- One row. Everything visible in `snap` has a position. A pass in progress (a batch that
 -- hit its limit) remembers its target snapshot and the last event id it sequenced.
+-- `pruned_pos`: every position at or below it has been deleted by retention; it moves in
+-- the same transaction as the deletes, so a reader that checks it after reading a range
+-- knows whether the range was whole.
 create table rowcast.sequencer (
     singleton  boolean primary key default true check (singleton),
     last_pos   bigint not null default 0,
     snap       pg_snapshot not null,
     pass_snap  pg_snapshot,
     pass_id    bigint not null default 0,
+    pruned_pos bigint not null default 0,
     updated_at timestamptz not null default clock_timestamp()
 );
 insert into rowcast.sequencer (snap) values (pg_current_snapshot());
+
+-- Retention needs the age of a position, which is the time it was sequenced (a long
+-- transaction's events are old when they get one), not the time of the change. Rather
+-- than widen every log row, each prune run records a mark when the counter has moved:
+-- (pos, at) says every position up to pos had been handed out by `at`.
+create table rowcast.log_marks (
+    pos bigint not null,
+    at  timestamptz not null
+);
+create index log_marks_at on rowcast.log_marks (at);
+
+comment on table rowcast.log_marks is
+    'rowcast retention: times at which positions had been reached (pos <= this pos were sequenced by at)';
 
 create table rowcast.watches (
     relid        oid primary key,
@@ -361,7 +381,8 @@ begin
     execute format('grant usage on schema rowcast to %s', role);
     execute format('grant select on rowcast.events, rowcast.log, rowcast.sequencer, rowcast.watches, '
                    'rowcast.watched, rowcast.schema_history to %s', role);
-    execute format('grant execute on function rowcast.sequence(integer) to %s', role);
+    execute format('grant execute on function rowcast.sequence(integer), '
+                   'rowcast.prune(bigint, interval, integer) to %s', role);
 end
 $$;
 
@@ -453,6 +474,74 @@ begin
     if n > 0 then
         perform pg_catalog.pg_notify('rowcast_seq', (st.last_pos + n)::text);
     end if;
+    return n;
+end
+$$;
+
+-- One retention batch. Deletes, in position order, at most batch_limit log rows that are
+-- both beyond the last keep_events positions and sequenced longer than max_age ago,
+-- together with their event rows, and raises `pruned_pos` in the same transaction.
+-- Event rows are deleted only through the log rows that point to them: an event without a
+-- position (its transaction is still open, or committed but not yet sequenced) is never
+-- touched, however old its `ts`. Returns the number of log rows deleted, or -1 when
+-- another session is pruning. Call it until it returns less than batch_limit.
+--
+-- The counter row is updated last, so its lock (which makes a concurrent sequencer batch
+-- skip one round) is held only until commit; lock_timeout bounds the wait for a long
+-- sequencer batch, and the whole batch is retried on the next run.
+create function rowcast.prune(keep_events bigint, max_age interval, batch_limit integer default 10000)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+set lock_timeout = '2s'
+as $$
+declare
+    st     record;
+    aged   bigint;
+    target bigint;
+    n      bigint;
+    top    bigint;
+begin
+    if keep_events is null or keep_events < 0 or max_age is null or max_age < interval '0'
+       or batch_limit is null or batch_limit < 1 then
+        raise exception 'rowcast.prune: keep_events and max_age must be non-negative and batch_limit at least 1'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    -- One pruner at a time (every replica runs one); the others skip this round.
+    if not pg_try_advisory_xact_lock(7526676273746144) then
+        return -1;
+    end if;
+    select s.last_pos, s.pruned_pos into st from rowcast.sequencer s where singleton;
+
+    insert into rowcast.log_marks (pos, at)
+    select st.last_pos, clock_timestamp()
+    where st.last_pos > coalesce((select max(m.pos) from rowcast.log_marks m), -1);
+
+    select max(m.pos) into aged from rowcast.log_marks m where m.at <= clock_timestamp() - max_age;
+    target := least(st.last_pos - keep_events, coalesce(aged, 0));
+    if target <= st.pruned_pos then
+        return 0;
+    end if;
+
+    with doomed as (
+        select l.pos from rowcast.log l
+        where l.pos > st.pruned_pos and l.pos <= target
+        order by l.pos
+        limit batch_limit
+    ), gone as (
+        delete from rowcast.log l using doomed d where l.pos = d.pos
+        returning l.pos, l.event_id
+    ), gone_events as (
+        delete from rowcast.events e using gone g where e.id = g.event_id
+    )
+    select count(*), max(g.pos) into n, top from gone g;
+
+    update rowcast.sequencer
+    set pruned_pos = greatest(pruned_pos, case when n < batch_limit then target else top end)
+    where singleton;
+    -- Marks below the one in use are of no further use.
+    delete from rowcast.log_marks m where m.pos < coalesce(aged, 0);
     return n;
 end
 $$;

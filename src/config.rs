@@ -21,6 +21,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::capture::prune::RetentionConfig;
 use crate::capture::sequencer::SequencerConfig;
 use crate::capture::tail::TailConfig;
 use crate::serve::admission::LimitsConfig;
@@ -52,6 +53,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `/readyz` reports unready when more events than this wait to be delivered.
     pub ready_max_lag: i64,
+    /// How much of the log is kept (resumes from before it get `reset` / 410).
+    pub retention: RetentionConfig,
     /// How long shutdown waits for sessions and background tasks.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -79,6 +82,7 @@ impl Default for Config {
             sequencer: SequencerConfig::default(),
             tail: TailConfig::default(),
             session: SessionConfig::default(),
+            retention: RetentionConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             ready_max_lag: 10_000,
@@ -181,6 +185,8 @@ pub struct SessionConfig {
     pub max_topics: usize,
     /// Events read from the log per replay query.
     pub replay_page: i64,
+    /// Interval of SSE keep-alive comments (`: keepalive`) on an otherwise quiet stream.
+    pub sse_keepalive: Duration,
 }
 
 impl Default for SessionConfig {
@@ -193,6 +199,7 @@ impl Default for SessionConfig {
             max_frame: 16 * 1024,
             max_topics: 256,
             replay_page: 1000,
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 }

@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 pub struct Published {
     /// Position in the log.
     pub pos: i64,
+    /// The event's name (`row.updated`), for transports that label frames (SSE).
+    pub event: &'static str,
     /// Topics the event is published on.
     pub topics: Vec<String>,
     /// The `event` message, serialised once.
@@ -280,6 +282,7 @@ mod tests {
     fn event(pos: i64, topics: &[&str]) -> Arc<Published> {
         Arc::new(Published {
             pos,
+            event: "row.updated",
             topics: topics.iter().map(|t| t.to_string()).collect(),
             frame: Utf8Bytes::from(format!("frame {pos}")),
         })

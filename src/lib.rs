@@ -2,7 +2,7 @@
 //!
 //! Applications write plain SQL to their tables. Triggers installed by the DBA capture
 //! every change into a log in the same transaction; this crate turns the log into typed
-//! events and pushes them to WebSocket subscribers.
+//! events and pushes them to WebSocket, SSE and HTTP-polling subscribers.
 //!
 //! # Layout
 //!
@@ -13,9 +13,12 @@
 //! - [`capture::sequencer`] gives committed events gap-free positions in `rowcast.log`.
 //! - [`capture::tail`] follows the log on a dedicated connection (LISTEN, then read).
 //! - [`capture::log`] reads sequenced events (for the tailer and for replay).
+//! - [`capture::prune`] deletes what retention no longer keeps, by position and age.
 //! - [`events`] maps a captured change to a typed event and its wire frame.
 //! - [`hub`] indexes sessions by topic and fans every frame out once per session.
-//! - [`serve`] is the HTTP server: the WebSocket sessions and health endpoints.
+//! - [`serve`] is the HTTP server: [`serve::ws`] (WebSocket), [`serve::sse`]
+//!   (server-sent events) and [`serve::http`] (polling), all resuming through
+//!   [`serve::replay`], plus health endpoints.
 //! - [`db`] holds connection setup shared by all of the above; [`config`] the settings.
 
 pub mod admin;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::pipeline::NEW_BOOKING;
 use crate::support::browser::{Browser, chromium};
-use crate::support::{TestApp, TestDb, WAIT};
+use crate::support::{TestApp, TestDb, WAIT, test_config};
 
 fn artifact(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,7 +17,7 @@ fn artifact(name: &str) -> PathBuf {
 const STATUS: &str = "document.getElementById('status-text').textContent";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_a_row_written_with_sql() {
+async fn the_dashboard_shows_a_row_written_with_sql_and_survives_losing_websocket() {
     let Some(binary) = chromium() else {
         // CI installs Chromium (.ci/run); a developer machine may not have it.
         eprintln!("skipping the browser test: no chromium on PATH");
@@ -56,6 +56,43 @@ async fn the_dashboard_shows_a_row_written_with_sql() {
         "1"
     );
     browser.screenshot(&artifact("dashboard.png")).await;
+
+    // The WebSocket path goes away: the server restarts with /ws turned off.
+    app.stop().await;
+    assert!(
+        browser
+            .wait_for(&format!("{STATUS} === 'reconnecting'"), WAIT)
+            .await,
+        "the page did not show that it is reconnecting: {}",
+        browser.eval(STATUS).await
+    );
+    let mut config = test_config(&db.url);
+    config.listen = addr;
+    config.session.websocket = false;
+    let _app = TestApp::start_with(config).await;
+    writer
+        .query_one(NEW_BOOKING, &[&5353i64, &77i64])
+        .await
+        .unwrap();
+    assert!(
+        browser
+            .wait_for(
+                "document.getElementById('feed').textContent.includes('5353')",
+                WAIT * 3
+            )
+            .await,
+        "no event after falling back: status {}",
+        browser.eval(STATUS).await
+    );
+    let status = browser.eval(STATUS).await;
+    let status = status.as_str().unwrap();
+    assert!(
+        status.contains("sse") || status.contains("polling"),
+        "{status}"
+    );
+    browser
+        .screenshot(&artifact("dashboard-fallback.png"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

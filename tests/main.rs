@@ -1,13 +1,16 @@
-//! End-to-end tests against a real PostgreSQL and the real service over WebSocket.
+//! End-to-end tests against a real PostgreSQL and the real service over WebSocket, SSE
+//! and HTTP polling.
 //! One binary, so it links once; each test has a database of its own.
 
 mod support;
 
 mod cli;
 mod dashboard;
+mod delivery;
 mod faults;
 mod operator;
 mod pipeline;
+mod retention;
 mod schema;
 mod security;
 mod sequencing;

@@ -448,3 +448,54 @@ async fn a_table_owner_with_the_admin_grant_can_watch_its_own_tables_only() {
         .await
         .ok();
 }
+
+#[tokio::test]
+async fn sse_and_http_polling_apply_the_same_tokens_and_policy() {
+    let db = TestDb::demo().await;
+    let app = rs256_app(&db).await;
+    db.client()
+        .await
+        .query_one(NEW_BOOKING, &[&7i64, &3i64])
+        .await
+        .unwrap();
+    db.wait_sequenced(1).await;
+    let base = format!("http://{}", app.addr);
+    let http = reqwest::Client::new();
+    let good = rs256(&claims("7", 60));
+    let expired = rs256(&claims("7", -120));
+    for path in ["/events?topics=user:7", "/sse?topics=user:7"] {
+        let none = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(none.status().as_u16(), 401, "{path} without a token");
+        let old = http
+            .get(format!("{base}{path}&token={expired}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(old.status().as_u16(), 401, "{path} with an expired token");
+        let forbidden = http
+            .get(format!("{base}{}", path.replace("user:7", "user:8")))
+            .bearer_auth(&good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forbidden.status().as_u16(), 403, "{path} for another user");
+        let body: Value = forbidden.json().await.unwrap();
+        assert_eq!(body["code"], "forbidden");
+    }
+    let page: Value = http
+        .get(format!("{base}/events?topics=user:7&since=0"))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["events"][0]["data"]["client_id"], 7);
+    let sse = http
+        .get(format!("{base}/sse?topics=user:7&since=0&token={good}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status().as_u16(), 200);
+}

@@ -136,6 +136,18 @@ pub async fn last_position(client: &Client) -> Result<i64, DbError> {
     Ok(row.get(0))
 }
 
+/// The retention mark: every position at or below it has been pruned (0: none).
+///
+/// It moves in the same transaction as the deletes, so a reader that reads a range and
+/// *then* this mark knows whether the range was whole: if the mark is still at or below
+/// the range's start, nothing in the range had been deleted when it was read.
+pub async fn pruned_position(client: &Client) -> Result<i64, DbError> {
+    let row = client
+        .query_one("select pruned_pos from rowcast.sequencer", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
 fn change_from_row(row: &Row) -> Result<Change, MalformedRow> {
     let pos: i64 = row.get(0);
     let bad = |reason: String| MalformedRow { pos, reason };

@@ -48,6 +48,7 @@ pub fn publishable(change: &Change) -> Arc<Published> {
     let event = Event::of(change);
     Arc::new(Published {
         pos: change.pos,
+        event: event.name(),
         topics: change.topics.clone(),
         frame: events::frame(change, &event).into(),
     })

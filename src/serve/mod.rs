@@ -1,5 +1,7 @@
-//! The HTTP server: WebSocket sessions ([`ws`]) and health endpoints ([`health`]),
-//! plus the background tasks (sequencer, tailer) that feed the hub.
+//! The HTTP server: WebSocket sessions ([`ws`]), server-sent events ([`sse`]), HTTP
+//! polling ([`http`]) and health endpoints ([`health`]), plus the background tasks
+//! (sequencer, tailer, prune) that feed the hub and keep the log in bounds. Every
+//! transport resumes through [`replay`]; [`query`] holds what SSE and polling share.
 //!
 //! [`Application::build`] connects, checks the schema and binds (port 0 works, for
 //! tests); [`Application::run`] serves until a shutdown token is cancelled, then closes
@@ -8,7 +10,11 @@
 pub mod admission;
 pub mod auth;
 pub mod health;
+pub mod http;
 pub mod protocol;
+pub mod query;
+pub mod replay;
+pub mod sse;
 pub mod web;
 pub mod ws;
 
@@ -21,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::capture::{log, sequencer, tail};
+use crate::capture::{log, prune, sequencer, tail};
 use crate::config::{Config, SessionConfig};
 use crate::db::{self, DbError};
 use crate::hub::Hub;
@@ -188,10 +194,17 @@ impl Application {
             Duration::from_secs(5),
             ctx.shutdown.clone(),
         ));
+        tasks.spawn(prune::run(
+            ctx.pool.clone(),
+            config.retention.clone(),
+            ctx.shutdown.clone(),
+        ));
         tasks.close();
 
         let app = Router::new()
             .merge(ws::router())
+            .merge(sse::router())
+            .merge(http::router())
             .merge(health::router())
             .merge(web::router())
             .with_state(ctx.clone());

@@ -45,6 +45,8 @@ pub enum ErrorCode {
     TooManyTopics,
     /// Too many requests.
     RateLimited,
+    /// The server cannot answer now (HTTP 503); retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -56,6 +58,7 @@ impl ErrorCode {
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::TooManyTopics => "too_many_topics",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -70,7 +73,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn bad_request(message: impl Into<String>) -> Refusal {
+    /// A `bad_request` refusal.
+    pub fn bad_request(message: impl Into<String>) -> Refusal {
         Refusal {
             code: ErrorCode::BadRequest,
             message: message.into(),

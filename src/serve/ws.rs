@@ -2,14 +2,12 @@
 //!
 //! Each session is one `select!` loop over: client frames, its hub queue, the ping
 //! timer and shutdown. A `subscribe` with `since` replays the log before the session
-//! goes live (see [`crate::hub`] for the switch-over). Bad client frames get an `error`
+//! goes live (see [`super::replay`] and [`crate::hub`] for the switch-over); a `since`
+//! older than retention gets a `reset` first. Bad client frames get an `error`
 //! message and the session goes on; a frame above the size limit closes it with 1009.
 
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// Longest a replay read may take.
-const REPLAY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -24,8 +22,7 @@ use super::AppContext;
 use super::admission::{self, Permit, RateLimit};
 use super::auth::Principal;
 use super::protocol::{self, ErrorCode, Incoming, Outgoing, Refusal};
-use crate::capture::{log, tail};
-use crate::db::{self, DbError};
+use super::replay::{self, Replay, Step};
 use crate::hub::Membership;
 
 /// Close codes used by sessions.
@@ -377,85 +374,46 @@ impl Session {
         .await
     }
 
-    /// Sends the log's events on `topics` with `since < pos <= head`, then goes live,
-    /// re-reading as long as the hub's head moved during the read.
-    async fn replay(&mut self, topics: Vec<String>, since: i64, mut head: i64) -> Result<(), End> {
-        let mut read = since;
+    /// Sends the log's events on `topics` with `since < pos <= head` (or a `reset` if
+    /// `since` is older than retention), then goes live; see [`replay`].
+    async fn replay(&mut self, topics: Vec<String>, since: i64, head: i64) -> Result<(), End> {
+        let mut replay = Replay::new(
+            self.ctx.hub.clone(),
+            self.ctx.pool.clone(),
+            self.member.id(),
+            topics,
+            since,
+            head,
+            self.ctx.session.replay_page,
+        );
         loop {
-            if read < head
-                && let Err(err) = self.replay_range(&topics, read, head).await
-            {
-                return Err(match err {
-                    ReplayError::Db(err) => {
-                        tracing::warn!(error = %err, "replay failed");
-                        End::Close(close::INTERNAL, "replay failed: reconnect and resume")
-                    }
-                    ReplayError::Send(end) => end,
-                });
-            }
-            read = read.max(head);
-            match self.ctx.hub.go_live(self.member.id(), read) {
-                Ok(()) => break,
-                Err(newer) => head = newer,
-            }
-        }
-        self.cursor = self.cursor.max(read);
-        Ok(())
-    }
-
-    async fn replay_range(
-        &mut self,
-        topics: &[String],
-        mut after: i64,
-        upto: i64,
-    ) -> Result<(), ReplayError> {
-        let page = self.ctx.session.replay_page;
-        loop {
-            // A pooled connection is held for one read only, not while a slow client
-            // is being written to.
-            let rows = {
-                let client = self.ctx.pool.get().await.map_err(DbError::from)?;
-                let stmt = client
-                    .prepare_cached(log::RANGE_FOR_TOPICS_SQL)
-                    .await
-                    .map_err(DbError::from)?;
-                db::with_timeout(
-                    REPLAY_READ_TIMEOUT,
-                    log::read_range_for_topics(&client, &stmt, after, upto, topics, page),
-                )
-                .await?
-            };
-            let short = (rows.len() as i64) < page;
-            for row in rows {
-                match row {
-                    Ok(change) => {
-                        after = change.pos;
-                        let published = tail::publishable(&change);
-                        self.write(Message::Text(published.frame.clone()))
-                            .await
-                            .map_err(ReplayError::Send)?;
-                    }
-                    Err(err) => {
-                        after = err.pos;
-                        tracing::error!(error = %err, "skipping unreadable log row in replay");
+            match replay.next().await {
+                Ok(Step::Events(events)) => {
+                    for event in events {
+                        self.write(Message::Text(event.frame.clone())).await?;
                     }
                 }
-            }
-            if short {
-                return Ok(());
+                Ok(Step::Reset { head }) => {
+                    self.send_json(&Outgoing::Reset {
+                        reason: replay::SINCE_TOO_OLD,
+                        head,
+                    })
+                    .await?;
+                    self.cursor = self.cursor.max(head);
+                }
+                Ok(Step::Live { upto }) => {
+                    self.cursor = self.cursor.max(upto);
+                    return Ok(());
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "replay failed");
+                    return Err(End::Close(
+                        close::INTERNAL,
+                        "replay failed: reconnect and resume",
+                    ));
+                }
             }
         }
-    }
-}
-
-enum ReplayError {
-    Db(DbError),
-    Send(End),
-}
-
-impl From<DbError> for ReplayError {
-    fn from(err: DbError) -> Self {
-        ReplayError::Db(err)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod cluster;
 pub mod proxy;
 pub mod service;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,101 @@
+//! HTTP polling at `GET /events?topics=a,b&since=N&limit=M`, for clients that can hold
+//! neither a WebSocket nor an SSE stream.
+//!
+//! The answer is `{"events":[...],"head":H}`: the events on the topics with `pos > N`,
+//! in order, at most `M` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]), each the
+//! very frame the WebSocket sends (copied byte for byte, not re-encoded). `head` is the
+//! last position scanned: the last event's when the page is full, otherwise this
+//! replica's head at the time of the read (never below `N`). The next call passes it as
+//! `since`, so paging walks the log with nothing missed and nothing twice.
+//!
+//! `since` defaults to 0, everything still retained; a `since` older than retention is
+//! answered 410 with `{"type":"reset","reason":"since_too_old","head":H}`: the client
+//! refetches its state and polls on from `H`. Bad parameters get a 400 JSON error.
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+
+use super::query::{self, HttpError, Params};
+use super::replay::{self, ReadError};
+use super::{AppContext, admission};
+use crate::hub::Published;
+
+/// Events per response when `limit` is not given.
+pub const DEFAULT_LIMIT: i64 = 100;
+
+/// Largest `limit` accepted.
+pub const MAX_LIMIT: i64 = 1000;
+
+/// Routes of this module.
+pub fn router() -> Router<AppContext> {
+    Router::new().route("/events", get(poll))
+}
+
+async fn poll(
+    State(ctx): State<AppContext>,
+    headers: HeaderMap,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Query(params) = params.map_err(HttpError::from_rejection)?;
+    let principal = admission::authenticate(&ctx, &headers, params.token.as_deref())?;
+    let topics = query::topics(params.topics.as_deref(), ctx.session.max_topics)?;
+    query::check_allowed(&principal, &topics)?;
+    let since = match params.since.as_deref() {
+        Some(raw) => query::position("since", raw)?,
+        None => 0,
+    };
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(raw) => match query::position("limit", raw)? {
+            n @ 1..=MAX_LIMIT => n,
+            _ => {
+                return Err(HttpError::bad_request(format!(
+                    "limit must be between 1 and {MAX_LIMIT}"
+                )));
+            }
+        },
+    };
+
+    // Everything up to the hub's head has been read by this replica's tailer, so it is
+    // all in the log: a read bounded by it is complete.
+    let head = ctx.hub.head();
+    let too_old = |pruned| HttpError::SinceTooOld {
+        head: replay::reset_head(&ctx.hub, pruned),
+    };
+    let after = match replay::start(&ctx.pool, since).await {
+        Ok(after) => after,
+        Err(ReadError::TooOld { pruned, .. }) => return Err(too_old(pruned)),
+        Err(ReadError::Db(err)) => return Err(err.into()),
+    };
+    if after >= head {
+        return Ok(page(&[], after.max(head)));
+    }
+    let read = match replay::read_page(&ctx.pool, &topics, after, head, limit).await {
+        Ok(read) => read,
+        Err(ReadError::TooOld { pruned, .. }) => return Err(too_old(pruned)),
+        Err(ReadError::Db(err)) => return Err(err.into()),
+    };
+    let scanned = if read.full { read.last } else { head };
+    Ok(page(&read.events, scanned))
+}
+
+/// `{"events":[<frame>,...],"head":H}`, with the frames spliced in as they are.
+fn page(events: &[std::sync::Arc<Published>], head: i64) -> Response {
+    let size: usize = events.iter().map(|e| e.frame.len() + 1).sum();
+    let mut body = String::with_capacity(size + 40);
+    body.push_str("{\"events\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(event.frame.as_str());
+    }
+    body.push_str("],\"head\":");
+    body.push_str(&head.to_string());
+    body.push('}');
+    query::json(StatusCode::OK, body)
+}

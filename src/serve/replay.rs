@@ -1,0 +1,228 @@
+//! Replay: the log's events on some topics after a position, then the switch to live.
+//!
+//! Every transport resumes through this module, so a WebSocket, an SSE stream and an
+//! HTTP poll given the same `since` send the same frames, built by the same
+//! [`tail::publishable`] as live ones.
+//!
+//! Pages are read from the pool ([`read_page`]), one query at a time, so no connection is
+//! held while a slow client is written to. After each read the retention mark
+//! (`pruned_pos`) is read again: if it has passed the page's start, part of the range may
+//! have been deleted before the read saw it, and the reader gets [`ReadError::TooOld`]
+//! instead of a silent gap. A `since` of 0 means "everything still retained" and starts
+//! at the mark; any other `since` below the mark is too old.
+//!
+//! A streaming session drives a [`Replay`]: it has joined the hub in replaying mode (see
+//! [`crate::hub`]), pulls [`Step`]s, sends them, and is live once it gets
+//! [`Step::Live`]. A `since` that is too old yields [`Step::Reset`] and the replay goes on
+//! from the reset's head, so live events follow it with no gap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use crate::capture::{log, tail};
+use crate::db::{self, DbError};
+use crate::hub::{Hub, Published, SessionId};
+
+/// The `reason` of a `reset` whose `since` is older than retention.
+pub const SINCE_TOO_OLD: &str = "since_too_old";
+
+/// Longest a replay read may take.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a page could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Retention has deleted positions after the requested start.
+    #[error("position {after} is older than what the log retains (pruned up to {pruned})")]
+    TooOld {
+        /// The requested start (exclusive).
+        after: i64,
+        /// Every position up to this one has been pruned.
+        pruned: i64,
+    },
+}
+
+/// One page of the log for some topics.
+#[derive(Debug)]
+pub struct Page {
+    /// The events, in position order.
+    pub events: Vec<Arc<Published>>,
+    /// The last position scanned (the start of the read if nothing was found).
+    pub last: i64,
+    /// Whether the page hit its limit (more may follow before `upto`).
+    pub full: bool,
+}
+
+/// Where a read resuming after `since` starts: `since` itself, or for `since = 0` the
+/// retention mark (everything still retained). Fails if `since` is older than retention.
+pub async fn start(pool: &Pool, since: i64) -> Result<i64, ReadError> {
+    let client = pool.get().await.map_err(DbError::from)?;
+    let pruned = db::with_timeout(READ_TIMEOUT, log::pruned_position(&client)).await?;
+    match since {
+        0 => Ok(pruned),
+        since if since < pruned => Err(ReadError::TooOld {
+            after: since,
+            pruned,
+        }),
+        since => Ok(since),
+    }
+}
+
+/// Reads up to `limit` events on `topics` with `after < pos <= upto`, checking that
+/// retention had not deleted any of them.
+pub async fn read_page(
+    pool: &Pool,
+    topics: &[String],
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Page, ReadError> {
+    let client = pool.get().await.map_err(DbError::from)?;
+    let stmt = client
+        .prepare_cached(log::RANGE_FOR_TOPICS_SQL)
+        .await
+        .map_err(DbError::from)?;
+    let rows = db::with_timeout(
+        READ_TIMEOUT,
+        log::read_range_for_topics(&client, &stmt, after, upto, topics, limit),
+    )
+    .await?;
+    // Read after the rows: the mark moves with the deletes, so if it is still at or
+    // below `after` now, nothing in the range had been deleted when the rows were read.
+    let pruned = db::with_timeout(READ_TIMEOUT, log::pruned_position(&client)).await?;
+    if pruned > after {
+        return Err(ReadError::TooOld { after, pruned });
+    }
+    let full = rows.len() as i64 >= limit;
+    let mut last = after;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row {
+            Ok(change) => {
+                last = change.pos;
+                events.push(tail::publishable(&change));
+            }
+            Err(err) => {
+                last = err.pos;
+                tracing::error!(error = %err, "skipping unreadable log row in replay");
+            }
+        }
+    }
+    Ok(Page { events, last, full })
+}
+
+/// The head a `reset` announces: where the live stream continues (never below what has
+/// been pruned).
+pub fn reset_head(hub: &Hub, pruned: i64) -> i64 {
+    hub.head().max(pruned)
+}
+
+/// What a replaying session does next.
+#[derive(Debug)]
+pub enum Step {
+    /// Send these events, in order.
+    Events(Vec<Arc<Published>>),
+    /// `since` was older than retention: send a `reset` with this head. The replay goes
+    /// on after it.
+    Reset {
+        /// Where the stream continues.
+        head: i64,
+    },
+    /// The session is live: every event after `upto` reaches its hub queue.
+    Live {
+        /// The last position covered by the replay.
+        upto: i64,
+    },
+}
+
+/// A session's replay: from `since` to the hub's head, then live.
+#[derive(Debug)]
+pub struct Replay {
+    hub: Arc<Hub>,
+    pool: Pool,
+    id: SessionId,
+    topics: Vec<String>,
+    since: i64,
+    /// Last position read; `None` until the start has been checked against retention.
+    after: Option<i64>,
+    head: i64,
+    page: i64,
+}
+
+impl Replay {
+    /// A replay for session `id` (subscribed with `replay = true`, which returned `head`)
+    /// of the events on `topics` after `since`, read `page` at a time.
+    pub fn new(
+        hub: Arc<Hub>,
+        pool: Pool,
+        id: SessionId,
+        topics: Vec<String>,
+        since: i64,
+        head: i64,
+        page: i64,
+    ) -> Replay {
+        Replay {
+            hub,
+            pool,
+            id,
+            topics,
+            since,
+            after: None,
+            head,
+            page: page.max(1),
+        }
+    }
+
+    /// The next step. After [`Step::Live`] the replay is over.
+    pub async fn next(&mut self) -> Result<Step, DbError> {
+        let mut after = match self.after {
+            Some(after) => after,
+            None => match start(&self.pool, self.since).await {
+                Ok(after) => after,
+                Err(ReadError::TooOld { pruned, .. }) => return Ok(self.reset(pruned)),
+                Err(ReadError::Db(err)) => return Err(err),
+            },
+        };
+        loop {
+            self.after = Some(after);
+            if after < self.head {
+                match read_page(&self.pool, &self.topics, after, self.head, self.page).await {
+                    Ok(page) => {
+                        after = if page.full { page.last } else { self.head };
+                        self.after = Some(after);
+                        if !page.events.is_empty() {
+                            return Ok(Step::Events(page.events));
+                        }
+                        continue;
+                    }
+                    Err(ReadError::TooOld { pruned, .. }) => return Ok(self.reset(pruned)),
+                    Err(ReadError::Db(err)) => return Err(err),
+                }
+            }
+            match self.hub.go_live(self.id, after) {
+                Ok(()) => return Ok(Step::Live { upto: after }),
+                // The tailer published more during the read: read up to the new head.
+                Err(newer) => self.head = newer,
+            }
+        }
+    }
+
+    fn reset(&mut self, pruned: i64) -> Step {
+        let head = reset_head(&self.hub, pruned);
+        tracing::info!(
+            session = self.id,
+            since = self.since,
+            pruned,
+            head,
+            "resume older than retention: reset"
+        );
+        self.after = Some(head);
+        self.head = self.head.max(head);
+        Step::Reset { head }
+    }
+}
