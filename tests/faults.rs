@@ -386,3 +386,87 @@ async fn three_instances_keep_positions_gap_free_when_one_dies_or_its_sequencer_
     follower.expect_exactly(written).await;
     drop((b, c));
 }
+
+/// Minutes of random faults against a sequence checker: run it with
+/// `SOAK_SECONDS=600 cargo test --release --test main soak -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a long soak run; see the doc comment for the command"]
+async fn soak_random_faults_lose_nothing() {
+    let seconds: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let cluster = Cluster::start_own();
+    let own = cluster.own.as_ref().unwrap();
+    let db = own_demo_db(&cluster).await;
+    let mut services = vec![
+        ServiceProcess::start(&db.url, None).await,
+        ServiceProcess::start(&db.url, None).await,
+    ];
+    let addrs = Arc::new(Mutex::new(
+        services.iter().map(|s| s.addr).collect::<Vec<_>>(),
+    ));
+    let follower = Follower::start(addrs.clone());
+    let writer = Writer::start(&db.url, Duration::from_millis(2));
+    let admin_url = db.url.clone();
+    let mut counts = std::collections::BTreeMap::<&str, u32>::new();
+    let mut seed: u64 = 0x5EED_1234_ABCD_0001;
+    let end = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while tokio::time::Instant::now() < end {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(1500 + seed % 3000)).await;
+        let fault = match seed % 5 {
+            0 => {
+                let i = (seed / 7) as usize % services.len();
+                let addr = services[i].addr;
+                services[i].kill();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                services[i] = ServiceProcess::start(&db.url, Some(addr)).await;
+                "sigkill service"
+            }
+            1 => {
+                own.stop("fast").unwrap();
+                own.resume().unwrap();
+                "postgres restart fast"
+            }
+            2 => {
+                own.stop("immediate").unwrap();
+                own.resume().unwrap();
+                "postgres restart immediate"
+            }
+            _ => {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .execute(
+                            "select pg_terminate_backend(pid) from pg_stat_activity \
+                             where datname = current_database() and application_name = 'rowcast'",
+                            &[],
+                        )
+                        .await;
+                }
+                "terminate service backends"
+            }
+        };
+        *counts.entry(fault).or_default() += 1;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let written = writer.stop().await as i64;
+    let sequenced = sequenced_count(&db).await;
+    assert_eq!(
+        sequenced, written,
+        "every committed write was captured and sequenced"
+    );
+    assert_eq!(db.positions().await, (1..=written).collect::<Vec<_>>());
+    follower.expect_exactly(written).await;
+    println!(
+        "soak: {seconds} s, {written} committed writes, every one delivered once in order; \
+         faults {counts:?}; follower reconnects {}",
+        follower.reconnects()
+    );
+    drop(services);
+}

@@ -23,7 +23,13 @@ impl ServiceProcess {
                 .and_then(|l| l.local_addr())
                 .unwrap()
         });
-        let child = Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        let log = std::env::temp_dir().join(format!(
+            "rowcast-service-{}-{}.log",
+            std::process::id(),
+            addr.port()
+        ));
+        let log_file = std::fs::File::create(&log).expect("creating the service log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rowcast"))
             .args([
                 "serve",
                 "--database-url",
@@ -33,9 +39,9 @@ impl ServiceProcess {
             ])
             .env("ROWCAST_SEQUENCER__POLL_INTERVAL", "50ms")
             .env("ROWCAST_TAIL__POLL_INTERVAL", "200ms")
-            .env("ROWCAST_LOG", "warn")
+            .env("ROWCAST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file)
             .spawn()
             .expect("starting rowcast serve");
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -45,10 +51,11 @@ impl ServiceProcess {
             {
                 break;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "rowcast serve did not become ready"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let output = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("rowcast serve on {addr} did not become ready; its log:\n{output}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         ServiceProcess { addr, child }
