@@ -9,24 +9,6 @@ use crate::pipeline::NEW_BOOKING;
 use crate::support::sse::{self, get_json};
 use crate::support::{TestApp, TestDb, WAIT, positions, test_config};
 
-/// Waits until the service's hub has published up to `pos` (its polling `head`).
-pub async fn wait_head(app: &TestApp, pos: i64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = get_json(app.addr, "/events?topics=nobody:0").await;
-        assert_eq!(status, 200, "{body}");
-        if body["head"].as_i64().unwrap() >= pos {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "head stuck at {}",
-            body["head"]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Walks `/events` from `since`, `limit` at a time, following `head`, until `n` events
 /// have arrived. Returns them and the last head.
 pub async fn poll_all(
@@ -109,7 +91,7 @@ async fn sse_and_http_resume_send_exactly_the_websocket_frames_for_the_same_sinc
         }
     }
     db.wait_sequenced(written).await;
-    wait_head(&app, written).await;
+    app.wait_head(written).await;
 
     let since = 9i64;
     let expected: Vec<i64> = writer
@@ -168,7 +150,7 @@ async fn sse_last_event_id_wins_over_since() {
     let db = TestDb::demo().await;
     let app = TestApp::start(&db).await;
     write_bookings(&db, 5).await;
-    wait_head(&app, 5).await;
+    app.wait_head(5).await;
 
     let mut both = sse::open(app.addr, "topics=bookings&since=1", Some("3"))
         .await

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use rowcast::capture::prune::{self, Pruned, RetentionConfig};
 
-use crate::delivery::{poll_all, wait_head};
+use crate::delivery::poll_all;
 use crate::pipeline::NEW_BOOKING;
 use crate::support::sse::{self, get_json};
 use crate::support::{TestApp, TestDb, WAIT, positions, test_config};
@@ -135,7 +135,7 @@ async fn a_resume_from_a_pruned_position_gets_reset_on_websocket_and_sse_and_410
     let app = TestApp::start(&db).await;
     book(&db, 10).await;
     db.wait_sequenced(10).await;
-    wait_head(&app, 10).await;
+    app.wait_head(10).await;
     let pruned = prune::prune_once(&db.client().await, &retention(3, Duration::ZERO))
         .await
         .unwrap();
@@ -159,7 +159,7 @@ async fn a_resume_from_a_pruned_position_gets_reset_on_websocket_and_sse_and_410
     ws.expect_silence(Duration::from_millis(200)).await;
 
     // SSE: a `reset` event whose id is the head, then live.
-    wait_head(&app, 11).await;
+    app.wait_head(11).await;
     let mut stream = sse::open(app.addr, "topics=bookings&since=0", Some("5"))
         .await
         .unwrap();
@@ -175,7 +175,7 @@ async fn a_resume_from_a_pruned_position_gets_reset_on_websocket_and_sse_and_410
     assert_eq!(positions(&stream.events(1).await), vec![12]);
 
     // HTTP: 410 with the same body.
-    wait_head(&app, 12).await;
+    app.wait_head(12).await;
     let (status, body) = get_json(app.addr, "/events?topics=bookings&since=6").await;
     assert_eq!(status, 410);
     assert_eq!(
