@@ -366,3 +366,32 @@ async fn sse_resume_while_writes_go_on_switches_to_live_with_no_gap_and_nothing_
     }
     writing.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_sse_client_that_stops_reading_does_not_hold_up_shutdown() {
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    config.shutdown_timeout = Duration::from_secs(1);
+    let app = TestApp::start_with(config).await;
+    let writer = db.client().await;
+    writer
+        .batch_execute("alter table bookings add column note text")
+        .await
+        .unwrap();
+    // Connected, then never read again: the socket's buffers fill up.
+    let mut stuck = sse::open(app.addr, "topics=bookings", None).await.unwrap();
+    assert_eq!(stuck.next().await.event.as_deref(), Some("subscribed"));
+    writer
+        .batch_execute(
+            "insert into bookings (client_id, provider_id, starts_at, ends_at, price, note) \
+             select g, 2, '2026-11-22T10:00:00Z', '2026-11-22T11:00:00Z', 10, repeat('x', 200000) \
+             from generate_series(1, 100) g",
+        )
+        .await
+        .unwrap();
+    app.wait_head(100).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `stop` panics if the service has not stopped within the wait.
+    app.stop().await;
+    drop(stuck);
+}
