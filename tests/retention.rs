@@ -266,3 +266,49 @@ async fn a_replay_read_that_a_prune_has_cut_reports_it_instead_of_a_gap() {
     assert!(page.full);
     assert_eq!(page.last, 5);
 }
+
+#[tokio::test]
+async fn a_replica_whose_head_was_pruned_drops_its_sessions_instead_of_a_silent_gap() {
+    use rowcast::capture::tail::{self, TailConfig};
+    use rowcast::hub::Hub;
+    use tokio_util::sync::CancellationToken;
+
+    let db = TestDb::demo().await;
+    // A replica at head 0 with one live session, whose tailer has not run yet.
+    let hub = Hub::new(0);
+    let mut member = hub.join(64);
+    hub.subscribe(member.id(), ["bookings".to_string()], false);
+    book(&db, 10).await;
+    let client = db.client().await;
+    client
+        .query_one("select rowcast.sequence()", &[])
+        .await
+        .unwrap();
+    prune::prune_once(&client, &retention(3, Duration::ZERO))
+        .await
+        .unwrap();
+
+    let shutdown = CancellationToken::new();
+    let pg = rowcast::db::pg_config(&db.url).unwrap();
+    let tailer = tokio::spawn(tail::run(
+        pg,
+        TailConfig::default(),
+        hub.clone(),
+        shutdown.clone(),
+    ));
+    let first = tokio::time::timeout(WAIT, member.events.recv())
+        .await
+        .expect("the tailer acted");
+    assert!(
+        first.is_none(),
+        "the session must end, not receive {:?} after a gap",
+        first.map(|e| e.pos)
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hub.head() < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "the tailer went on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    tailer.await.unwrap();
+}
