@@ -218,6 +218,18 @@ impl Hub {
         }
     }
 
+    /// Drops every session, live or replaying, as if each were too slow: their queues
+    /// end and their clients resume with `since`. For when this replica can no longer
+    /// give them a gap-free stream (the log was pruned past its head). Returns how many
+    /// sessions were dropped.
+    pub fn drop_all(&self) -> usize {
+        let mut state = self.lock();
+        state.by_topic.clear();
+        let dropped = state.sessions.len();
+        state.sessions.clear();
+        dropped
+    }
+
     /// Publishes events in position order: queues each to every live session with a
     /// matching topic (once per session), then advances the head past it, and at the
     /// end to `upto` (positions that had nothing to publish). Sessions whose queue is
@@ -361,6 +373,24 @@ mod tests {
         assert_eq!(hub.go_live(m.id(), 6), Ok(()));
         hub.publish(&[event(7, &["x"])], 0);
         assert_eq!(m.events.try_recv().unwrap().pos, 7);
+    }
+
+    #[test]
+    fn drop_all_ends_every_queue() {
+        let hub = Hub::new(0);
+        let mut a = hub.join(8);
+        let mut b = hub.join(8);
+        hub.subscribe(a.id(), topics(&["x"]), false);
+        hub.subscribe(b.id(), topics(&["y"]), true);
+        assert_eq!(hub.drop_all(), 2);
+        hub.publish(&[event(1, &["x", "y"])], 0);
+        for m in [&mut a, &mut b] {
+            assert!(matches!(
+                m.events.try_recv(),
+                Err(mpsc::error::TryRecvError::Disconnected)
+            ));
+        }
+        assert_eq!((hub.sessions(), hub.topics()), (0, 0));
     }
 
     #[test]

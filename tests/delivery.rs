@@ -9,24 +9,6 @@ use crate::pipeline::NEW_BOOKING;
 use crate::support::sse::{self, get_json};
 use crate::support::{TestApp, TestDb, WAIT, positions, test_config};
 
-/// Waits until the service's hub has published up to `pos` (its polling `head`).
-pub async fn wait_head(app: &TestApp, pos: i64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = get_json(app.addr, "/events?topics=nobody:0").await;
-        assert_eq!(status, 200, "{body}");
-        if body["head"].as_i64().unwrap() >= pos {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "head stuck at {}",
-            body["head"]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Walks `/events` from `since`, `limit` at a time, following `head`, until `n` events
 /// have arrived. Returns them and the last head.
 pub async fn poll_all(
@@ -109,7 +91,7 @@ async fn sse_and_http_resume_send_exactly_the_websocket_frames_for_the_same_sinc
         }
     }
     db.wait_sequenced(written).await;
-    wait_head(&app, written).await;
+    app.wait_head(written).await;
 
     let since = 9i64;
     let expected: Vec<i64> = writer
@@ -168,7 +150,7 @@ async fn sse_last_event_id_wins_over_since() {
     let db = TestDb::demo().await;
     let app = TestApp::start(&db).await;
     write_bookings(&db, 5).await;
-    wait_head(&app, 5).await;
+    app.wait_head(5).await;
 
     let mut both = sse::open(app.addr, "topics=bookings&since=1", Some("3"))
         .await
@@ -383,4 +365,33 @@ async fn sse_resume_while_writes_go_on_switches_to_live_with_no_gap_and_nothing_
         );
     }
     writing.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_sse_client_that_stops_reading_does_not_hold_up_shutdown() {
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    config.shutdown_timeout = Duration::from_secs(1);
+    let app = TestApp::start_with(config).await;
+    let writer = db.client().await;
+    writer
+        .batch_execute("alter table bookings add column note text")
+        .await
+        .unwrap();
+    // Connected, then never read again: the socket's buffers fill up.
+    let mut stuck = sse::open(app.addr, "topics=bookings", None).await.unwrap();
+    assert_eq!(stuck.next().await.event.as_deref(), Some("subscribed"));
+    writer
+        .batch_execute(
+            "insert into bookings (client_id, provider_id, starts_at, ends_at, price, note) \
+             select g, 2, '2026-11-22T10:00:00Z', '2026-11-22T11:00:00Z', 10, repeat('x', 200000) \
+             from generate_series(1, 100) g",
+        )
+        .await
+        .unwrap();
+    app.wait_head(100).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `stop` panics if the service has not stopped within the wait.
+    app.stop().await;
+    drop(stuck);
 }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use rowcast::capture::prune::{self, Pruned, RetentionConfig};
 
-use crate::delivery::{poll_all, wait_head};
+use crate::delivery::poll_all;
 use crate::pipeline::NEW_BOOKING;
 use crate::support::sse::{self, get_json};
 use crate::support::{TestApp, TestDb, WAIT, positions, test_config};
@@ -135,7 +135,7 @@ async fn a_resume_from_a_pruned_position_gets_reset_on_websocket_and_sse_and_410
     let app = TestApp::start(&db).await;
     book(&db, 10).await;
     db.wait_sequenced(10).await;
-    wait_head(&app, 10).await;
+    app.wait_head(10).await;
     let pruned = prune::prune_once(&db.client().await, &retention(3, Duration::ZERO))
         .await
         .unwrap();
@@ -159,7 +159,7 @@ async fn a_resume_from_a_pruned_position_gets_reset_on_websocket_and_sse_and_410
     ws.expect_silence(Duration::from_millis(200)).await;
 
     // SSE: a `reset` event whose id is the head, then live.
-    wait_head(&app, 11).await;
+    app.wait_head(11).await;
     let mut stream = sse::open(app.addr, "topics=bookings&since=0", Some("5"))
         .await
         .unwrap();
@@ -175,7 +175,7 @@ async fn a_resume_from_a_pruned_position_gets_reset_on_websocket_and_sse_and_410
     assert_eq!(positions(&stream.events(1).await), vec![12]);
 
     // HTTP: 410 with the same body.
-    wait_head(&app, 12).await;
+    app.wait_head(12).await;
     let (status, body) = get_json(app.addr, "/events?topics=bookings&since=6").await;
     assert_eq!(status, 410);
     assert_eq!(
@@ -265,4 +265,50 @@ async fn a_replay_read_that_a_prune_has_cut_reports_it_instead_of_a_gap() {
     let page = replay::read_page(&pool, &topics, 4, 6, 1).await.unwrap();
     assert!(page.full);
     assert_eq!(page.last, 5);
+}
+
+#[tokio::test]
+async fn a_replica_whose_head_was_pruned_drops_its_sessions_instead_of_a_silent_gap() {
+    use rowcast::capture::tail::{self, TailConfig};
+    use rowcast::hub::Hub;
+    use tokio_util::sync::CancellationToken;
+
+    let db = TestDb::demo().await;
+    // A replica at head 0 with one live session, whose tailer has not run yet.
+    let hub = Hub::new(0);
+    let mut member = hub.join(64);
+    hub.subscribe(member.id(), ["bookings".to_string()], false);
+    book(&db, 10).await;
+    let client = db.client().await;
+    client
+        .query_one("select rowcast.sequence()", &[])
+        .await
+        .unwrap();
+    prune::prune_once(&client, &retention(3, Duration::ZERO))
+        .await
+        .unwrap();
+
+    let shutdown = CancellationToken::new();
+    let pg = rowcast::db::pg_config(&db.url).unwrap();
+    let tailer = tokio::spawn(tail::run(
+        pg,
+        TailConfig::default(),
+        hub.clone(),
+        shutdown.clone(),
+    ));
+    let first = tokio::time::timeout(WAIT, member.events.recv())
+        .await
+        .expect("the tailer acted");
+    assert!(
+        first.is_none(),
+        "the session must end, not receive {:?} after a gap",
+        first.map(|e| e.pos)
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while hub.head() < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "the tailer went on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    tailer.await.unwrap();
 }

@@ -96,6 +96,8 @@ async fn resume_with_since_gets_exactly_the_later_events_then_live_ones_while_wr
             .unwrap();
     }
     db.wait_sequenced(200).await;
+    // Sequenced is not yet published: the head asserted below is the replica's.
+    app.wait_head(200).await;
 
     // Keep writing while clients resume from various positions.
     let url = db.url.clone();

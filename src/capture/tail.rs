@@ -7,6 +7,9 @@
 //!
 //! Without a wake-up it reads anyway every `poll_interval`; that read, bounded by
 //! `probe_timeout`, is also the probe that notices a silently dead connection.
+//!
+//! If retention pruned positions this replica had not read yet (it fell further behind
+//! than `keep_events`), its sessions are dropped rather than fed a stream with a gap.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +120,25 @@ async fn catch_up(
         )
         .await?;
         let full = rows.len() as i64 >= config.batch;
+        // Positions are gap-free and become visible a whole batch at a time, so a first
+        // row past `cursor + 1` means retention pruned what this replica had not read
+        // yet. Its live sessions would miss those events without knowing: drop them all,
+        // and their clients resume with `since` and get a `reset`.
+        let first = rows.first().map(|row| match row {
+            Ok(change) => change.pos,
+            Err(err) => err.pos,
+        });
+        if let Some(first) = first
+            && first > cursor + 1
+        {
+            let dropped = hub.drop_all();
+            tracing::warn!(
+                cursor,
+                first,
+                dropped,
+                "the log was pruned past this replica's head: dropping every session so clients resume"
+            );
+        }
         let mut batch = Vec::with_capacity(rows.len());
         let mut last = cursor;
         for row in rows {

@@ -18,6 +18,7 @@ pub mod sse;
 pub mod web;
 pub mod ws;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,12 +216,26 @@ impl Application {
             linked.cancelled().await;
             stop.cancel();
         });
-        let served = axum::serve(
+        let serving = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned())
-        .await;
+        .into_future();
+        // Graceful shutdown waits for every open response, and an SSE response whose
+        // client stopped reading is never polled again, so it would wait forever: give
+        // open connections `shutdown_timeout`, then leave them.
+        let grace = async {
+            ctx.shutdown.cancelled().await;
+            tokio::time::sleep(config.shutdown_timeout).await;
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            _ = grace => {
+                tracing::warn!("shutdown timed out; leaving connections that were still open");
+                Ok(())
+            }
+        };
 
         ctx.shutdown.cancel();
         ctx.sessions.close();

@@ -206,6 +206,25 @@ impl TestApp {
         WsClient::connect(self.addr).await
     }
 
+    /// Waits until the service's hub has published up to `pos` (the `head` of a poll on
+    /// a topic nobody writes).
+    pub async fn wait_head(&self, pos: i64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (status, body) = sse::get_json(self.addr, "/events?topics=nobody:0").await;
+            assert_eq!(status, 200, "{body}");
+            if body["head"].as_i64().unwrap() >= pos {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "head stuck at {}",
+                body["head"]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Shuts the service down and waits for it.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
