@@ -266,7 +266,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_go_on() {
         .await
         .unwrap();
     let mut config = test_config(&db.url);
-    config.session.queue = 16;
+    config.session.queue = 256;
     config.session.write_timeout = Duration::from_secs(2);
     let app = TestApp::start_with(config).await;
     let (mut stalled, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
@@ -280,7 +280,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_go_on() {
         .unwrap();
     let mut healthy = app.ws().await;
     healthy.subscribe(&["bookings"], None).await;
-    const N: i64 = 600;
+    const N: i64 = 800;
     let url = db.url.clone();
     let writes = tokio::spawn(async move {
         let writer = connect(&url).await;
@@ -296,7 +296,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_go_on() {
                 .unwrap();
         }
     });
-    // The healthy client gets everything while the stalled one holds 12 MB unread.
+    // The healthy client gets everything while the stalled one holds 16 MB unread.
     assert_eq!(
         positions(&healthy.events(N as usize).await),
         (1..=N).collect::<Vec<_>>()
