@@ -34,21 +34,27 @@ impl From<tokio_postgres::Error> for AdminError {
 }
 
 /// A `watch` registration, as given on the command line.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct WatchSpec {
-    /// The table (`schema.table` or a name on the search path).
+    /// The table, as `schema.table` or a name on the search path.
     pub table: String,
     /// Row topic prefix (default: the table name).
+    #[arg(long)]
     pub topic: Option<String>,
-    /// `column=prefix` routing pairs.
+    /// Routing column and its topic prefix, e.g. `--route client_id=user` (repeatable).
+    #[arg(long = "route", value_name = "COLUMN=PREFIX")]
     pub routes: Vec<String>,
-    /// Columns that never leave the database.
+    /// A column that must never leave the database (repeatable).
+    #[arg(long = "exclude", value_name = "COLUMN")]
     pub exclude: Vec<String>,
-    /// Kind of row for typed events.
+    /// Kind of row for typed events (booking, payment, payout, meeting, attendance, court_card, course).
+    #[arg(long)]
     pub domain: Option<String>,
-    /// `field=column` mapping pairs.
+    /// Domain field and this table's column, e.g. `--column status=state` (repeatable).
+    #[arg(long = "column", value_name = "FIELD=COLUMN")]
     pub columns: Vec<String>,
-    /// `notify` or `poll`.
+    /// `notify` (wake the sequencer at commit) or `poll` (no NOTIFY from writers).
+    #[arg(long, value_parser = ["notify", "poll"])]
     pub wake: Option<String>,
 }
 

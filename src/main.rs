@@ -30,26 +30,8 @@ enum Command {
     Watch {
         #[command(flatten)]
         db: AdminDb,
-        /// The table, as `schema.table` or a name on the search path.
-        table: String,
-        /// Row topic prefix (default: the table name).
-        #[arg(long)]
-        topic: Option<String>,
-        /// Routing column and its topic prefix, e.g. `--route client_id=user` (repeatable).
-        #[arg(long = "route", value_name = "COLUMN=PREFIX")]
-        routes: Vec<String>,
-        /// A column that must never leave the database (repeatable).
-        #[arg(long = "exclude", value_name = "COLUMN")]
-        exclude: Vec<String>,
-        /// Kind of row for typed events (booking, payment, payout, meeting, attendance, court_card, course).
-        #[arg(long)]
-        domain: Option<String>,
-        /// Domain field and this table's column, e.g. `--column status=state` (repeatable).
-        #[arg(long = "column", value_name = "FIELD=COLUMN")]
-        columns: Vec<String>,
-        /// `notify` (wake the sequencer at commit) or `poll` (no NOTIFY from writers).
-        #[arg(long, value_parser = ["notify", "poll"])]
-        wake: Option<String>,
+        #[command(flatten)]
+        spec: WatchSpec,
     },
     /// Stop watching a table: remove its triggers (captured events stay in the log).
     Unwatch {
@@ -161,26 +143,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             init_logs("info", LogFormat::Human);
             run_migrations(&db.url()?).await?;
         }
-        Command::Watch {
-            db,
-            table,
-            topic,
-            routes,
-            exclude,
-            domain,
-            columns,
-            wake,
-        } => {
+        Command::Watch { db, spec } => {
             let client = connect(&db.url()?).await?;
-            let spec = WatchSpec {
-                table,
-                topic,
-                routes,
-                exclude,
-                domain,
-                columns,
-                wake,
-            };
             let shown = admin::watch(&client, &spec).await?;
             println!("watching {shown}");
         }
