@@ -1,40 +1,116 @@
 //! Events: what a captured change means, and the one wire frame every subscriber gets.
 //!
-//! A [`Change`] read from the log becomes an [`Event`] (its name, such as `row.updated`)
-//! and is serialised once, by [`frame`], into the `event` message of the wire protocol.
-//! Every session receives the same bytes.
+//! A [`Change`] read from the log, with the [`Mapping`] it was captured with (if its
+//! table has a domain), becomes an [`Event`]: a typed domain event of
+//! [`attendance`], [`booking`] or [`course`], built through `TryFrom` of the change read
+//! by field ([`fields::Captured`]), or a generic [`RowEvent`]. It is serialised once, by
+//! [`frame`], into the `event` message of the wire protocol; every session receives the
+//! same bytes. A typed event's `data` and `old` use the domain's field names; generic
+//! events carry the row exactly as captured. `docs/events.md` lists every event.
 
+pub mod attendance;
+pub mod booking;
+pub mod course;
+pub mod fields;
 pub mod generic;
+pub mod mapping;
 
 use serde::Serialize;
+use serde::ser::SerializeMap;
 use serde_json::value::RawValue;
 
 use crate::capture::log::{Change, Op};
 
+pub use attendance::AttendanceEvent;
+pub use booking::BookingEvent;
+pub use course::CourseEvent;
 pub use generic::RowEvent;
+pub use mapping::{Kind, MapError, Mapping, Mappings};
+
+use fields::Captured;
+use mapping::Domain;
 
 /// A typed event derived from a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A change to a table without a domain: `row.inserted`, `row.updated`, `row.deleted`.
+    /// A change to a meeting, an attendance row or a court card.
+    Attendance(AttendanceEvent),
+    /// A change to a booking, a payment or a payout.
+    Booking(BookingEvent),
+    /// A change to a course.
+    Course(CourseEvent),
+    /// A change to a table without a domain, or a row its mapping cannot read:
+    /// `row.inserted`, `row.updated`, `row.deleted`.
     Row(RowEvent),
     /// The table was truncated: `table.truncated`.
     TableTruncated,
 }
 
+impl TryFrom<&Captured<'_>> for Event {
+    type Error = MapError;
+
+    fn try_from(c: &Captured<'_>) -> Result<Event, MapError> {
+        Ok(match c.kind.domain() {
+            Domain::Attendance => Event::Attendance(c.try_into()?),
+            Domain::Booking => Event::Booking(c.try_into()?),
+            Domain::Course => Event::Course(c.try_into()?),
+        })
+    }
+}
+
 impl Event {
-    /// Derives the event of a change. Never fails: a change without a more specific
-    /// meaning is a generic row event.
-    pub fn of(change: &Change) -> Event {
-        match change.op {
+    /// Every event name, generic ones included.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        AttendanceEvent::NAMES
+            .iter()
+            .chain(BookingEvent::NAMES)
+            .chain(CourseEvent::NAMES)
+            .chain(RowEvent::NAMES)
+            .chain(&["table.truncated"])
+            .copied()
+    }
+
+    /// Derives the event of a change captured with `mapping`. Never fails: a change
+    /// without a domain is a generic row event, and so is a row the mapping cannot
+    /// read, which is counted and logged ([`mapping::unmapped_rows`]).
+    pub fn of(change: &Change, mapping: Result<Option<&Mapping>, MapError>) -> Event {
+        let generic = |change: &Change| match change.op {
             Op::Truncate => Event::TableTruncated,
             op => Event::Row(RowEvent::of(op)),
+        };
+        if change.op == Op::Truncate {
+            return Event::TableTruncated;
         }
+        let typed = mapping.and_then(|mapping| match mapping {
+            Some(mapping) => Captured::new(change, mapping)
+                .and_then(|c| Event::try_from(&c))
+                .map(Some),
+            None => Ok(None),
+        });
+        match typed {
+            Ok(Some(event)) => event,
+            Ok(None) => generic(change),
+            Err(err) => {
+                mapping::record_unmapped(change, &err);
+                generic(change)
+            }
+        }
+    }
+
+    /// Whether the event is a domain event (its rows use the domain's field names).
+    pub fn is_typed(&self) -> bool {
+        matches!(
+            self,
+            Event::Attendance(_) | Event::Booking(_) | Event::Course(_)
+        )
     }
 
     /// The event's name on the wire.
     pub fn name(&self) -> &'static str {
         match self {
+            Event::Attendance(event) => event.name(),
+            Event::Booking(event) => event.name(),
+            Event::Course(event) => event.name(),
             Event::Row(row) => row.name(),
             Event::TableTruncated => "table.truncated",
         }
@@ -53,13 +129,51 @@ struct WireEvent<'a> {
     topics: &'a [String],
     ts: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a RawValue>,
+    data: Option<WireRow<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    old: Option<&'a RawValue>,
+    old: Option<WireRow<'a>>,
+}
+
+/// A row on the wire: as captured (byte for byte), or with mapped columns renamed to
+/// their fields (the values still byte for byte).
+enum WireRow<'a> {
+    Captured(&'a RawValue),
+    Renamed(fields::Entries<'a>, &'a Mapping),
+}
+
+impl Serialize for WireRow<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WireRow::Captured(raw) => raw.serialize(serializer),
+            WireRow::Renamed(entries, mapping) => {
+                let mut map = serializer.serialize_map(Some(entries.len()))?;
+                for (column, value) in entries {
+                    let key = mapping.field_of(column).unwrap_or(column);
+                    map.serialize_entry(key, value)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'a> WireRow<'a> {
+    fn of(raw: Option<&'a RawValue>, rename: Option<&'a Mapping>) -> Option<WireRow<'a>> {
+        let raw = raw?;
+        Some(
+            match rename.and_then(|m| Some((fields::entries(raw).ok()?, m))) {
+                Some((entries, mapping)) => WireRow::Renamed(entries, mapping),
+                None => WireRow::Captured(raw),
+            },
+        )
+    }
 }
 
 /// Serialises a change as the wire protocol's `event` message, once for all sessions.
-pub fn frame(change: &Change, event: &Event) -> String {
+/// A typed event's rows use the field names of `mapping` (the one `event` was derived
+/// with); a generic event's rows are sent exactly as captured.
+pub fn frame(change: &Change, event: &Event, mapping: Option<&Mapping>) -> String {
+    let rename = mapping.filter(|m| event.is_typed() && m.renames());
     let wire = WireEvent {
         kind: "event",
         pos: change.pos,
@@ -68,8 +182,8 @@ pub fn frame(change: &Change, event: &Event) -> String {
         op: change.op.as_str(),
         topics: &change.topics,
         ts: &change.ts,
-        data: change.data.as_deref(),
-        old: change.old.as_deref(),
+        data: WireRow::of(change.data.as_deref(), rename),
+        old: WireRow::of(change.old.as_deref(), rename),
     };
     // Serialising borrowed strings and already-valid JSON cannot fail.
     serde_json::to_string(&wire).expect("an event frame always serialises")
@@ -88,6 +202,7 @@ mod tests {
             ts: "2026-11-22T10:00:00.123Z".into(),
             data: data.map(|d| RawValue::from_string(d.into()).unwrap()),
             old: old.map(|d| RawValue::from_string(d.into()).unwrap()),
+            mapping_id: None,
         }
     }
 
@@ -98,7 +213,7 @@ mod tests {
             Some(r#"{"id": 9007199254740993, "amount": 12345678901234567890.123}"#),
             Some(r#"{"status": "PENDING"}"#),
         );
-        let text = frame(&c, &Event::of(&c));
+        let text = frame(&c, &Event::of(&c, Ok(None)), None);
         assert_eq!(
             text,
             r#"{"type":"event","pos":9007199254740993,"event":"row.updated","table":"bookings","op":"UPDATE","topics":["bookings","booking:1"],"ts":"2026-11-22T10:00:00.123Z","data":{"id": 9007199254740993, "amount": 12345678901234567890.123},"old":{"status": "PENDING"}}"#
@@ -108,7 +223,7 @@ mod tests {
     #[test]
     fn truncate_frame_has_no_row() {
         let c = change(Op::Truncate, None, None);
-        let text = frame(&c, &Event::of(&c));
+        let text = frame(&c, &Event::of(&c, Ok(None)), None);
         assert!(text.contains(r#""event":"table.truncated""#));
         assert!(!text.contains("data"));
     }

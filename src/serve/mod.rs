@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::capture::{log, sequencer, tail};
 use crate::config::{Config, SessionConfig};
 use crate::db::{self, DbError};
+use crate::events::{Mappings, mapping};
 use crate::hub::Hub;
 use crate::migrate::{self, MigrateError};
 
@@ -64,6 +65,8 @@ pub struct AppContext {
     pub hub: Arc<Hub>,
     /// Pool for short queries.
     pub pool: deadpool_postgres::Pool,
+    /// Domain mappings by id, shared by the tailer and replays.
+    pub mappings: Arc<Mappings>,
     /// Session limits.
     pub session: Arc<SessionConfig>,
     /// Cancelled when the service shuts down.
@@ -103,6 +106,9 @@ impl Application {
         })?;
         migrate::check(&client).await?;
         let head = log::last_position(&client).await?;
+        // Columns may have changed since `watch`: say so, but serve (their unreadable
+        // rows are delivered as row.* events).
+        mapping::check_watched(&client).await?;
         drop(client);
         let listener =
             TcpListener::bind(config.listen)
@@ -114,6 +120,7 @@ impl Application {
         let ctx = AppContext {
             hub: Hub::new(head),
             pool,
+            mappings: Mappings::new(),
             session: Arc::new(config.session.clone()),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
@@ -157,6 +164,7 @@ impl Application {
             pg,
             config.tail.clone(),
             ctx.hub.clone(),
+            ctx.mappings.clone(),
             ctx.shutdown.clone(),
         ));
         tasks.close();

@@ -280,18 +280,22 @@ impl Session {
                     .prepare_cached(log::RANGE_FOR_TOPICS_SQL)
                     .await
                     .map_err(DbError::from)?;
-                db::with_timeout(
+                let rows = db::with_timeout(
                     REPLAY_READ_TIMEOUT,
                     log::read_range_for_topics(&client, &stmt, after, upto, topics, page),
                 )
-                .await?
+                .await?;
+                let mappings = &self.ctx.mappings;
+                db::with_timeout(REPLAY_READ_TIMEOUT, mappings.load_missing(&client, &rows))
+                    .await?;
+                rows
             };
             let short = (rows.len() as i64) < page;
             for row in rows {
                 match row {
                     Ok(change) => {
                         after = change.pos;
-                        let published = tail::publishable(&change);
+                        let published = tail::publishable(&change, &self.ctx.mappings);
                         self.socket
                             .send(Message::Text(published.frame.clone()))
                             .await
