@@ -189,3 +189,158 @@ impl TryFrom<&Captured<'_>> for AttendanceEvent {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Event;
+    use crate::events::testing::{named, typed};
+
+    const T: &str = "\"2026-11-22T10:00:00+00:00\"";
+    const T2: &str = "\"2026-11-22T11:00:00+00:00\"";
+
+    fn meeting_row(started: &str, ended: &str) -> String {
+        format!(
+            r#"{{"id": 5, "title": "m", "court_rep_id": 2, "organization_id": 3, "started_at": {started}, "ended_at": {ended}}}"#
+        )
+    }
+
+    #[test]
+    fn meeting_time_columns_name_the_event() {
+        let m = |started: &str, ended: &str, old: &str| {
+            named(
+                Kind::Meeting,
+                Op::Update,
+                &meeting_row(started, ended),
+                Some(old),
+            )
+        };
+        assert_eq!(m(T, "null", r#"{"started_at": null}"#), "meeting.started");
+        assert_eq!(m(T, T2, r#"{"ended_at": null}"#), "meeting.ended");
+        assert_eq!(
+            m(T, T2, r#"{"started_at": null, "ended_at": null}"#),
+            "meeting.ended"
+        );
+        // moved, cleared, or another column: an update
+        assert_eq!(
+            m(T2, "null", &format!(r#"{{"started_at": {T}}}"#)),
+            "meeting.updated"
+        );
+        assert_eq!(
+            m("null", "null", &format!(r#"{{"started_at": {T}}}"#)),
+            "meeting.updated"
+        );
+        assert_eq!(m(T, "null", r#"{"title": "old"}"#), "meeting.updated");
+        let row = meeting_row("null", "null");
+        assert_eq!(
+            named(Kind::Meeting, Op::Insert, &row, None),
+            "meeting.created"
+        );
+        assert_eq!(
+            named(Kind::Meeting, Op::Delete, &row, None),
+            "meeting.deleted"
+        );
+    }
+
+    #[test]
+    fn a_started_meeting_carries_its_times_and_people() {
+        let event = typed(
+            Kind::Meeting,
+            Op::Update,
+            &meeting_row(T, "null"),
+            Some(r#"{"started_at": null}"#),
+        )
+        .unwrap();
+        let Event::Attendance(AttendanceEvent::MeetingStarted(m)) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(m.started_at.unwrap().as_str(), "2026-11-22T10:00:00+00:00");
+        assert_eq!(m.ended_at, None);
+        assert_eq!(m.court_rep_id.unwrap().as_json(), "2");
+    }
+
+    fn attendance_row(left: &str) -> String {
+        format!(
+            r#"{{"id": 1, "meeting_id": 5, "participant_id": 11, "joined_at": {T}, "left_at": {left}, "minutes": 0, "status": "JOINED"}}"#
+        )
+    }
+
+    #[test]
+    fn attendance_inserts_join_and_left_at_set_leaves() {
+        let a = |left: &str, old: Option<&str>, op: Op| {
+            named(Kind::Attendance, op, &attendance_row(left), old)
+        };
+        assert_eq!(a("null", None, Op::Insert), "participant.joined");
+        assert_eq!(
+            a(
+                T2,
+                Some(r#"{"left_at": null, "status": "JOINED"}"#),
+                Op::Update
+            ),
+            "participant.left"
+        );
+        assert_eq!(
+            a("null", Some(&format!(r#"{{"left_at": {T2}}}"#)), Op::Update),
+            "attendance.updated"
+        );
+        assert_eq!(
+            a(T2, Some(r#"{"minutes": 3}"#), Op::Update),
+            "attendance.updated"
+        );
+        assert_eq!(a(T2, None, Op::Delete), "attendance.deleted");
+        let event = typed(Kind::Attendance, Op::Insert, &attendance_row("null"), None).unwrap();
+        let Event::Attendance(AttendanceEvent::ParticipantJoined(row)) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(row.participant_id.unwrap().as_json(), "11");
+        assert_eq!(row.left_at, None);
+    }
+
+    #[test]
+    fn court_cards_are_created_updated_deleted() {
+        let card = r#"{"id": 1, "meeting_id": 5, "participant_id": 11, "court_rep_id": 2, "status": "ISSUED"}"#;
+        assert_eq!(
+            named(Kind::CourtCard, Op::Insert, card, None),
+            "court_card.created"
+        );
+        assert_eq!(
+            named(
+                Kind::CourtCard,
+                Op::Update,
+                card,
+                Some(r#"{"status": "SIGNED"}"#)
+            ),
+            "court_card.updated"
+        );
+        assert_eq!(
+            named(Kind::CourtCard, Op::Delete, card, None),
+            "court_card.deleted"
+        );
+        // Optional fields may be missing altogether.
+        assert_eq!(
+            named(Kind::CourtCard, Op::Insert, r#"{"id": 1}"#, None),
+            "court_card.created"
+        );
+    }
+
+    #[test]
+    fn unreadable_attendance_rows_become_row_events() {
+        // left_at is required: missing, or not a string
+        let missing = r#"{"id": 1, "meeting_id": 5, "participant_id": 11}"#;
+        assert_eq!(
+            named(Kind::Attendance, Op::Insert, missing, None),
+            "row.inserted"
+        );
+        let number = r#"{"id": 1, "meeting_id": 5, "participant_id": 11, "left_at": 5}"#;
+        assert_eq!(
+            named(Kind::Attendance, Op::Update, number, Some("{}")),
+            "row.updated"
+        );
+        // NULL meeting and participant are readable
+        let nulls = r#"{"id": 1, "meeting_id": null, "participant_id": null, "left_at": null}"#;
+        assert_eq!(
+            named(Kind::Attendance, Op::Delete, nulls, None),
+            "attendance.deleted"
+        );
+    }
+}

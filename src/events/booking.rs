@@ -214,3 +214,180 @@ impl TryFrom<&Captured<'_>> for BookingEvent {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Event;
+    use crate::events::testing::{named, typed};
+
+    const ROW: &str = r#"{"id": 9007199254740993, "status": "%", "client_id": 7, "provider_id": 3, "price": 12345678901234567890.12}"#;
+
+    fn row(status: &str) -> String {
+        ROW.replace("\"%\"", status)
+    }
+
+    /// The event name of a booking-kind update from status `from` to `to` (JSON texts).
+    fn update(kind: Kind, from: &str, to: &str) -> &'static str {
+        let old = format!(r#"{{"status": {from}}}"#);
+        named(kind, Op::Update, &row(to), Some(&old))
+    }
+
+    #[test]
+    fn a_booking_insert_is_created_with_exact_ids() {
+        let event = typed(Kind::Booking, Op::Insert, &row(r#""PENDING""#), None).unwrap();
+        let Event::Booking(BookingEvent::BookingCreated(b)) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(b.id.as_json(), "9007199254740993");
+        assert_eq!(b.status, Some(Status::new("PENDING")));
+        assert_eq!(b.client_id.unwrap().as_json(), "7");
+        assert_eq!(b.provider_id.unwrap().as_json(), "3");
+    }
+
+    #[test]
+    fn booking_status_pairs_name_the_event() {
+        let cases = [
+            (r#""PENDING""#, r#""CONFIRMED""#, "booking.accepted"),
+            (r#""PENDING""#, r#""accepted""#, "booking.accepted"),
+            (r#""PENDING""#, r#""Approved""#, "booking.accepted"),
+            (r#""PENDING""#, r#""REJECTED""#, "booking.rejected"),
+            (r#""PENDING""#, r#""declined""#, "booking.rejected"),
+            (r#""CONFIRMED""#, r#""CANCELLED""#, "booking.cancelled"),
+            (r#""CONFIRMED""#, r#""canceled""#, "booking.cancelled"),
+            (r#""CONFIRMED""#, r#""COMPLETED""#, "booking.status_changed"),
+            (r#""CONFIRMED""#, r#""PENDING""#, "booking.status_changed"),
+            (r#""PENDING""#, r#""ON_HOLD""#, "booking.status_changed"),
+            (r#""CONFIRMED""#, r#""APPROVED""#, "booking.status_changed"),
+            (r#""PENDING""#, "null", "booking.status_changed"),
+            ("null", r#""PENDING""#, "booking.status_changed"),
+            ("null", r#""CONFIRMED""#, "booking.accepted"),
+            (r#""pending""#, r#""PENDING""#, "booking.updated"),
+        ];
+        for (from, to, name) in cases {
+            assert_eq!(update(Kind::Booking, from, to), name, "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn an_accepted_booking_carries_its_previous_status() {
+        let event = typed(
+            Kind::Booking,
+            Op::Update,
+            &row(r#""CONFIRMED""#),
+            Some(r#"{"status": "PENDING"}"#),
+        )
+        .unwrap();
+        let Event::Booking(BookingEvent::BookingAccepted(change)) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(change.previous, Some(Status::new("PENDING")));
+        assert_eq!(change.row.status, Some(Status::new("CONFIRMED")));
+    }
+
+    #[test]
+    fn booking_updates_without_a_status_change_and_deletes() {
+        let r = row(r#""CONFIRMED""#);
+        assert_eq!(
+            named(Kind::Booking, Op::Update, &r, Some(r#"{"price": 10.00}"#)),
+            "booking.updated"
+        );
+        assert_eq!(
+            named(Kind::Booking, Op::Delete, &r, None),
+            "booking.deleted"
+        );
+        // A NULL status and NULL parties are fine.
+        let nulls = r#"{"id": 1, "status": null, "client_id": null}"#;
+        assert_eq!(
+            named(Kind::Booking, Op::Insert, nulls, None),
+            "booking.created"
+        );
+    }
+
+    #[test]
+    fn payment_statuses_paid_escrow_released_refunded() {
+        for (from, to) in [
+            ("PAID", "ESCROW"),
+            ("ESCROW", "RELEASED"),
+            ("ESCROW", "REFUNDED"),
+            ("PAID", "REFUNDED"),
+            ("PAID", "SOMETHING_NEW"),
+        ] {
+            let name = update(Kind::Payment, &format!("\"{from}\""), &format!("\"{to}\""));
+            assert_eq!(name, "payment.status_changed", "{from} -> {to}");
+        }
+        let event = typed(
+            Kind::Payment,
+            Op::Update,
+            r#"{"id": 5, "status": "ESCROW", "booking_id": 9}"#,
+            Some(r#"{"status": "PAID"}"#),
+        )
+        .unwrap();
+        let Event::Booking(BookingEvent::PaymentStatusChanged(change)) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(change.previous, Some(Status::new("PAID")));
+        assert_eq!(change.row.booking_id.unwrap().as_json(), "9");
+        let paid = r#"{"id": 5, "status": "PAID"}"#;
+        assert_eq!(
+            named(Kind::Payment, Op::Insert, paid, None),
+            "payment.created"
+        );
+        assert_eq!(
+            named(Kind::Payment, Op::Update, paid, Some(r#"{"amount": 1}"#)),
+            "payment.updated"
+        );
+        assert_eq!(
+            named(Kind::Payment, Op::Delete, paid, None),
+            "payment.deleted"
+        );
+    }
+
+    #[test]
+    fn payout_statuses_pending_processing_completed_failed() {
+        for (from, to) in [
+            ("PENDING", "PROCESSING"),
+            ("PROCESSING", "COMPLETED"),
+            ("PROCESSING", "FAILED"),
+        ] {
+            let name = update(Kind::Payout, &format!("\"{from}\""), &format!("\"{to}\""));
+            assert_eq!(name, "payout.status_changed", "{from} -> {to}");
+        }
+        let p = r#"{"id": "po_1", "status": "PENDING", "provider_id": 3}"#;
+        assert_eq!(named(Kind::Payout, Op::Insert, p, None), "payout.created");
+        assert_eq!(
+            named(Kind::Payout, Op::Update, p, Some(r#"{"amount": 1}"#)),
+            "payout.updated"
+        );
+        assert_eq!(named(Kind::Payout, Op::Delete, p, None), "payout.deleted");
+    }
+
+    #[test]
+    fn unreadable_booking_rows_are_errors_and_become_row_events() {
+        let cases = [
+            // the status column is not in the row (excluded)
+            (r#"{"id": 1, "client_id": 7}"#, "Missing"),
+            // a status that is not a string
+            (r#"{"id": 1, "status": 3}"#, "WrongType"),
+            // an id that is not a number or string
+            (r#"{"id": true, "status": "PAID"}"#, "WrongType"),
+            (r#"{"id": null, "status": "PAID"}"#, "NullId"),
+            (
+                r#"{"id": 1, "status": "PAID", "client_id": {"a": 1}}"#,
+                "WrongType",
+            ),
+            (r#"[1, 2]"#, "NotAnObject"),
+        ];
+        for (data, what) in cases {
+            let err = typed(Kind::Booking, Op::Insert, data, None).unwrap_err();
+            assert!(format!("{err:?}").starts_with(what), "{data}: {err:?}");
+            assert_eq!(named(Kind::Booking, Op::Insert, data, None), "row.inserted");
+        }
+        // An error names the field and column, never the value.
+        let err = typed(Kind::Booking, Op::Insert, r#"{"id": 1, "status": 3}"#, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"field status (column "status") is not a JSON string"#
+        );
+    }
+}

@@ -159,3 +159,216 @@ impl TryFrom<&Captured<'_>> for CourseEvent {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Event;
+    use crate::events::testing::{named, typed};
+
+    fn course_row(status: &str, instructor: &str, scheduled: &str) -> String {
+        format!(
+            r#"{{"id": 9, "title": "t", "status": "{status}", "instructor_id": {instructor}, "scheduled_for": {scheduled}, "organization_id": 4, "requested_by": 7}}"#
+        )
+    }
+
+    const D1: &str = "\"2026-12-01T09:00:00+00:00\"";
+    const D2: &str = "\"2026-12-08T09:00:00+00:00\"";
+
+    fn update(status: &str, instructor: &str, scheduled: &str, old: &str) -> &'static str {
+        named(
+            Kind::Course,
+            Op::Update,
+            &course_row(status, instructor, scheduled),
+            Some(old),
+        )
+    }
+
+    #[test]
+    fn course_updates_follow_the_priority_of_rules() {
+        let cases = [
+            (
+                "COMPLETED",
+                "8",
+                D1,
+                r#"{"status": "SCHEDULED"}"#,
+                "course.completed",
+            ),
+            (
+                "done",
+                "8",
+                D1,
+                r#"{"status": "SCHEDULED"}"#,
+                "course.completed",
+            ),
+            (
+                "CANCELLED",
+                "8",
+                D1,
+                r#"{"status": "SCHEDULED"}"#,
+                "course.cancelled",
+            ),
+            (
+                "Canceled",
+                "null",
+                "null",
+                r#"{"status": "REQUESTED"}"#,
+                "course.cancelled",
+            ),
+            // completion wins over a new instructor in the same update
+            (
+                "COMPLETED",
+                "8",
+                D1,
+                r#"{"status": "SCHEDULED", "instructor_id": 7}"#,
+                "course.completed",
+            ),
+            (
+                "ASSIGNED",
+                "8",
+                "null",
+                r#"{"status": "REQUESTED", "instructor_id": null}"#,
+                "course.assigned",
+            ),
+            (
+                "ASSIGNED",
+                "8",
+                "null",
+                r#"{"instructor_id": 7}"#,
+                "course.assigned",
+            ),
+            // a new instructor wins over a new date
+            (
+                "SCHEDULED",
+                "8",
+                D2,
+                &format!(r#"{{"instructor_id": 7, "scheduled_for": {D1}}}"#),
+                "course.assigned",
+            ),
+            (
+                "SCHEDULED",
+                "8",
+                D2,
+                &format!(r#"{{"scheduled_for": {D1}}}"#),
+                "course.rescheduled",
+            ),
+            (
+                "SCHEDULED",
+                "8",
+                D1,
+                r#"{"scheduled_for": null, "status": "ASSIGNED"}"#,
+                "course.rescheduled",
+            ),
+            // cleared, another status or another column: an update
+            (
+                "ASSIGNED",
+                "null",
+                D1,
+                r#"{"instructor_id": 8}"#,
+                "course.updated",
+            ),
+            (
+                "SCHEDULED",
+                "8",
+                "null",
+                &format!(r#"{{"scheduled_for": {D1}}}"#),
+                "course.updated",
+            ),
+            (
+                "SCHEDULED",
+                "8",
+                D1,
+                r#"{"status": "ASSIGNED"}"#,
+                "course.updated",
+            ),
+            (
+                "WHATEVER",
+                "8",
+                D1,
+                r#"{"status": "ASSIGNED"}"#,
+                "course.updated",
+            ),
+            (
+                "SCHEDULED",
+                "8",
+                D1,
+                r#"{"title": "old"}"#,
+                "course.updated",
+            ),
+            (
+                "COMPLETED",
+                "8",
+                D1,
+                r#"{"title": "old"}"#,
+                "course.updated",
+            ),
+        ];
+        for (status, instructor, scheduled, old, name) in cases {
+            assert_eq!(
+                update(status, instructor, scheduled, old),
+                name,
+                "{status} {old}"
+            );
+        }
+    }
+
+    #[test]
+    fn requested_and_deleted_courses() {
+        let row = course_row("REQUESTED", "null", "null");
+        assert_eq!(
+            named(Kind::Course, Op::Insert, &row, None),
+            "course.requested"
+        );
+        assert_eq!(
+            named(Kind::Course, Op::Delete, &row, None),
+            "course.deleted"
+        );
+    }
+
+    #[test]
+    fn events_carry_what_changed() {
+        let event = typed(
+            Kind::Course,
+            Op::Update,
+            &course_row("SCHEDULED", "8", D2),
+            Some(&format!(r#"{{"scheduled_for": {D1}}}"#)),
+        )
+        .unwrap();
+        let Event::Course(CourseEvent::Rescheduled(r)) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(
+            r.previous_scheduled_for.unwrap().as_str(),
+            &D1[1..D1.len() - 1]
+        );
+        assert_eq!(
+            r.course.scheduled_for.unwrap().as_str(),
+            &D2[1..D2.len() - 1]
+        );
+        let event = typed(
+            Kind::Course,
+            Op::Update,
+            &course_row("ASSIGNED", "8", "null"),
+            Some(r#"{"instructor_id": null}"#),
+        )
+        .unwrap();
+        let Event::Course(CourseEvent::Assigned(a)) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(a.previous_instructor_id, None);
+        assert_eq!(a.course.instructor_id.unwrap().as_json(), "8");
+    }
+
+    #[test]
+    fn a_course_row_without_its_date_column_becomes_a_row_event() {
+        let row = r#"{"id": 9, "status": "REQUESTED", "instructor_id": null}"#;
+        assert_eq!(named(Kind::Course, Op::Insert, row, None), "row.inserted");
+        assert!(matches!(
+            typed(Kind::Course, Op::Insert, row, None),
+            Err(MapError::Missing {
+                field: "scheduled_for",
+                ..
+            })
+        ));
+    }
+}

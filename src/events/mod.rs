@@ -189,6 +189,42 @@ pub fn frame(change: &Change, event: &Event, mapping: Option<&Mapping>) -> Strin
     serde_json::to_string(&wire).expect("an event frame always serialises")
 }
 
+/// Helpers for the unit tests of the domain modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A change of `table` with the given rows, captured with mapping 1.
+    pub fn change(op: Op, data: Option<&str>, old: Option<&str>) -> Change {
+        Change {
+            pos: 7,
+            table: "t".into(),
+            op,
+            topics: vec!["t".into()],
+            ts: "2026-11-22T10:00:00.123Z".into(),
+            data: data.map(|d| RawValue::from_string(d.into()).unwrap()),
+            old: old.map(|d| RawValue::from_string(d.into()).unwrap()),
+            mapping_id: Some(1),
+        }
+    }
+
+    /// The typed event of a change to a table of `kind` whose columns are the field
+    /// names, or why it cannot be read.
+    pub fn typed(kind: Kind, op: Op, data: &str, old: Option<&str>) -> Result<Event, MapError> {
+        let change = change(op, Some(data), old);
+        let mapping = Mapping::identity(1, kind);
+        let captured = Captured::new(&change, &mapping)?;
+        Event::try_from(&captured)
+    }
+
+    /// The name of the event [`Event::of`] gives such a change (never fails).
+    pub fn named(kind: Kind, op: Op, data: &str, old: Option<&str>) -> &'static str {
+        let change = change(op, Some(data), old);
+        let mapping = Mapping::identity(1, kind);
+        Event::of(&change, Ok(Some(&mapping))).name()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +254,127 @@ mod tests {
             text,
             r#"{"type":"event","pos":9007199254740993,"event":"row.updated","table":"bookings","op":"UPDATE","topics":["bookings","booking:1"],"ts":"2026-11-22T10:00:00.123Z","data":{"id": 9007199254740993, "amount": 12345678901234567890.123},"old":{"status": "PENDING"}}"#
         );
+    }
+
+    fn course_requests() -> Mapping {
+        Mapping::new(
+            3,
+            Kind::Course,
+            [
+                ("id", "id"),
+                ("status", "state"),
+                ("instructor_id", "teacher_id"),
+                ("scheduled_for", "starts_on"),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_typed_frame_renames_mapped_columns_and_keeps_values_exact() {
+        let mut c = change(
+            Op::Update,
+            Some(
+                r#"{"id": 9007199254740993, "fee": 12345678901234567890.12, "state": "DONE", "starts_on": "2026-12-01", "teacher_id": 5}"#,
+            ),
+            Some(r#"{"state": "SCHEDULED"}"#),
+        );
+        c.table = "course_requests".into();
+        let mapping = course_requests();
+        let event = Event::of(&c, Ok(Some(&mapping)));
+        assert_eq!(event.name(), "course.completed");
+        let Event::Course(CourseEvent::Completed(done)) = &event else {
+            panic!("{event:?}")
+        };
+        assert_eq!(done.course.id.as_json(), "9007199254740993");
+        assert_eq!(done.previous.as_ref().unwrap().as_str(), "SCHEDULED");
+        assert_eq!(
+            frame(&c, &event, Some(&mapping)),
+            r#"{"type":"event","pos":9007199254740993,"event":"course.completed","table":"course_requests","op":"UPDATE","topics":["bookings","booking:1"],"ts":"2026-11-22T10:00:00.123Z","data":{"id":9007199254740993,"fee":12345678901234567890.12,"status":"DONE","scheduled_for":"2026-12-01","instructor_id":5},"old":{"status":"SCHEDULED"}}"#
+        );
+    }
+
+    #[test]
+    fn a_same_named_mapping_sends_rows_byte_for_byte() {
+        let c = change(
+            Op::Update,
+            Some(r#"{"id": 1, "status": "CONFIRMED", "client_id": 7}"#),
+            Some(r#"{"status": "PENDING"}"#),
+        );
+        let mapping = Mapping::identity(1, Kind::Booking);
+        let event = Event::of(&c, Ok(Some(&mapping)));
+        assert_eq!(event.name(), "booking.accepted");
+        let text = frame(&c, &event, Some(&mapping));
+        assert!(
+            text.ends_with(r#""data":{"id": 1, "status": "CONFIRMED", "client_id": 7},"old":{"status": "PENDING"}}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_row_is_delivered_as_row_event_with_its_columns_and_counted() {
+        let before = mapping::unmapped_rows();
+        // The status column is missing (excluded, or dropped since watch).
+        let c = change(
+            Op::Update,
+            Some(r#"{"id": 1, "state": "X"}"#),
+            Some(r#"{"state": "Y"}"#),
+        );
+        let mapping = course_requests();
+        let event = Event::of(&c, Ok(Some(&mapping)));
+        assert_eq!(event, Event::Row(RowEvent::Updated));
+        let text = frame(&c, &event, Some(&mapping));
+        assert!(text.contains(r#""data":{"id": 1, "state": "X"}"#), "{text}");
+        // A mapping the service could not load: the same.
+        let event = Event::of(&c, Err(MapError::UnknownMapping(9)));
+        assert_eq!(event.name(), "row.updated");
+        assert!(mapping::unmapped_rows() >= before + 2);
+    }
+
+    #[test]
+    fn an_unknown_mapping_id_is_an_error_not_a_panic() {
+        let mappings = Mappings::new();
+        let mut c = change(Op::Insert, Some(r#"{"id": 1}"#), None);
+        c.mapping_id = Some(4);
+        assert_eq!(
+            mappings.for_change(&c).unwrap_err(),
+            MapError::UnknownMapping(4)
+        );
+        mappings.insert(Mapping::identity(4, Kind::Booking));
+        assert_eq!(
+            mappings.for_change(&c).unwrap().unwrap().kind,
+            Kind::Booking
+        );
+        c.mapping_id = None;
+        assert!(mappings.for_change(&c).unwrap().is_none());
+    }
+
+    #[test]
+    fn kinds_and_fields_match_the_sql_seed() {
+        let sql = include_str!("../../migrations/V1__core.sql");
+        let start = sql
+            .find("insert into rowcast.domain_fields")
+            .expect("the seed");
+        let seed = &sql[start..start + sql[start..].find(";").unwrap()];
+        let mut from_sql: Vec<String> = seed
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("('"))
+            .map(|line| {
+                line.trim_end_matches(',')
+                    .trim_end_matches(')')
+                    .replace(['\'', ' '], "")
+            })
+            .collect();
+        let mut from_rust: Vec<String> = Kind::ALL
+            .iter()
+            .flat_map(|kind| {
+                kind.fields()
+                    .iter()
+                    .map(move |f| format!("{kind},{},{},{}", f.name, f.required, f.class.as_str()))
+            })
+            .collect();
+        from_sql.sort();
+        from_rust.sort();
+        assert_eq!(from_sql, from_rust);
     }
 
     #[test]
