@@ -3,6 +3,7 @@
 
 mod support;
 
+mod domains;
 mod faults;
 mod pipeline;
 mod schema;
