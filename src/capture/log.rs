@@ -33,7 +33,7 @@ impl Op {
         }
     }
 
-    fn parse(s: &str) -> Option<Op> {
+    pub(crate) fn parse(s: &str) -> Option<Op> {
         match s {
             "INSERT" => Some(Op::Insert),
             "UPDATE" => Some(Op::Update),

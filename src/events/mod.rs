@@ -377,6 +377,106 @@ mod tests {
         assert_eq!(from_sql, from_rust);
     }
 
+    /// An example frame of docs/events.md.
+    #[derive(serde::Deserialize)]
+    struct Example<'a> {
+        pos: i64,
+        event: String,
+        table: String,
+        op: String,
+        topics: Vec<String>,
+        ts: String,
+        #[serde(borrow)]
+        data: Option<&'a RawValue>,
+        #[serde(borrow)]
+        old: Option<&'a RawValue>,
+    }
+
+    /// The mapping the examples of a table were captured with.
+    fn docs_mapping(table: &str) -> Option<Mapping> {
+        let kind = match table {
+            "meetings" => Kind::Meeting,
+            "attendance" => Kind::Attendance,
+            "court_cards" => Kind::CourtCard,
+            "bookings" => Kind::Booking,
+            "payments" => Kind::Payment,
+            "payouts" => Kind::Payout,
+            "courses" => Kind::Course,
+            "course_requests" => {
+                return Some(Mapping::new(
+                    1,
+                    Kind::Course,
+                    [
+                        ("id", "id"),
+                        ("status", "state"),
+                        ("instructor_id", "teacher_id"),
+                        ("scheduled_for", "starts_on"),
+                        ("organization_id", "org_id"),
+                    ],
+                ));
+            }
+            _ => return None,
+        };
+        Some(Mapping::identity(1, kind))
+    }
+
+    /// The captured row an example's row was sent for: fields back to their columns.
+    fn captured_row(raw: Option<&RawValue>, mapping: Option<&Mapping>) -> Option<Box<RawValue>> {
+        let raw = raw?;
+        let text = match mapping.filter(|m| m.renames()) {
+            None => raw.get().to_string(),
+            Some(mapping) => {
+                let entries = fields::entries(raw).unwrap();
+                let body: Vec<String> = entries
+                    .iter()
+                    .map(|(key, value)| {
+                        let column = mapping.column(key).unwrap_or(key);
+                        format!("\"{column}\": {}", value.get())
+                    })
+                    .collect();
+                format!("{{{}}}", body.join(", "))
+            }
+        };
+        Some(RawValue::from_string(text).unwrap())
+    }
+
+    #[test]
+    fn docs_examples_are_what_the_serialiser_sends() {
+        let docs = include_str!("../../docs/events.md");
+        let mut seen = std::collections::BTreeSet::new();
+        for block in docs.split("```json\n").skip(1) {
+            let text = block.split("\n```").next().unwrap();
+            let example: Example =
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            let mapping = docs_mapping(&example.table);
+            let change = Change {
+                pos: example.pos,
+                table: example.table.clone(),
+                op: Op::parse(&example.op).unwrap(),
+                topics: example.topics.clone(),
+                ts: example.ts.clone(),
+                data: captured_row(example.data, mapping.as_ref()),
+                old: captured_row(example.old, mapping.as_ref()),
+                mapping_id: mapping.as_ref().map(|m| m.id),
+            };
+            let event = Event::of(&change, Ok(mapping.as_ref()));
+            assert_eq!(event.name(), example.event, "{text}");
+            assert_eq!(frame(&change, &event, mapping.as_ref()), text);
+            seen.insert(example.event.clone());
+        }
+        let all: std::collections::BTreeSet<String> = Event::names().map(String::from).collect();
+        assert_eq!(
+            seen, all,
+            "every event has an example, and no other name does"
+        );
+        for name in Event::names() {
+            assert!(
+                docs.contains(&format!("\n#### {name}\n")),
+                "no section for {name}"
+            );
+        }
+    }
+
     #[test]
     fn truncate_frame_has_no_row() {
         let c = change(Op::Truncate, None, None);
