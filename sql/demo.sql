@@ -1,6 +1,8 @@
 -- rowcast demo schema: the three domains rowcast maps to typed events
 -- (attendance, booking, course), created in schema public and registered with
--- rowcast.watch. Used by the tests and by the demo writer.
+-- rowcast.watch, each table with the kind of row it holds (meeting, attendance,
+-- court_card; booking, payment, payout; course). Used by the tests and by the demo
+-- writer. docs/events.md lists the events.
 --
 -- Load it after the notifier's own schema is installed:
 --
@@ -132,7 +134,7 @@ create index if not exists courses_instructor_id on public.courses (instructor_i
 
 select rowcast.watch('public.meetings', topic => 'meeting',
        routes => '{"court_rep_id": "court_rep", "organization_id": "organization"}',
-       domain => 'attendance');
+       domain => 'meeting');
 
 select rowcast.watch('public.attendance', topic => 'attendance',
        routes => '{"meeting_id": "meeting", "participant_id": "participant"}',
@@ -140,7 +142,7 @@ select rowcast.watch('public.attendance', topic => 'attendance',
 
 select rowcast.watch('public.court_cards', topic => 'court_card',
        routes => '{"meeting_id": "meeting", "participant_id": "participant", "court_rep_id": "court_rep"}',
-       domain => 'attendance');
+       domain => 'court_card');
 
 select rowcast.watch('public.bookings', topic => 'booking',
        routes => '{"client_id": "user", "provider_id": "provider"}',
@@ -149,11 +151,11 @@ select rowcast.watch('public.bookings', topic => 'booking',
 
 select rowcast.watch('public.payments', topic => 'payment',
        routes => '{"booking_id": "booking", "client_id": "user", "provider_id": "provider"}',
-       domain => 'booking');
+       domain => 'payment');
 
 select rowcast.watch('public.payouts', topic => 'payout',
        routes => '{"provider_id": "provider"}',
-       domain => 'booking');
+       domain => 'payout');
 
 select rowcast.watch('public.courses', topic => 'course',
        routes => '{"organization_id": "organization", "instructor_id": "instructor", "requested_by": "user"}',

@@ -13,6 +13,8 @@ create table if not exists rowcast.schema_history (version int4 primary key, nam
 --                      the log has been pruned
 --   rowcast.log_marks  when positions were reached, so retention can tell the age of a position
 --   rowcast.watches    what is watched, and how (the registry behind the view rowcast.watched)
+--   rowcast.domain_fields  the fields of each kind of domain row, and the column types they accept
+--   rowcast.mappings   resolved field -> column mappings of watched tables (immutable, by id)
 --   rowcast.capture()  the row trigger; rowcast.capture_truncate() the statement trigger
 --   rowcast.watch() / rowcast.unwatch()   the DBA API
 --   rowcast.sequence() the sequencer's batch, called by the service
@@ -40,6 +42,8 @@ create table rowcast.events (
     data       jsonb,
     -- UPDATE only: the previous values of the changed columns
     old        jsonb,
+    -- the domain mapping the event was captured with (rowcast.mappings), null for generic
+    mapping_id int,
     ts         timestamptz not null default clock_timestamp()
 );
 alter sequence rowcast.events_id_seq owned by rowcast.events.id;
@@ -90,6 +94,89 @@ create index log_marks_at on rowcast.log_marks (at);
 comment on table rowcast.log_marks is
     'rowcast retention: times at which positions had been reached (pos <= this pos were sequenced by at)';
 
+-- The fields of each kind of row a domain knows, as `watch(..., domain => kind)` names
+-- it. A required field must resolve to a column; an optional one is used when present.
+-- type_class: 'id' (integer types, numeric, text, varchar, uuid), 'status' (text,
+-- varchar or an enum), 'time' (timestamptz, timestamp or date).
+create table rowcast.domain_fields (
+    kind       text not null,
+    field      text not null,
+    required   boolean not null,
+    type_class text not null check (type_class in ('id', 'status', 'time')),
+    primary key (kind, field)
+);
+
+insert into rowcast.domain_fields (kind, field, required, type_class) values
+    -- attendance domain
+    ('meeting', 'id', true, 'id'),
+    ('meeting', 'started_at', true, 'time'),
+    ('meeting', 'ended_at', true, 'time'),
+    ('meeting', 'court_rep_id', false, 'id'),
+    ('meeting', 'organization_id', false, 'id'),
+    ('attendance', 'id', true, 'id'),
+    ('attendance', 'meeting_id', true, 'id'),
+    ('attendance', 'participant_id', true, 'id'),
+    ('attendance', 'joined_at', false, 'time'),
+    ('attendance', 'left_at', true, 'time'),
+    ('attendance', 'status', false, 'status'),
+    ('court_card', 'id', true, 'id'),
+    ('court_card', 'meeting_id', false, 'id'),
+    ('court_card', 'participant_id', false, 'id'),
+    ('court_card', 'court_rep_id', false, 'id'),
+    ('court_card', 'status', false, 'status'),
+    -- booking domain
+    ('booking', 'id', true, 'id'),
+    ('booking', 'status', true, 'status'),
+    ('booking', 'client_id', false, 'id'),
+    ('booking', 'provider_id', false, 'id'),
+    ('payment', 'id', true, 'id'),
+    ('payment', 'status', true, 'status'),
+    ('payment', 'booking_id', false, 'id'),
+    ('payment', 'client_id', false, 'id'),
+    ('payment', 'provider_id', false, 'id'),
+    ('payout', 'id', true, 'id'),
+    ('payout', 'status', true, 'status'),
+    ('payout', 'payment_id', false, 'id'),
+    ('payout', 'provider_id', false, 'id'),
+    -- course domain
+    ('course', 'id', true, 'id'),
+    ('course', 'status', true, 'status'),
+    ('course', 'instructor_id', true, 'id'),
+    ('course', 'scheduled_for', true, 'time'),
+    ('course', 'organization_id', false, 'id'),
+    ('course', 'requested_by', false, 'id');
+
+comment on table rowcast.domain_fields is
+    'rowcast: the fields of each kind of domain row and the column types they accept';
+
+-- A resolved mapping: which column of the table holds each field of the kind. Rows are
+-- never changed or deleted, so an event captured with a mapping is read with the same
+-- mapping by every replica and every replay, even after the table is watched again.
+create table rowcast.mappings (
+    id         int generated always as identity primary key,
+    relid      oid not null,
+    kind       text not null,
+    fields     jsonb not null,
+    created_at timestamptz not null default clock_timestamp(),
+    unique (relid, kind, fields)
+);
+
+comment on table rowcast.mappings is
+    'rowcast: immutable field -> column mappings, referenced by rowcast.events.mapping_id';
+
+create function rowcast.mappings_immutable() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception 'rowcast.mappings rows are immutable: events refer to them'
+        using errcode = 'object_in_use';
+end
+$$;
+
+create trigger mappings_immutable before update or delete on rowcast.mappings
+    for each row execute function rowcast.mappings_immutable();
+
 create table rowcast.watches (
     relid        oid primary key,
     table_name   text not null,
@@ -101,6 +188,7 @@ create table rowcast.watches (
     exclude      text[] not null default '{}',
     domain       text,
     columns      jsonb not null default '{}',
+    mapping_id   int references rowcast.mappings (id),
     wake         text not null default 'notify' check (wake in ('notify', 'poll')),
     created_at   timestamptz not null default clock_timestamp(),
     updated_at   timestamptz not null default clock_timestamp()
@@ -115,12 +203,14 @@ select w.relid::regclass as "table",
        w.exclude,
        w.domain,
        w.columns,
+       m.fields as mapping,
        w.wake,
        exists (select 1 from pg_catalog.pg_trigger t
                where t.tgrelid = w.relid and t.tgname = 'rowcast_capture') as active,
        w.created_at,
        w.updated_at
-from rowcast.watches w;
+from rowcast.watches w
+left join rowcast.mappings m on m.id = w.mapping_id;
 
 comment on view rowcast.watched is 'rowcast: the watched tables and their settings';
 
@@ -193,9 +283,9 @@ begin
         end loop;
     end loop;
 
-    insert into rowcast.events (relid, table_name, op, topics, data, old)
+    insert into rowcast.events (relid, table_name, op, topics, data, old, mapping_id)
     values (w.relid, w.table_name, tg_op, topics,
-            case when tg_op = 'DELETE' then old_row else new_row end, changed);
+            case when tg_op = 'DELETE' then old_row else new_row end, changed, w.mapping_id);
 
     if w.wake = 'notify' then
         perform pg_catalog.pg_notify('rowcast_wake', '');
@@ -247,6 +337,107 @@ begin
 end
 $$;
 
+-- The mapping of a kind onto a table: each field of the kind -> the column named for it
+-- in `columns`, or else the column of the field's own name when the table has one (an
+-- optional field whose same-named column is excluded is left out). Checked by
+-- rowcast.mapping_error, not here.
+create function rowcast.resolve_fields(tbl regclass, kind text, columns jsonb, exclude text[]) returns jsonb
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce(jsonb_object_agg(d.field, coalesce(columns ->> d.field, d.field)), '{}')
+    from rowcast.domain_fields d
+    where d.kind = resolve_fields.kind
+      and (columns ? d.field
+           or (exists (select 1 from pg_catalog.pg_attribute a
+                       where a.attrelid = tbl and a.attname = d.field
+                         and a.attnum > 0 and not a.attisdropped)
+               and (d.required or not d.field = any(exclude))))
+$$;
+
+-- What is wrong with a mapping of `kind` onto a table, as a message naming the table,
+-- the field and the column; null when it is sound. Used by rowcast.watch (an error) and
+-- by the service at start (a warning, since a column may have changed since).
+create function rowcast.mapping_error(tbl regclass, kind text, fields jsonb, exclude text[]) returns text
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    d      record;
+    col    text;
+    typ    oid;
+    typmod int;
+    base   oid;
+    btype  char;
+    ok     boolean;
+    dup    text;
+begin
+    if not exists (select 1 from rowcast.domain_fields f where f.kind = mapping_error.kind) then
+        return format('unknown domain %L (one of: %s)', kind,
+                      (select string_agg(distinct f.kind, ', ' order by f.kind) from rowcast.domain_fields f));
+    end if;
+    for d in select f.field, f.required, f.type_class from rowcast.domain_fields f
+             where f.kind = mapping_error.kind order by f.required desc, f.field loop
+        col := fields ->> d.field;
+        if col is null then
+            if d.required then
+                return format('domain %s needs field "%s": table %s has no column "%s" '
+                              '(map it with columns => ''{"%s": "your_column"}'')',
+                              kind, d.field, tbl, d.field, d.field);
+            end if;
+            continue;
+        end if;
+        select a.atttypid, a.atttypmod into typ, typmod
+        from pg_catalog.pg_attribute a
+        where a.attrelid = tbl and a.attname = col and a.attnum > 0 and not a.attisdropped;
+        if not found then
+            return format('domain %s: field "%s" is mapped to column "%s", which table %s does not have',
+                          kind, d.field, col, tbl);
+        end if;
+        if col = any(exclude) then
+            return format('domain %s: field "%s" is mapped to column "%s" of table %s, which is excluded '
+                          '(an excluded column never reaches the service)', kind, d.field, col, tbl);
+        end if;
+        select case when t.typtype = 'd' then t.typbasetype else t.oid end into base
+        from pg_catalog.pg_type t where t.oid = typ;
+        select t.typtype into btype from pg_catalog.pg_type t where t.oid = base;
+        ok := case d.type_class
+            when 'id' then base in ('int2'::regtype, 'int4'::regtype, 'int8'::regtype, 'numeric'::regtype,
+                                    'text'::regtype, 'varchar'::regtype, 'uuid'::regtype)
+            when 'status' then base in ('text'::regtype, 'varchar'::regtype) or btype = 'e'
+            when 'time' then base in ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)
+        end;
+        if not ok then
+            return format('domain %s: field "%s" needs %s, but column "%s" of table %s is %s',
+                          kind, d.field,
+                          case d.type_class
+                              when 'id' then 'an id column (smallint, integer, bigint, numeric, text, varchar or uuid)'
+                              when 'status' then 'a status column (text, varchar or an enum)'
+                              else 'a time column (timestamptz, timestamp or date)'
+                          end,
+                          col, tbl, pg_catalog.format_type(typ, typmod));
+        end if;
+        -- Typed events rename the column to the field: another column of that name
+        -- would appear twice.
+        if col <> d.field
+           and exists (select 1 from pg_catalog.pg_attribute a
+                       where a.attrelid = tbl and a.attname = d.field and a.attnum > 0 and not a.attisdropped)
+           and not d.field = any(exclude)
+           and not exists (select 1 from jsonb_each_text(fields) e where e.value = d.field) then
+            return format('domain %s: field "%s" is mapped to column "%s", but table %s also has a column "%s" '
+                          '(exclude it, or map field "%s" to it)', kind, d.field, col, tbl, d.field, d.field);
+        end if;
+    end loop;
+    select e.value into dup from jsonb_each_text(fields) e group by e.value having count(*) > 1 limit 1;
+    if dup is not null then
+        return format('domain %s: column "%s" of table %s is mapped to more than one field', kind, dup, tbl);
+    end if;
+    return null;
+end
+$$;
+
 -- Watch a table: register how its changes become events and install the triggers.
 -- Calling it again updates the settings. Runs with the caller's rights: creating a
 -- trigger needs the table owner's.
@@ -269,6 +460,9 @@ declare
     r_cols     text[];
     r_topics   text[];
     bad        text;
+    m_fields   jsonb;
+    m_id       int;
+    problem    text;
 begin
     -- Registrations of tables dropped since (their triggers went with them).
     delete from rowcast.watches w
@@ -335,7 +529,39 @@ begin
         raise exception 'rowcast.watch: columns: the column for field "%" must be a string', bad
             using errcode = 'invalid_parameter_value';
     end if;
-    perform rowcast.check_columns(tbl, 'columns', array(select e.value #>> '{}' from jsonb_each(columns) e));
+    if domain is null then
+        if columns <> '{}' then
+            raise exception 'rowcast.watch: columns maps domain fields to columns, so it needs a domain (one of: %)',
+                (select string_agg(distinct f.kind, ', ' order by f.kind) from rowcast.domain_fields f)
+                using errcode = 'invalid_parameter_value';
+        end if;
+    else
+        if not exists (select 1 from rowcast.domain_fields f where f.kind = domain) then
+            raise exception 'rowcast.watch: unknown domain % (one of: %)', quote_literal(domain),
+                (select string_agg(distinct f.kind, ', ' order by f.kind) from rowcast.domain_fields f)
+                using errcode = 'invalid_parameter_value';
+        end if;
+        select e.key into bad from jsonb_each(columns) e
+        where not exists (select 1 from rowcast.domain_fields f where f.kind = domain and f.field = e.key)
+        limit 1;
+        if bad is not null then
+            raise exception 'rowcast.watch: domain % has no field "%" (its fields: %)', domain, bad,
+                (select string_agg(f.field, ', ' order by f.field) from rowcast.domain_fields f where f.kind = domain)
+                using errcode = 'invalid_parameter_value';
+        end if;
+        m_fields := rowcast.resolve_fields(tbl, domain, columns, exclude);
+        problem := rowcast.mapping_error(tbl, domain, m_fields, exclude);
+        if problem is not null then
+            raise exception 'rowcast.watch: %', problem using errcode = 'invalid_parameter_value';
+        end if;
+        insert into rowcast.mappings as m (relid, kind, fields) values (tbl, domain, m_fields)
+        on conflict (relid, kind, fields) do nothing
+        returning m.id into m_id;
+        if m_id is null then
+            select m.id into m_id from rowcast.mappings m
+            where m.relid = tbl and m.kind = domain and m.fields = m_fields;
+        end if;
+    end if;
 
     select coalesce(array_agg(a.attname::text order by k.ord), '{}') into keys
     from pg_catalog.pg_index i
@@ -344,13 +570,13 @@ begin
     where i.indrelid = tbl and i.indisprimary;
 
     insert into rowcast.watches as w (relid, table_name, topic, key_columns, routes, route_columns,
-                                      route_topics, exclude, domain, columns, wake)
-    values (tbl, shown, topic, keys, routes, r_cols, r_topics, exclude, domain, columns, wake)
+                                      route_topics, exclude, domain, columns, mapping_id, wake)
+    values (tbl, shown, topic, keys, routes, r_cols, r_topics, exclude, domain, columns, m_id, wake)
     on conflict (relid) do update
         set table_name = excluded.table_name, topic = excluded.topic, key_columns = excluded.key_columns,
             routes = excluded.routes, route_columns = excluded.route_columns,
             route_topics = excluded.route_topics, exclude = excluded.exclude, domain = excluded.domain,
-            columns = excluded.columns, wake = excluded.wake, updated_at = clock_timestamp();
+            columns = excluded.columns, mapping_id = excluded.mapping_id, wake = excluded.wake, updated_at = clock_timestamp();
 
     execute format('create or replace trigger rowcast_capture after insert or update or delete on %s '
                    'for each row execute function rowcast.capture(%L)', tbl, tbl::oid);
@@ -387,9 +613,10 @@ as $$
 begin
     execute format('grant usage on schema rowcast to %s', role);
     execute format('grant select on rowcast.events, rowcast.log, rowcast.sequencer, rowcast.watches, '
-                   'rowcast.watched, rowcast.schema_history to %s', role);
+                   'rowcast.watched, rowcast.schema_history, rowcast.mappings, rowcast.domain_fields to %s', role);
     execute format('grant execute on function rowcast.sequence(integer), '
-                   'rowcast.prune(bigint, interval, integer) to %s', role);
+                   'rowcast.prune(bigint, interval, integer), '
+                   'rowcast.mapping_error(regclass, text, jsonb, text[]) to %s', role);
 end
 $$;
 
@@ -400,10 +627,14 @@ as $$
 begin
     execute format('grant usage on schema rowcast to %s', role);
     execute format('grant select, insert, update, delete on rowcast.watches to %s', role);
+    execute format('grant select, insert on rowcast.mappings to %s', role);
+    execute format('grant select on rowcast.domain_fields to %s', role);
     execute format('grant select on rowcast.watched, rowcast.sequencer, rowcast.log, rowcast.events, '
                    'rowcast.schema_history to %s', role);
     execute format('grant execute on function rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text), '
                    'rowcast.unwatch(regclass), rowcast.check_columns(regclass, text, text[]), '
+                   'rowcast.mapping_error(regclass, text, jsonb, text[]), '
+                   'rowcast.resolve_fields(regclass, text, jsonb, text[]), '
                    'rowcast.capture(), rowcast.capture_truncate() to %s', role);
 end
 $$;
@@ -556,5 +787,5 @@ $$;
 revoke all on schema rowcast from public;
 revoke execute on all functions in schema rowcast from public;
 
-insert into rowcast.schema_history (version, name, applied_on, checksum) values (1, 'core', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '4550015992369419658');
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (1, 'core', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '7921502664778970609');
 commit;

@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod dashboard;
 mod delivery;
+mod domains;
 mod faults;
 mod operator;
 mod pipeline;

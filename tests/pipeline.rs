@@ -56,7 +56,7 @@ async fn a_plain_sql_update_reaches_the_subscriber_with_new_row_old_values_and_t
     assert_eq!(update["type"], "event");
     assert_eq!(update["op"], "UPDATE");
     assert_eq!(update["table"], "bookings");
-    assert_eq!(update["event"], "row.updated");
+    assert_eq!(update["event"], "booking.accepted");
     assert_eq!(update["data"]["id"], id);
     assert_eq!(update["data"]["status"], "CONFIRMED");
     assert_eq!(update["data"]["client_id"], 7);
@@ -116,7 +116,7 @@ async fn delete_carries_the_old_row_truncate_is_one_event_and_a_no_op_update_is_
     assert_eq!(ops, ["INSERT", "INSERT", "DELETE", "TRUNCATE"]);
     assert_eq!(positions(&events), vec![1, 2, 3, 4]);
     let delete = &events[2];
-    assert_eq!(delete["event"], "row.deleted");
+    assert_eq!(delete["event"], "booking.deleted");
     assert_eq!(delete["data"]["id"], id);
     assert_eq!(delete["data"]["client_id"], 1);
     assert!(delete.get("old").is_none());

@@ -241,7 +241,9 @@ async fn a_replay_read_that_a_prune_has_cut_reports_it_instead_of_a_gap() {
         .unwrap();
     let pool = rowcast::db::pool(&rowcast::db::pg_config(&db.url).unwrap(), 2).unwrap();
     let topics = vec!["bookings".to_string()];
-    let page = replay::read_page(&pool, &topics, 1, 6, 100).await.unwrap();
+    let page = replay::read_page(&pool, &rowcast::events::Mappings::new(), &topics, 1, 6, 100)
+        .await
+        .unwrap();
     assert_eq!(page.events.len(), 5);
     assert!(!page.full);
 
@@ -249,7 +251,7 @@ async fn a_replay_read_that_a_prune_has_cut_reports_it_instead_of_a_gap() {
         .await
         .unwrap();
     // A reader that checked `since` before the prune and reads after it.
-    match replay::read_page(&pool, &topics, 1, 6, 100).await {
+    match replay::read_page(&pool, &rowcast::events::Mappings::new(), &topics, 1, 6, 100).await {
         Err(ReadError::TooOld {
             after: 1,
             pruned: 4,
@@ -262,7 +264,9 @@ async fn a_replay_read_that_a_prune_has_cut_reports_it_instead_of_a_gap() {
     ));
     assert_eq!(replay::start(&pool, 0).await.unwrap(), 4, "0: all retained");
     assert_eq!(replay::start(&pool, 4).await.unwrap(), 4);
-    let page = replay::read_page(&pool, &topics, 4, 6, 1).await.unwrap();
+    let page = replay::read_page(&pool, &rowcast::events::Mappings::new(), &topics, 4, 6, 1)
+        .await
+        .unwrap();
     assert!(page.full);
     assert_eq!(page.last, 5);
 }
@@ -294,6 +298,7 @@ async fn a_replica_whose_head_was_pruned_drops_its_sessions_instead_of_a_silent_
         pg,
         TailConfig::default(),
         hub.clone(),
+        rowcast::events::Mappings::new(),
         shutdown.clone(),
     ));
     let first = tokio::time::timeout(WAIT, member.events.recv())

@@ -33,7 +33,7 @@ impl Op {
         }
     }
 
-    fn parse(s: &str) -> Option<Op> {
+    pub(crate) fn parse(s: &str) -> Option<Op> {
         match s {
             "INSERT" => Some(Op::Insert),
             "UPDATE" => Some(Op::Update),
@@ -61,6 +61,9 @@ pub struct Change {
     pub data: Option<Box<RawValue>>,
     /// Previous values of the changed columns (UPDATE only).
     pub old: Option<Box<RawValue>>,
+    /// The domain mapping the change was captured with (`rowcast.mappings`), if its
+    /// table has a domain.
+    pub mapping_id: Option<i32>,
 }
 
 /// A row of the log that could not be read (a corrupt or hand-edited log row).
@@ -78,7 +81,7 @@ macro_rules! select_changes {
         concat!(
             "select l.pos, e.table_name, e.op, l.topics, ",
             "to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), ",
-            "e.data::text, e.old::text ",
+            "e.data::text, e.old::text, e.mapping_id ",
             "from rowcast.log l join rowcast.events e on e.id = l.event_id ",
             $where
         )
@@ -167,5 +170,6 @@ fn change_from_row(row: &Row) -> Result<Change, MalformedRow> {
         ts: row.get(4),
         data: raw(5)?,
         old: raw(6)?,
+        mapping_id: row.get(7),
     })
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::log::{self, Change};
 use crate::db::{self, DbError, Listener};
-use crate::events::{self, Event};
+use crate::events::{self, Event, Mappings};
 use crate::hub::{Hub, Published};
 
 /// Settings of the tailer.
@@ -46,14 +46,21 @@ impl Default for TailConfig {
     }
 }
 
-/// Turns a change into what the hub sends: its event, serialised once.
-pub fn publishable(change: &Change) -> Arc<Published> {
-    let event = Event::of(change);
+/// Turns a change into what the hub sends: its event, serialised once. The change's
+/// mapping must be in `mappings` ([`Mappings::load_missing`] before a batch); a change
+/// whose mapping is not is delivered as a generic event, counted and logged.
+pub fn publishable(change: &Change, mappings: &Mappings) -> Arc<Published> {
+    let mapping = mappings.for_change(change);
+    let event = Event::of(
+        change,
+        mapping.as_ref().map(Option::as_deref).map_err(Clone::clone),
+    );
+    let mapping = mapping.ok().flatten();
     Arc::new(Published {
         pos: change.pos,
         event: event.name(),
         topics: change.topics.clone(),
-        frame: events::frame(change, &event).into(),
+        frame: events::frame(change, &event, mapping.as_deref()).into(),
     })
 }
 
@@ -62,11 +69,12 @@ pub async fn run(
     pg: tokio_postgres::Config,
     config: TailConfig,
     hub: Arc<Hub>,
+    mappings: Arc<Mappings>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = db::reconnect_backoff();
     while !shutdown.is_cancelled() {
-        match session(&pg, &config, &hub, &shutdown, &mut backoff).await {
+        match session(&pg, &config, &hub, &mappings, &shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(err) => {
                 hub.set_feed_live(false);
@@ -86,6 +94,7 @@ async fn session(
     pg: &tokio_postgres::Config,
     config: &TailConfig,
     hub: &Hub,
+    mappings: &Mappings,
     shutdown: &CancellationToken,
     backoff: &mut backon::ExponentialBackoff,
 ) -> Result<(), DbError> {
@@ -94,7 +103,7 @@ async fn session(
     tracing::info!(head = hub.head(), "tailer connected");
     *backoff = db::reconnect_backoff();
     loop {
-        catch_up(&listener, &stmt, config, hub).await?;
+        catch_up(&listener, &stmt, config, hub, mappings).await?;
         hub.set_feed_live(true);
         tokio::select! {
             _ = listener.notified() => {}
@@ -111,12 +120,18 @@ async fn catch_up(
     stmt: &Statement,
     config: &TailConfig,
     hub: &Hub,
+    mappings: &Mappings,
 ) -> Result<(), DbError> {
     loop {
         let cursor = hub.head();
         let rows = db::with_timeout(
             config.probe_timeout,
             log::read_range(&listener.client, stmt, cursor, i64::MAX, config.batch),
+        )
+        .await?;
+        db::with_timeout(
+            config.probe_timeout,
+            mappings.load_missing(&listener.client, &rows),
         )
         .await?;
         let full = rows.len() as i64 >= config.batch;
@@ -145,7 +160,7 @@ async fn catch_up(
             match row {
                 Ok(change) => {
                     last = change.pos;
-                    batch.push(publishable(&change));
+                    batch.push(publishable(&change, mappings));
                 }
                 // Only a hand-edited log can get here; the position is skipped loudly.
                 Err(err) => {

@@ -14,6 +14,9 @@ pub enum RowEvent {
 }
 
 impl RowEvent {
+    /// Every generic event name.
+    pub const NAMES: &'static [&'static str] = &["row.inserted", "row.updated", "row.deleted"];
+
     /// The generic event of a row operation (TRUNCATE is not a row operation and maps
     /// to `row.deleted` only if called with it, which [`crate::events::Event::of`] never does).
     pub fn of(op: Op) -> RowEvent {

@@ -74,7 +74,8 @@ async fn poll(
     if after >= head {
         return Ok(page(&[], after.max(head)));
     }
-    let read = match replay::read_page(&ctx.pool, &topics, after, head, limit).await {
+    let read = match replay::read_page(&ctx.pool, &ctx.mappings, &topics, after, head, limit).await
+    {
         Ok(read) => read,
         Err(ReadError::TooOld { pruned, .. }) => return Err(too_old(pruned)),
         Err(ReadError::Db(err)) => return Err(err.into()),

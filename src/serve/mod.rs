@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::capture::{log, prune, sequencer, tail};
 use crate::config::{Config, SessionConfig};
 use crate::db::{self, DbError};
+use crate::events::{Mappings, mapping};
 use crate::hub::Hub;
 use crate::migrate::{self, MigrateError};
 
@@ -78,6 +79,8 @@ pub struct AppContext {
     pub hub: Arc<Hub>,
     /// Pool for short queries.
     pub pool: deadpool_postgres::Pool,
+    /// Domain mappings by id, shared by the tailer and replays.
+    pub mappings: Arc<Mappings>,
     /// Session limits.
     pub session: Arc<SessionConfig>,
     /// Cancelled when the service shuts down.
@@ -129,6 +132,9 @@ impl Application {
         })?;
         migrate::check(&client).await?;
         let head = log::last_position(&client).await?;
+        // Columns may have changed since `watch`: say so, but serve (their unreadable
+        // rows are delivered as row.* events).
+        mapping::check_watched(&client).await?;
         drop(client);
         let listener =
             TcpListener::bind(config.listen)
@@ -140,6 +146,7 @@ impl Application {
         let ctx = AppContext {
             hub: Hub::new(head),
             pool,
+            mappings: Mappings::new(),
             session: Arc::new(config.session.clone()),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
@@ -188,6 +195,7 @@ impl Application {
             pg,
             config.tail.clone(),
             ctx.hub.clone(),
+            ctx.mappings.clone(),
             ctx.shutdown.clone(),
         ));
         tasks.spawn(health::monitor(

@@ -23,7 +23,9 @@ use deadpool_postgres::Pool;
 
 use crate::capture::{log, tail};
 use crate::db::{self, DbError};
+use crate::events::Mappings;
 use crate::hub::{Hub, Published, SessionId};
+use crate::serve::AppContext;
 
 /// The `reason` of a `reset` whose `since` is older than retention.
 pub const SINCE_TOO_OLD: &str = "since_too_old";
@@ -77,6 +79,7 @@ pub async fn start(pool: &Pool, since: i64) -> Result<i64, ReadError> {
 /// retention had not deleted any of them.
 pub async fn read_page(
     pool: &Pool,
+    mappings: &Mappings,
     topics: &[String],
     after: i64,
     upto: i64,
@@ -92,6 +95,7 @@ pub async fn read_page(
         log::read_range_for_topics(&client, &stmt, after, upto, topics, limit),
     )
     .await?;
+    db::with_timeout(READ_TIMEOUT, mappings.load_missing(&client, &rows)).await?;
     // Read after the rows: the mark moves with the deletes, so if it is still at or
     // below `after` now, nothing in the range had been deleted when the rows were read.
     let pruned = db::with_timeout(READ_TIMEOUT, log::pruned_position(&client)).await?;
@@ -105,7 +109,7 @@ pub async fn read_page(
         match row {
             Ok(change) => {
                 last = change.pos;
-                events.push(tail::publishable(&change));
+                events.push(tail::publishable(&change, mappings));
             }
             Err(err) => {
                 last = err.pos;
@@ -145,6 +149,7 @@ pub enum Step {
 pub struct Replay {
     hub: Arc<Hub>,
     pool: Pool,
+    mappings: Arc<Mappings>,
     id: SessionId,
     topics: Vec<String>,
     since: i64,
@@ -156,25 +161,24 @@ pub struct Replay {
 
 impl Replay {
     /// A replay for session `id` (subscribed with `replay = true`, which returned `head`)
-    /// of the events on `topics` after `since`, read `page` at a time.
+    /// of the events on `topics` after `since`, read `session.replay_page` at a time.
     pub fn new(
-        hub: Arc<Hub>,
-        pool: Pool,
+        ctx: &AppContext,
         id: SessionId,
         topics: Vec<String>,
         since: i64,
         head: i64,
-        page: i64,
     ) -> Replay {
         Replay {
-            hub,
-            pool,
+            hub: ctx.hub.clone(),
+            pool: ctx.pool.clone(),
+            mappings: ctx.mappings.clone(),
             id,
             topics,
             since,
             after: None,
             head,
-            page: page.max(1),
+            page: ctx.session.replay_page.max(1),
         }
     }
 
@@ -191,7 +195,16 @@ impl Replay {
         loop {
             self.after = Some(after);
             if after < self.head {
-                match read_page(&self.pool, &self.topics, after, self.head, self.page).await {
+                match read_page(
+                    &self.pool,
+                    &self.mappings,
+                    &self.topics,
+                    after,
+                    self.head,
+                    self.page,
+                )
+                .await
+                {
                     Ok(page) => {
                         after = if page.full { page.last } else { self.head };
                         self.after = Some(after);

@@ -66,17 +66,7 @@ async fn open(
         }
         .to_json(),
     );
-    let replay = since.map(|since| {
-        Replay::new(
-            ctx.hub.clone(),
-            ctx.pool.clone(),
-            member.id(),
-            topics,
-            since,
-            head,
-            ctx.session.replay_page,
-        )
-    });
+    let replay = since.map(|since| Replay::new(&ctx, member.id(), topics, since, head));
     let keepalive = KeepAlive::new()
         .interval(ctx.session.sse_keepalive)
         .text("keepalive");

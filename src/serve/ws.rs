@@ -377,15 +377,7 @@ impl Session {
     /// Sends the log's events on `topics` with `since < pos <= head` (or a `reset` if
     /// `since` is older than retention), then goes live; see [`replay`].
     async fn replay(&mut self, topics: Vec<String>, since: i64, head: i64) -> Result<(), End> {
-        let mut replay = Replay::new(
-            self.ctx.hub.clone(),
-            self.ctx.pool.clone(),
-            self.member.id(),
-            topics,
-            since,
-            head,
-            self.ctx.session.replay_page,
-        );
+        let mut replay = Replay::new(&self.ctx, self.member.id(), topics, since, head);
         loop {
             match replay.next().await {
                 Ok(Step::Events(events)) => {

@@ -309,6 +309,25 @@ impl WsClient {
         }
     }
 
+    /// The next text frame exactly as the server sent it (numbers beyond f64 intact).
+    pub async fn recv_text(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no message within {WAIT:?}"));
+            match next {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(Message::Close(frame))) => {
+                    panic!("server closed the connection: {frame:?}")
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => panic!("websocket error: {err}"),
+                None => panic!("websocket ended"),
+            }
+        }
+    }
+
     /// Waits for the close frame and returns its code.
     pub async fn closed_with(&mut self) -> u16 {
         let deadline = tokio::time::Instant::now() + WAIT;
