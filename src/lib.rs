@@ -13,7 +13,8 @@
 //! - [`capture::sequencer`] gives committed events gap-free positions in `rowcast.log`.
 //! - [`capture::tail`] follows the log on a dedicated connection (LISTEN, then read).
 //! - [`capture::log`] reads sequenced events (for the tailer and for replay).
-//! - [`events`] maps a captured change to a typed event and its wire frame.
+//! - [`events`] maps a captured change, read through its table's domain mapping, to a
+//!   typed event (attendance, booking, course, or generic `row.*`) and its wire frame.
 //! - [`hub`] indexes sessions by topic and fans every frame out once per session.
 //! - [`serve`] is the HTTP server: the WebSocket sessions and health endpoints.
 //! - [`db`] holds connection setup shared by all of the above; [`config`] the settings.

@@ -165,11 +165,10 @@ impl Row<'_> {
             None => return Ok(None),
         };
         let text = raw.get();
-        let ok = match (json, text.as_bytes().first()) {
-            (_, Some(b'"')) => true,
-            (Json::NumberOrString, Some(b'-' | b'0'..=b'9')) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (json, text.as_bytes().first()),
+            (_, Some(b'"')) | (Json::NumberOrString, Some(b'-' | b'0'..=b'9'))
+        );
         if !ok {
             return Err(MapError::WrongType {
                 field,
