@@ -434,6 +434,12 @@ $$;
 -- Watch a table: register how its changes become events and install the triggers.
 -- Calling it again updates the settings. Runs with the caller's rights: creating a
 -- trigger needs the table owner's.
+--
+-- `domain` names the kind of row the table holds (a kind of rowcast.domain_fields:
+-- meeting, attendance, court_card, booking, payment, payout, course; null: generic
+-- row.* events) and `columns` maps the kind's fields to columns of other names. The
+-- mapping is checked here (rowcast.mapping_error) and stored in rowcast.mappings; the
+-- capture trigger records its id on every event. docs/events.md has the rules.
 create function rowcast.watch(
     tbl     regclass,
     topic   text    default null,

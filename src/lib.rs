@@ -14,12 +14,15 @@
 //! - [`capture::tail`] follows the log on a dedicated connection (LISTEN, then read).
 //! - [`capture::log`] reads sequenced events (for the tailer and for replay).
 //! - [`capture::prune`] deletes what retention no longer keeps, by position and age.
-//! - [`events`] maps a captured change to a typed event and its wire frame.
+//! - [`events`] maps a captured change, read through its table's domain mapping, to a
+//!   typed event (attendance, booking, course, or generic `row.*`) and its wire frame.
 //! - [`hub`] indexes sessions by topic and fans every frame out once per session.
 //! - [`serve`] is the HTTP server: [`serve::ws`] (WebSocket), [`serve::sse`]
 //!   (server-sent events) and [`serve::http`] (polling), all resuming through
-//!   [`serve::replay`], plus health endpoints.
-//! - [`db`] holds connection setup shared by all of the above; [`config`] the settings.
+//!   [`serve::replay`]; [`serve::admission`] and [`serve::auth`] decide who may
+//!   connect and follow what; health, metrics and the dashboard ([`serve::web`]).
+//! - [`db`] holds connection setup shared by all of the above; [`config`] the settings;
+//!   [`admin`] the DBA commands; [`embedded`] a throwaway PostgreSQL for [`demo`].
 
 pub mod admin;
 pub mod capture;

@@ -573,6 +573,24 @@ async fn domains_watch_refuses_bad_mappings_with_the_table_and_column() {
         row.get::<_, String>(1),
         r#"{"id": "id", "status": "status_note", "instructor_id": "teacher_id", "scheduled_for": "starts_on"}"#
     );
+    let shown: String = client
+        .query_one(
+            "select mapping->>'status' from rowcast.watched where table_name = 'course_requests'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "status_note");
+    // Events refer to mappings by id: they never change.
+    let err = client
+        .execute("update rowcast.mappings set kind = 'booking'", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error().unwrap().message().contains("immutable"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

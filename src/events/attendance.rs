@@ -12,6 +12,7 @@ use crate::events::mapping::{Kind, MapError};
 
 /// A meeting.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Meeting {
     /// The meeting's id.
     pub id: Id,
@@ -27,6 +28,7 @@ pub struct Meeting {
 
 /// One participant's attendance at a meeting.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Attendance {
     /// The attendance row's id.
     pub id: Id,
@@ -44,6 +46,7 @@ pub struct Attendance {
 
 /// A court card issued to a participant of a meeting.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CourtCard {
     /// The card's id.
     pub id: Id,

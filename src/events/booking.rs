@@ -5,6 +5,9 @@
 //! new status means (`booking.accepted` for CONFIRMED, ACCEPTED or APPROVED, ...); a
 //! payment's (PAID → ESCROW → RELEASED, REFUNDED) and a payout's (PENDING → PROCESSING →
 //! COMPLETED / FAILED) are `payment.status_changed` and `payout.status_changed`.
+//!
+//! The structs are `#[non_exhaustive]`: outside this crate they are only ever built by
+//! the conversion, never by hand.
 
 use crate::capture::log::Op;
 use crate::events::fields::{Captured, Id, Status, StatusClass};
@@ -12,6 +15,7 @@ use crate::events::mapping::{Kind, MapError};
 
 /// A booking, as the event sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Booking {
     /// The booking's id.
     pub id: Id,
@@ -25,6 +29,7 @@ pub struct Booking {
 
 /// A payment of a booking.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Payment {
     /// The payment's id.
     pub id: Id,
@@ -40,6 +45,7 @@ pub struct Payment {
 
 /// A payout to a provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Payout {
     /// The payout's id.
     pub id: Id,
@@ -53,6 +59,7 @@ pub struct Payout {
 
 /// A row whose status changed: the row after the change and the status before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StatusChange<T> {
     /// The row after the change.
     pub row: T,

@@ -12,6 +12,7 @@ use crate::events::mapping::{Kind, MapError};
 
 /// A course.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Course {
     /// The course's id.
     pub id: Id,
@@ -29,6 +30,7 @@ pub struct Course {
 
 /// A course whose status changed to completed or cancelled.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CourseStatusChange {
     /// The course after the change.
     pub course: Course,
@@ -38,6 +40,7 @@ pub struct CourseStatusChange {
 
 /// A course whose instructor was set or changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CourseAssigned {
     /// The course after the change; `instructor_id` is set.
     pub course: Course,
@@ -47,6 +50,7 @@ pub struct CourseAssigned {
 
 /// A course whose scheduled date was set or changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CourseRescheduled {
     /// The course after the change; `scheduled_for` is set.
     pub course: Course,
