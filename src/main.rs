@@ -68,6 +68,24 @@ enum Command {
         /// Average pause between the writer's statements, in milliseconds.
         #[arg(long, default_value_t = 300)]
         pace_ms: u64,
+        /// Only load the demo schema and write; serve nothing (needs DATABASE_URL).
+        #[arg(long)]
+        writer_only: bool,
+    },
+    /// Print a signed HS256 token for development, using the configured `auth.secret`.
+    Token {
+        /// TOML configuration file (as for `serve`).
+        #[arg(long, short, env = "ROWCAST_CONFIG")]
+        config: Option<PathBuf>,
+        /// The subject (`sub`).
+        #[arg(long, default_value = "1")]
+        sub: String,
+        /// A role (`role` claim), e.g. admin.
+        #[arg(long)]
+        role: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
     },
 }
 
@@ -177,7 +195,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("rowcast removed: triggers and schema dropped, app tables untouched");
         }
         Command::InstallSql => print!("{}", admin::install_sql()),
-        Command::Demo { listen, pace_ms } => demo(listen, pace_ms).await?,
+        Command::Demo {
+            listen,
+            pace_ms,
+            writer_only,
+        } => demo(listen, pace_ms, writer_only).await?,
+        Command::Token {
+            config,
+            sub,
+            role,
+            ttl,
+        } => {
+            let config = Config::load(config.as_deref())?;
+            println!(
+                "{}",
+                rowcast::serve::auth::dev_token(&config.auth, &sub, role.as_deref(), ttl)?
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -222,7 +256,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(listen: SocketAddr, pace_ms: u64) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, pace_ms: u64, writer_only: bool) -> anyhow::Result<()> {
     init_logs("info", LogFormat::Human);
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
@@ -241,6 +275,28 @@ async fn demo(listen: SocketAddr, pace_ms: u64) -> anyhow::Result<()> {
     };
     run_migrations(&url).await?;
     rowcast::demo::load(&connect(&url).await?).await?;
+    if writer_only {
+        if _cluster.is_some() {
+            anyhow::bail!(
+                "--writer-only needs DATABASE_URL: it writes to a database a service reads"
+            );
+        }
+        tracing::info!("rowcast demo: writing demo activity (Ctrl-C to stop)");
+        let players: Vec<_> = (0..3)
+            .map(|seed| {
+                tokio::spawn(rowcast::demo::play(
+                    url.clone(),
+                    std::time::Duration::from_millis(pace_ms),
+                    seed,
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        for player in players {
+            player.await?;
+        }
+        return Ok(());
+    }
     let mut config = Config::new(url.clone());
     config.listen = listen;
     let app = Application::build(config).await?;

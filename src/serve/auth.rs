@@ -346,6 +346,54 @@ fn expand(template: &str, claims: &Map<String, Value>) -> Option<Pattern> {
     })
 }
 
+/// Signs a development token with the configured HS256 secret (`rowcast token`).
+pub fn dev_token(
+    config: &AuthConfig,
+    sub: &str,
+    role: Option<&str>,
+    ttl_secs: u64,
+) -> Result<String, AuthConfigError> {
+    let alg = config.algorithm.as_deref().unwrap_or_default();
+    if !alg.eq_ignore_ascii_case("HS256") {
+        return Err(AuthConfigError::Key(
+            "rowcast token signs with auth.secret: configure auth.algorithm = \"HS256\" (tokens for RS256/ES256 come from your identity provider)".into(),
+        ));
+    }
+    let secret = match (&config.secret, &config.secret_file) {
+        (Some(secret), _) => secret.clone().into_bytes(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|err| AuthConfigError::Key(format!("cannot read {}: {err}", path.display())))?
+            .trim_end()
+            .as_bytes()
+            .to_vec(),
+        (None, None) => {
+            return Err(AuthConfigError::Key(
+                "HS256 needs auth.secret or auth.secret_file".into(),
+            ));
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut claims = serde_json::json!({"sub": sub, "iat": now, "exp": now + ttl_secs});
+    if let Some(role) = role {
+        claims[&config.role_claim] = Value::String(role.to_string());
+    }
+    if let Some(aud) = &config.audience {
+        claims["aud"] = Value::String(aud.clone());
+    }
+    if let Some(iss) = &config.issuer {
+        claims["iss"] = Value::String(iss.clone());
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&secret),
+    )
+    .map_err(|err| AuthConfigError::Key(format!("cannot sign: {err}")))
+}
+
 /// The token a request carries: the `Authorization: Bearer` header, else `?token=`.
 pub fn token_of<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
     headers
@@ -468,6 +516,23 @@ mod tests {
             AuthError::NoSubject
         );
         assert_eq!(auth.verify("garbage").unwrap_err(), AuthError::Invalid);
+    }
+
+    #[test]
+    fn a_dev_token_verifies_with_the_same_config() {
+        let config = AuthConfig {
+            algorithm: Some("HS256".into()),
+            secret: Some(SECRET.into()),
+            ..AuthConfig::default()
+        };
+        let token = dev_token(&config, "9", Some("admin"), 60).unwrap();
+        let principal = Auth::from_config(&config)
+            .unwrap()
+            .unwrap()
+            .verify(&token)
+            .unwrap();
+        assert_eq!(principal.sub, "9");
+        assert!(principal.allows("anything"));
     }
 
     #[test]
