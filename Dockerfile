@@ -5,6 +5,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
 COPY sql ./sql
+COPY web ./web
 RUN cargo build --release --locked --bin rowcast
 
 FROM debian:bookworm-slim
