@@ -103,3 +103,17 @@ async fn readyz_turns_unready_when_postgres_goes_away_and_ready_again_after() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sessions_with_1001_and_exits_0() {
+    let db = TestDb::demo().await;
+    let service = crate::support::service::ServiceProcess::start(&db.url, None).await;
+    let mut ws = crate::support::WsClient::connect(service.addr).await;
+    ws.subscribe(&["bookings"], None).await;
+    let started = tokio::time::Instant::now();
+    let exiting = tokio::spawn(service.terminate());
+    assert_eq!(ws.closed_with().await, 1001);
+    let status = exiting.await.unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

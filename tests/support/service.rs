@@ -61,6 +61,23 @@ impl ServiceProcess {
         ServiceProcess { addr, child }
     }
 
+    /// SIGTERM, then waits (bounded) for the process to exit; returns its exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rowcast did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL: no shutdown, no goodbye.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
