@@ -8,3 +8,4 @@ mod pipeline;
 mod schema;
 mod sequencing;
 mod session;
+mod wake;
