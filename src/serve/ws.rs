@@ -44,7 +44,10 @@ pub fn router() -> Router<AppContext> {
 
 async fn upgrade(ws: WebSocketUpgrade, State(ctx): State<AppContext>) -> Response {
     let max = ctx.session.max_frame;
-    ws.read_buffer_size(4 * 1024)
+    // Per-session memory: the read buffer is zero-filled to its capacity on every read,
+    // so all of it is resident for every idle session. Client frames are small; a larger
+    // one grows the buffer for as long as it needs it.
+    ws.read_buffer_size(256)
         .write_buffer_size(0)
         .max_write_buffer_size(1024 * 1024)
         .max_frame_size(max)
@@ -112,7 +115,9 @@ impl Session {
                         None | Some(Ok(Message::Close(_))) => return End::Gone,
                         Some(Err(err)) => return receive_failed(err),
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(end) = self.handle(&text).await {
+                            // Boxed: subscribe and replay hold large futures (pool,
+                            // queries); inline they would size every idle session's task.
+                            if let Err(end) = Box::pin(self.handle(&text)).await {
                                 return end;
                             }
                         }
