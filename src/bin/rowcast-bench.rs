@@ -514,7 +514,7 @@ async fn read_latencies(mut ws: Ws, stop: CancellationToken) -> anyhow::Result<V
 /// Inserts `rate` rows per second for `seconds` from a few connections; returns the
 /// number committed.
 async fn write_at_rate(url: &str, users: i64, rate: u64, seconds: u64) -> anyhow::Result<u64> {
-    let writers = rate.div_ceil(250).clamp(1, 8);
+    let writers = rate.div_ceil(50).clamp(2, 16);
     let per_writer = rate as f64 / writers as f64;
     let total = rate * seconds;
     let next = Arc::new(AtomicU64::new(0));

@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
+use futures_util::SinkExt;
 use tokio::time::Instant;
 
 use super::AppContext;
@@ -48,7 +49,9 @@ async fn upgrade(ws: WebSocketUpgrade, State(ctx): State<AppContext>) -> Respons
     // so all of it is resident for every idle session. Client frames are small; a larger
     // one grows the buffer for as long as it needs it.
     ws.read_buffer_size(256)
-        .write_buffer_size(0)
+        // Frames queued for a session are written together up to this size; a single
+        // frame is written at once (send flushes). Idle sessions hold no write buffer.
+        .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_frame_size(max)
         .max_message_size(max)
@@ -132,11 +135,20 @@ impl Session {
                 }
                 event = self.member.events.recv() => match event {
                     Some(event) => {
-                        if event.pos > self.cursor {
-                            self.cursor = event.pos;
-                            if self.socket.send(Message::Text(event.frame.clone())).await.is_err() {
-                                return End::Gone;
+                        // Everything already queued goes out in one write (the write
+                        // buffer holds it until the flush): one syscall per wake-up.
+                        let mut next = Some(event);
+                        while let Some(event) = next {
+                            if event.pos > self.cursor {
+                                self.cursor = event.pos;
+                                if self.socket.feed(Message::Text(event.frame.clone())).await.is_err() {
+                                    return End::Gone;
+                                }
                             }
+                            next = self.member.events.try_recv().ok();
+                        }
+                        if self.socket.flush().await.is_err() {
+                            return End::Gone;
                         }
                     }
                     None => return End::Close(close::TOO_SLOW, "too slow: resume with since"),
