@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bench;
 mod faults;
 mod pipeline;
 mod schema;
