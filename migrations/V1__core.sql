@@ -5,6 +5,8 @@
 --   rowcast.sequencer  the one-row counter and snapshot the sequencer advances, and how far
 --                      the log has been pruned
 --   rowcast.log_marks  when positions were reached, so retention can tell the age of a position
+--   rowcast.sequencer  the one-row counter and snapshot the sequencer advances
+--   rowcast.wake       the one-row wake-up flag (unlogged) that gates writers' NOTIFY
 --   rowcast.watches    what is watched, and how (the registry behind the view rowcast.watched)
 --   rowcast.domain_fields  the fields of each kind of domain row, and the column types they accept
 --   rowcast.mappings   resolved field -> column mappings of watched tables (immutable, by id)
@@ -12,6 +14,7 @@
 --   rowcast.watch() / rowcast.unwatch()   the DBA API
 --   rowcast.sequence() the sequencer's batch, called by the service
 --   rowcast.prune()    one retention batch, called by the service
+--   rowcast.rearm()    clears (and after a crash re-seeds) the wake-up flag before a batch
 --
 -- Every function fixes its search_path and qualifies every name; execute is revoked from
 -- public at the end of the file.
@@ -170,6 +173,26 @@ $$;
 create trigger mappings_immutable before update or delete on rowcast.mappings
     for each row execute function rowcast.mappings_immutable();
 
+-- The wake-up flag. NOTIFY serialises the commits of the transactions that send it
+-- (each holds a database-wide lock through its commit), so a NOTIFY per writer caps
+-- write throughput. Instead the flag says "the sequencer has been woken and has not
+-- read since": the first writer after a read flips it and sends the one NOTIFY of that
+-- round; every later writer sees it set and sends nothing. See rowcast.request_wake()
+-- for the writer's side, rowcast.rearm() and src/capture/sequencer.rs for the reader's
+-- and for the latency bound.
+--
+-- Unlogged: it is written on every round and need not survive a crash. A crash empties
+-- it; until the sequencer re-seeds it (rowcast.rearm(), on every round) writers that
+-- find no row NOTIFY every time, which is correct, only slower.
+create unlogged table rowcast.wake (
+    singleton boolean primary key default true check (singleton),
+    pending   boolean not null default false
+);
+insert into rowcast.wake (pending) values (false);
+
+comment on table rowcast.wake is
+    'rowcast wake-up flag: set by the first writer after a sequencer read, cleared by the sequencer';
+
 create table rowcast.watches (
     relid        oid primary key,
     table_name   text not null,
@@ -207,9 +230,61 @@ left join rowcast.mappings m on m.id = w.mapping_id;
 
 comment on view rowcast.watched is 'rowcast: the watched tables and their settings';
 
+-- Sends the wake-up, unless PostgreSQL's NOTIFY queue is nearly full (a listener
+-- somewhere is not reading): a NOTIFY into a full queue would fail the writer's
+-- transaction, and a write must never fail because of the notifier. The sequencer's
+-- fallback timer picks the event up instead.
+create function rowcast.notify_wake() returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if pg_catalog.pg_notification_queue_usage() < 0.9 then
+        perform pg_catalog.pg_notify('rowcast_wake', '');
+    end if;
+end
+$$;
+
+-- The writer's side of the wake-up, called by the capture triggers of 'notify' tables
+-- after the event row is inserted, when the flag did not read as set.
+--
+-- Never waits on a lock: the flag row is taken with `for update skip locked`, so a
+-- writer that finds it locked (by the writer that flipped it and has not committed yet,
+-- or by the sequencer clearing it) goes on without it. Whoever holds it is about to
+-- send a wake-up or to read, and the sequencer's re-check covers writers that were
+-- still in progress when it read (see src/capture/sequencer.rs).
+--
+-- Outside read committed the flag is not used: a repeatable-read snapshot may show a
+-- flag that has since been cleared, and locking a row changed after the snapshot would
+-- fail the writer's transaction with a serialization error. Such writers NOTIFY (one
+-- per transaction, as NOTIFY folds duplicates).
+create function rowcast.request_wake() returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed'
+       or not exists (select from rowcast.wake) then
+        -- Outside read committed, or the flag row is gone (a crash emptied the unlogged
+        -- table and no sequencer has re-seeded it yet): wake the sequencer every time.
+        perform rowcast.notify_wake();
+        return;
+    end if;
+    perform from rowcast.wake where singleton and not pending for update skip locked;
+    if found then
+        update rowcast.wake set pending = true where singleton;
+        perform rowcast.notify_wake();
+    end if;
+end
+$$;
+
 -- The capture trigger. Runs in the writer's transaction: it only reads the registration
 -- and inserts one row, so a write never waits on the notifier and never fails because of
--- a payload size (the row is stored as jsonb, not sent through NOTIFY).
+-- a payload size (the row is stored as jsonb, not sent through NOTIFY). For 'notify'
+-- tables it then reads the wake-up flag without a lock and, only when it is not set,
+-- asks rowcast.request_wake() to set it and NOTIFY; 'poll' tables never NOTIFY.
 create function rowcast.capture() returns trigger
 language plpgsql
 security definer
@@ -280,8 +355,14 @@ begin
     values (w.relid, w.table_name, tg_op, topics,
             case when tg_op = 'DELETE' then old_row else new_row end, changed, w.mapping_id);
 
-    if w.wake = 'notify' then
-        perform pg_catalog.pg_notify('rowcast_wake', '');
+    -- The event row is inserted before the flag is read: the sequencer's re-check relies
+    -- on a writer that saw the flag set being in progress (holding a transaction id)
+    -- from then on. The read takes no lock; `is not true` also covers a missing flag
+    -- row. Outside read committed the read may be stale: request_wake() decides.
+    if w.wake = 'notify'
+       and ((select f.pending from rowcast.wake f) is not true
+            or current_setting('transaction_isolation') <> 'read committed') then
+        perform rowcast.request_wake();
     end if;
     return null;
 end
@@ -303,7 +384,7 @@ begin
     insert into rowcast.events (relid, table_name, op, topics, data, old)
     values (w.relid, w.table_name, 'TRUNCATE', array[w.table_name], null, null);
     if w.wake = 'notify' then
-        perform pg_catalog.pg_notify('rowcast_wake', '');
+        perform rowcast.request_wake();
     end if;
     return null;
 end
@@ -614,6 +695,7 @@ begin
     execute format('grant select on rowcast.events, rowcast.log, rowcast.sequencer, rowcast.watches, '
                    'rowcast.watched, rowcast.schema_history, rowcast.mappings, rowcast.domain_fields to %s', role);
     execute format('grant execute on function rowcast.sequence(integer), '
+                   'rowcast.sequence_step(integer), rowcast.rearm(), '
                    'rowcast.prune(bigint, interval, integer), '
                    'rowcast.mapping_error(regclass, text, jsonb, text[]) to %s', role);
 end
@@ -639,7 +721,11 @@ end
 $$;
 
 -- One sequencer batch. Gives the next gap-free positions to events whose transaction
--- committed since the last batch, and wakes the tailers.
+-- committed since the last batch, and wakes the tailers. Returns how many events it
+-- sequenced (-1 when another sequencer holds the counter row) and whether the batch's
+-- snapshot showed transactions in progress (or was an older snapshot: the rest of a long
+-- pass), in which case the caller reads again shortly: a writer that found the wake-up
+-- flag set and so sent no NOTIFY may commit after this read (see src/capture/sequencer.rs).
 --
 -- Why not `where id > last_id`: ids (and xids) are handed out when a transaction writes,
 -- but transactions commit in another order, so a reader that follows ids skips an event
@@ -655,7 +741,11 @@ $$;
 -- position twice (and `log.pos` is a primary key besides); `skip locked` makes the
 -- row lock the leadership: a replica that finds it taken returns -1 and does nothing.
 -- The lock is transaction-scoped, so it dies with a dead connection's transaction.
-create function rowcast.sequence(batch_limit integer default 10000) returns bigint
+--
+-- A batch with nothing to do is read-only: it first looks for new events without the
+-- lock, so an idle or re-checking sequencer writes nothing and waits for no WAL flush.
+create function rowcast.sequence_step(batch_limit integer default 10000,
+                                      out sequenced bigint, out in_progress boolean)
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
@@ -664,17 +754,39 @@ as $$
 declare
     st     rowcast.sequencer;
     target pg_snapshot;
-    n      bigint;
     top_id bigint;
 begin
     if batch_limit is null or batch_limit < 1 then
         raise exception 'rowcast.sequence: batch_limit must be at least 1' using errcode = 'invalid_parameter_value';
     end if;
+
+    select * into st from rowcast.sequencer where singleton;
+    if st.pass_snap is null then
+        target := pg_current_snapshot();
+        if not exists (
+            select from rowcast.events e
+            where e.txid >= pg_snapshot_xmax(st.snap)
+              and e.txid < pg_snapshot_xmax(target)
+              and pg_visible_in_snapshot(e.txid, target)
+            union all
+            select from rowcast.events e
+            where e.txid = any (array(select pg_snapshot_xip(st.snap)))
+              and pg_visible_in_snapshot(e.txid, target)
+        ) then
+            sequenced := 0;
+            in_progress := exists (select from pg_snapshot_xip(target));
+            return;
+        end if;
+    end if;
+
     select * into st from rowcast.sequencer where singleton for update skip locked;
     if not found then
-        return -1;
+        sequenced := -1;
+        in_progress := true;
+        return;
     end if;
     target := coalesce(st.pass_snap, pg_current_snapshot());
+    in_progress := st.pass_snap is not null or exists (select from pg_snapshot_xip(target));
 
     with batch as (
         select e.id, e.topics from rowcast.events e
@@ -694,24 +806,57 @@ begin
         select st.last_pos + row_number() over (order by b.id), b.id, b.topics from batch b
         returning pos, event_id
     )
-    select count(*), max(event_id) into n, top_id from ins;
+    select count(*), max(event_id) into sequenced, top_id from ins;
 
-    if n < batch_limit then
+    if sequenced < batch_limit then
         update rowcast.sequencer
-        set last_pos = st.last_pos + n, snap = target, pass_snap = null, pass_id = 0,
+        set last_pos = st.last_pos + sequenced, snap = target, pass_snap = null, pass_id = 0,
             updated_at = clock_timestamp()
         where singleton;
     else
         update rowcast.sequencer
-        set last_pos = st.last_pos + n, pass_snap = target, pass_id = top_id,
+        set last_pos = st.last_pos + sequenced, pass_snap = target, pass_id = top_id,
             updated_at = clock_timestamp()
         where singleton;
     end if;
 
-    if n > 0 then
-        perform pg_catalog.pg_notify('rowcast_seq', (st.last_pos + n)::text);
+    if sequenced > 0 then
+        perform pg_catalog.pg_notify('rowcast_seq', (st.last_pos + sequenced)::text);
     end if;
-    return n;
+end
+$$;
+
+-- rowcast.sequence_step() without the in-progress hint: the number of events sequenced,
+-- or -1 when another sequencer holds the counter row.
+create function rowcast.sequence(batch_limit integer default 10000) returns bigint
+language sql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select s.sequenced from rowcast.sequence_step(batch_limit) s
+$$;
+
+-- The sequencer's side of the wake-up flag, called in its own transaction (committed)
+-- right before every rowcast.sequence_step(): clears the flag so that the next writer
+-- sends a NOTIFY, and re-seeds the row when a crash emptied the unlogged table. Returns
+-- whether the flag is now clear. It never waits: a flag row locked by someone else is
+-- left as it is and `false` is returned, and the caller then re-checks on a short timer
+-- instead of relying on a NOTIFY (writers see the flag set and send none).
+create function rowcast.rearm() returns boolean
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not exists (select from rowcast.wake) then
+        insert into rowcast.wake (pending) values (false) on conflict do nothing;
+    end if;
+    perform from rowcast.wake where singleton and pending for update skip locked;
+    if found then
+        update rowcast.wake set pending = false where singleton;
+        return true;
+    end if;
+    return not exists (select from rowcast.wake where pending);
 end
 $$;
 

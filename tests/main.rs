@@ -4,6 +4,7 @@
 
 mod support;
 
+mod bench;
 mod cli;
 mod dashboard;
 mod delivery;
@@ -16,3 +17,4 @@ mod schema;
 mod security;
 mod sequencing;
 mod session;
+mod wake;

@@ -151,7 +151,7 @@ async fn since_on_a_later_subscribe_is_refused_and_the_topics_are_live() {
         .await
         .unwrap();
     let app = TestApp::start(&db).await;
-    db.wait_sequenced(1).await;
+    app.wait_head(1).await;
     let mut ws = app.ws().await;
     ws.subscribe(&["provider:3"], None).await;
     ws.send(json!({"type": "subscribe", "topics": ["user:7"], "since": 0}))

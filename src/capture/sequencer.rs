@@ -1,8 +1,9 @@
 //! The sequencer: gives committed events their gap-free positions.
 //!
 //! Every replica runs one. It waits on a dedicated connection for the capture
-//! trigger's wake-up (`rowcast_wake`) or a fallback timer (tables in `poll` mode send no
-//! wake-up), then calls `rowcast.sequence()` until a batch comes back short.
+//! trigger's wake-up (`rowcast_wake`), a short re-check timer or a fallback timer (tables
+//! in `poll` mode send no wake-up), then calls `rowcast.sequence_step()` until a batch
+//! comes back short.
 //!
 //! Why not simply read `where id > last_id`: ids and transaction ids are handed out
 //! when a transaction writes, not when it commits, so a transaction holding an early id
@@ -17,6 +18,45 @@
 //! Leadership is the counter row's lock, taken per batch with `skip locked`: a replica
 //! that finds it taken does nothing. The lock belongs to the batch's transaction, so a
 //! dead connection cannot hold it past `idle_in_transaction_session_timeout`.
+//!
+//! # Wake-up
+//!
+//! NOTIFY serialises the commits of the transactions that send it, so writers to
+//! `notify` tables do not send one each. They share a one-row unlogged flag,
+//! `rowcast.wake`:
+//!
+//! - a writer inserts its event, then reads the flag *without a lock*. Set: it does
+//!   nothing more. Clear: it tries to take the row with `for update skip locked`; if it
+//!   gets it, it sets the flag and NOTIFYs (on commit); if the row is locked (another
+//!   writer just set it and has not committed, or the sequencer is clearing it) it goes
+//!   on without. No writer ever waits on the flag.
+//! - before every batch the sequencer clears the flag, in a transaction of its own that
+//!   commits before the batch's snapshot is taken (`rowcast.rearm()`, pipelined with the
+//!   batch: one round trip), so the first writer after that read sends the next NOTIFY.
+//!
+//! The race: a writer that saw the flag set before the clear, and commits after the
+//! batch's snapshot, sends no NOTIFY and is not in the batch. Such a writer was in
+//! progress (with a transaction id, taken by its event insert) when the snapshot was
+//! taken, so the batch reports `in_progress` and the sequencer reads again after
+//! [`SequencerConfig::recheck_min`], doubling up to [`SequencerConfig::recheck_max`]
+//! while transactions stay in progress (a backoff, since the open transactions may be
+//! anyone's), back to the minimum whenever a batch finds events. The same short re-check
+//! runs when the flag could not be cleared (its row locked by a writer) and when another
+//! replica held the counter row (its batch may predate this clear).
+//!
+//! Latency bound, from commit to position, with the sequencer idle and connected:
+//! - the writer that set the flag: one NOTIFY delivery plus one batch;
+//! - a writer that found the flag set or locked and committed after the read: at most
+//!   the current re-check interval, so at most `recheck_max` (10 ms by default), and
+//!   `recheck_min` (1 ms) while events keep coming;
+//! - a writer that found the row locked by a writer that then *rolled back* (so no
+//!   NOTIFY came) and committed while no re-check was pending: the fallback timer,
+//!   [`SequencerConfig::poll_interval`]. `poll` tables always wait for this timer.
+//!
+//! Writers outside read committed NOTIFY every transaction (their snapshot may show a
+//! stale flag, and locking a row changed since would fail them); a crash empties the
+//! unlogged flag table, writers NOTIFY every transaction until `rearm()` re-seeds it on
+//! the sequencer's next round.
 
 use std::time::Duration;
 
@@ -31,6 +71,12 @@ pub struct SequencerConfig {
     /// Longest wait between batches without a wake-up (the latency of `poll` tables).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// First re-check delay after a batch whose snapshot showed transactions in progress
+    /// (a writer among them may have sent no wake-up).
+    pub recheck_min: Duration,
+    /// Longest re-check delay: the re-check doubles up to it while transactions stay in
+    /// progress and no events come.
+    pub recheck_max: Duration,
     /// Most events per batch (one transaction).
     pub batch_limit: i32,
     /// Longest time one batch may take before the connection is considered dead.
@@ -47,6 +93,8 @@ impl Default for SequencerConfig {
     fn default() -> Self {
         SequencerConfig {
             poll_interval: Duration::from_millis(100),
+            recheck_min: Duration::from_millis(1),
+            recheck_max: Duration::from_millis(10),
             batch_limit: 10_000,
             statement_timeout: Duration::from_secs(30),
             abandon_after: Duration::from_secs(10),
@@ -91,32 +139,50 @@ async fn session(
             config.statement_timeout.as_millis()
         ))
         .await?;
-    let stmt = listener
+    let rearm = listener.client.prepare("select rowcast.rearm()").await?;
+    let step = listener
         .client
-        .prepare("select rowcast.sequence($1)")
+        .prepare("select sequenced, in_progress from rowcast.sequence_step($1)")
         .await?;
     tracing::info!("sequencer connected");
     *backoff = db::reconnect_backoff();
+    let mut recheck = config.recheck_min;
+    let limit = config.batch_limit;
     loop {
-        // Sequence until a batch comes back short (or another replica holds the row).
-        loop {
-            let n: i64 = db::with_timeout(
-                config.statement_timeout,
-                listener.client.query_one(&stmt, &[&config.batch_limit]),
+        // Clear the flag (committed), then read: one round trip, two transactions.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
+        let (armed, batch) = db::with_timeout(config.statement_timeout, async {
+            tokio::try_join!(
+                listener.client.query_one(&rearm, &[]),
+                listener.client.query_one(&step, &params),
             )
-            .await?
-            .get(0);
-            if n > 0 {
-                metrics::counter!(crate::metrics::EVENTS_SEQUENCED).increment(n as u64);
-                tracing::debug!(events = n, "sequenced");
-            }
-            if n < i64::from(config.batch_limit) {
-                break;
-            }
+        })
+        .await?;
+        let armed: bool = armed.get(0);
+        let (n, in_progress): (i64, bool) = (batch.get(0), batch.get(1));
+        if n > 0 {
+            metrics::counter!(crate::metrics::EVENTS_SEQUENCED).increment(n as u64);
+            tracing::debug!(events = n, "sequenced");
         }
+        if n >= i64::from(config.batch_limit) {
+            continue;
+        }
+        if n > 0 {
+            recheck = config.recheck_min;
+        }
+        // A short re-check while a writer may have committed without a wake-up (see the
+        // module docs); otherwise the next wake-up, or the fallback timer.
+        let wait = if n < 0 || in_progress || !armed {
+            let wait = recheck;
+            recheck = (recheck * 2).min(config.recheck_max);
+            wait
+        } else {
+            recheck = config.recheck_min;
+            config.poll_interval
+        };
         tokio::select! {
             _ = listener.notified() => {}
-            _ = tokio::time::sleep(config.poll_interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = listener.closed() => return Err(DbError::Closed),
             _ = shutdown.cancelled() => return Ok(()),
         }

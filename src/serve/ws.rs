@@ -7,6 +7,7 @@
 //! message and the session goes on; a frame above the size limit closes it with 1009.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +16,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -23,7 +25,7 @@ use super::admission::{self, Permit, RateLimit};
 use super::auth::Principal;
 use super::protocol::{self, ErrorCode, Incoming, Outgoing, Refusal};
 use super::replay::{self, Replay, Step};
-use crate::hub::Membership;
+use crate::hub::{Membership, Published};
 
 /// Close codes used by sessions.
 pub mod close {
@@ -89,8 +91,13 @@ async fn upgrade(
             Err(refusal) => return refusal.into_response(),
         };
     let max = ctx.session.max_frame;
-    ws.read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+    // Per-session memory: the read buffer is zero-filled to its capacity on every read,
+    // so all of it is resident for every idle session. Client frames are small; a larger
+    // one grows the buffer for as long as it needs it.
+    ws.read_buffer_size(256)
+        // Frames queued for a session are written together up to this size; a single
+        // frame is written at once (send flushes). Idle sessions hold no write buffer.
+        .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_frame_size(max)
         .max_message_size(max)
@@ -177,7 +184,9 @@ impl Session {
                         None | Some(Ok(Message::Close(_))) => return End::Gone,
                         Some(Err(err)) => return receive_failed(err),
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(end) = self.handle(&text).await {
+                            // Boxed: subscribe and replay hold large futures (pool,
+                            // queries); inline they would size every idle session's task.
+                            if let Err(end) = Box::pin(self.handle(&text)).await {
                                 return end;
                             }
                         }
@@ -192,12 +201,8 @@ impl Session {
                 }
                 event = self.member.events.recv() => match event {
                     Some(event) => {
-                        if event.pos > self.cursor {
-                            self.cursor = event.pos;
-                            if let Err(end) = self.write(Message::Text(event.frame.clone())).await {
-                                return end;
-                            }
-                            metrics::counter!(crate::metrics::DELIVERIES).increment(1);
+                        if let Err(end) = self.deliver(event).await {
+                            return end;
                         }
                     }
                     None => return End::Close(close::TOO_SLOW, "too slow: resume with since"),
@@ -211,6 +216,32 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Sends `first` and every event already queued behind it in one flush (one
+    /// syscall per wake-up), within the write timeout.
+    async fn deliver(&mut self, first: Arc<Published>) -> Result<(), End> {
+        let limit = self.ctx.session.write_timeout;
+        let mut sent = 0u64;
+        let write = async {
+            let mut next = Some(first);
+            while let Some(event) = next {
+                if event.pos > self.cursor {
+                    self.cursor = event.pos;
+                    self.socket.feed(Message::Text(event.frame.clone())).await?;
+                    sent += 1;
+                }
+                next = self.member.events.try_recv().ok();
+            }
+            self.socket.flush().await
+        };
+        let result = tokio::time::timeout(limit, write).await;
+        metrics::counter!(crate::metrics::DELIVERIES).increment(sent);
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Close(close::TOO_SLOW, "too slow: resume with since")),
         }
     }
 
