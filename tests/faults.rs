@@ -107,6 +107,29 @@ async fn own_demo_db(cluster: &Cluster) -> TestDb {
     db
 }
 
+/// Stops the writer and returns how many bookings really committed: a commit whose
+/// acknowledgement was lost to a fault counts too (the writer saw an error, but the row
+/// and its event are there). Checks that the writer's own count is not above it.
+async fn committed(db: &TestDb, writer: Writer) -> i64 {
+    let acknowledged = writer.stop().await as i64;
+    let rows: i64 = db
+        .client()
+        .await
+        .query_one("select count(*) from bookings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        rows >= acknowledged,
+        "{acknowledged} acknowledged commits, {rows} rows"
+    );
+    assert!(
+        rows <= acknowledged + 50,
+        "far more rows ({rows}) than acknowledged commits ({acknowledged})"
+    );
+    rows
+}
+
 async fn sequenced_count(db: &TestDb) -> i64 {
     let total: i64 = db
         .client()
@@ -133,7 +156,7 @@ async fn sigkill_of_the_service_under_load_loses_nothing() {
         service = ServiceProcess::start(&db.url, Some(addr)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let written = writer.stop().await as i64;
+    let written = committed(&db, writer).await;
     assert!(written > 100, "only {written} writes");
     assert_eq!(sequenced_count(&db).await, written);
     follower.expect_exactly(written).await;
@@ -166,7 +189,7 @@ async fn restart_under_load(mode: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let written = writer.stop().await as i64;
+    let written = committed(&db, writer).await;
     assert_eq!(sequenced_count(&db).await, written);
     follower.expect_exactly(written).await;
     // A fresh client resuming from 0 gets the same sequence.
@@ -210,7 +233,7 @@ async fn terminating_the_services_backends_loses_nothing() {
         assert!(killed >= 2, "the tailer and the sequencer hold connections");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let written = writer.stop().await as i64;
+    let written = committed(&db, writer).await;
     assert_eq!(sequenced_count(&db).await, written);
     follower.expect_exactly(written).await;
 }
@@ -380,7 +403,7 @@ async fn three_instances_keep_positions_gap_free_when_one_dies_or_its_sequencer_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let written = writer.stop().await as i64;
+    let written = committed(&db, writer).await;
     assert_eq!(sequenced_count(&db).await, written);
     assert_eq!(db.positions().await, (1..=written).collect::<Vec<_>>());
     follower.expect_exactly(written).await;
@@ -455,7 +478,7 @@ async fn soak_random_faults_lose_nothing() {
         *counts.entry(fault).or_default() += 1;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let written = writer.stop().await as i64;
+    let written = committed(&db, writer).await;
     let sequenced = sequenced_count(&db).await;
     assert_eq!(
         sequenced, written,
