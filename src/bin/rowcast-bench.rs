@@ -343,7 +343,7 @@ impl Env {
 
         let cpu_before = cpu_ticks(self.pid())?;
         let started = Instant::now();
-        let written = write_at_rate(&self.url, users, rate, seconds).await?;
+        let (written, commits_us) = write_at_rate(&self.url, users, rate, seconds).await?;
         let elapsed = started.elapsed();
         // Give the last events time to arrive, then stop reading.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -357,6 +357,7 @@ impl Env {
             written,
             elapsed,
             latencies_us: latencies,
+            commits_us,
             server_cpu: ticks_to_duration(cpu_after - cpu_before),
             expected: written as usize * topics.len() / users as usize,
         })
@@ -369,6 +370,8 @@ struct Report {
     elapsed: Duration,
     /// Stamp in the row (taken just before the insert) → receive, per delivery.
     latencies_us: Vec<u64>,
+    /// The writer's insert + commit round trip, per event (part of the latency above).
+    commits_us: Vec<u64>,
     server_cpu: Duration,
     expected: usize,
 }
@@ -376,6 +379,7 @@ struct Report {
 impl Report {
     fn print(mut self) {
         self.latencies_us.sort_unstable();
+        self.commits_us.sort_unstable();
         let n = self.latencies_us.len();
         let secs = self.elapsed.as_secs_f64();
         println!(
@@ -397,6 +401,17 @@ impl Report {
                 p(0.99),
                 self.latencies_us[n - 1] as f64 / 1000.0
             );
+            let c = self.commits_us.len();
+            if c > 0 {
+                let q =
+                    |q: f64| self.commits_us[((c as f64 * q) as usize).min(c - 1)] as f64 / 1000.0;
+                println!(
+                    "  of which the writer's insert + commit round trip: p50 {:.2} p90 {:.2} p99 {:.2} ms",
+                    q(0.50),
+                    q(0.90),
+                    q(0.99)
+                );
+            }
             println!(
                 "  server CPU {:.2}s over the run: {:.2} µs per delivery",
                 self.server_cpu.as_secs_f64(),
@@ -513,7 +528,12 @@ async fn read_latencies(mut ws: Ws, stop: CancellationToken) -> anyhow::Result<V
 
 /// Inserts `rate` rows per second for `seconds` from a few connections; returns the
 /// number committed.
-async fn write_at_rate(url: &str, users: i64, rate: u64, seconds: u64) -> anyhow::Result<u64> {
+async fn write_at_rate(
+    url: &str,
+    users: i64,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<(u64, Vec<u64>)> {
     let writers = rate.div_ceil(50).clamp(2, 16);
     let per_writer = rate as f64 / writers as f64;
     let total = rate * seconds;
@@ -529,23 +549,29 @@ async fn write_at_rate(url: &str, users: i64, rate: u64, seconds: u64) -> anyhow
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_writer));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             let mut done = 0u64;
+            let mut commits = Vec::new();
             loop {
                 tick.tick().await;
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
-                    return anyhow::Ok(done);
+                    return anyhow::Ok((done, commits));
                 }
                 let user = (n % users as u64) as i64;
-                client.execute(&stmt, &[&user, &(now_us() as i64)]).await?;
+                let stamp = now_us();
+                client.execute(&stmt, &[&user, &(stamp as i64)]).await?;
+                commits.push(now_us().saturating_sub(stamp));
                 done += 1;
             }
         }));
     }
     let mut written = 0;
+    let mut commits = Vec::new();
     for task in tasks {
-        written += task.await??;
+        let (n, times) = task.await??;
+        written += n;
+        commits.extend(times);
     }
-    Ok(written)
+    Ok((written, commits))
 }
 
 /// utime + stime of a process, in clock ticks.
