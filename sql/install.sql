@@ -329,10 +329,12 @@ begin
         if new_row = old_row then
             return null;  -- nothing visible changed: no event
         end if;
-        select jsonb_object_agg(o.key, o.value) into changed
-        from jsonb_each(old_row) o
-        where new_row -> o.key is distinct from o.value;
-        changed := coalesce(changed, '{}');
+        -- The old row minus the columns that kept their value. Keys come from a set-
+        -- returning function in the select list (no tuplestore per row, unlike
+        -- jsonb_each in from), and `-` is one C call: about 9 µs a row cheaper than
+        -- aggregating jsonb_each (measured, see BENCHMARKS.md).
+        changed := old_row - array(select s.k from (select jsonb_object_keys(old_row) as k) s
+                                   where new_row -> s.k is not distinct from old_row -> s.k);
     end if;
 
     -- Topics: the table, the row (new and old key), one per routing column (new and old value).
@@ -938,5 +940,5 @@ $$;
 revoke all on schema rowcast from public;
 revoke execute on all functions in schema rowcast from public;
 
-insert into rowcast.schema_history (version, name, applied_on, checksum) values (1, 'core', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '4059636584884420640');
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (1, 'core', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '3962031161259389524');
 commit;
