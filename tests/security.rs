@@ -499,3 +499,28 @@ async fn sse_and_http_polling_apply_the_same_tokens_and_policy() {
         .unwrap();
     assert_eq!(sse.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_finish_its_handshake_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    config.limits.handshake_timeout = Duration::from_millis(500);
+    let app = TestApp::start_with(config).await;
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("the server must drop a half-sent request");
+    assert!(matches!(read, Ok(0) | Err(_)), "unexpected answer {read:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // An established session outlives the deadline.
+    let mut ws = app.ws().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.recv().await["type"], "pong");
+}

@@ -31,6 +31,9 @@ pub struct LimitsConfig {
     pub subscribe_rate: f64,
     /// Burst of `subscribe`/`unsubscribe` messages allowed above the rate.
     pub subscribe_burst: f64,
+    /// Time a client has to send its first request after connecting.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: std::time::Duration,
     /// Origins allowed to open sessions from a browser (`https://app.example.com`);
     /// empty allows any. Requests without an Origin header (non-browser clients) pass.
     pub allowed_origins: Vec<String>,
@@ -43,6 +46,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 1_000,
             subscribe_rate: 10.0,
             subscribe_burst: 50.0,
+            handshake_timeout: std::time::Duration::from_secs(10),
             allowed_origins: Vec::new(),
         }
     }

@@ -11,6 +11,7 @@ pub mod admission;
 pub mod auth;
 pub mod health;
 pub mod http;
+pub mod listen;
 pub mod protocol;
 pub mod query;
 pub mod replay;
@@ -224,9 +225,10 @@ impl Application {
             linked.cancelled().await;
             stop.cancel();
         });
+        let listener = listen::HandshakeListener::new(listener, ctx.limits.handshake_timeout);
         let serving = axum::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            app.into_make_service_with_connect_info::<listen::Peer>(),
         )
         .with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned())
         .into_future();

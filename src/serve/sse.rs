@@ -15,7 +15,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -26,11 +25,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream;
 
-use super::AppContext;
 use super::admission::{self, Permit};
 use super::protocol::Outgoing;
 use super::query::{self, HttpError, Params};
 use super::replay::{self, Replay, Step};
+use super::{AppContext, listen};
 use crate::hub::{Membership, Published};
 
 /// The header a reconnecting `EventSource` sends.
@@ -43,7 +42,7 @@ pub fn router() -> Router<AppContext> {
 
 async fn open(
     State(ctx): State<AppContext>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(listen::Peer(peer)): ConnectInfo<listen::Peer>,
     headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, HttpError> {

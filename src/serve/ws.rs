@@ -6,7 +6,6 @@
 //! older than retention gets a `reset` first. Bad client frames get an `error`
 //! message and the session goes on; a frame above the size limit closes it with 1009.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +19,11 @@ use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::AppContext;
 use super::admission::{self, Permit, RateLimit};
 use super::auth::Principal;
 use super::protocol::{self, ErrorCode, Incoming, Outgoing, Refusal};
 use super::replay::{self, Replay, Step};
+use super::{AppContext, listen};
 use crate::hub::{Membership, Published};
 
 /// Close codes used by sessions.
@@ -73,7 +72,7 @@ struct WsQuery {
 async fn upgrade(
     ws: WebSocketUpgrade,
     State(ctx): State<AppContext>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(listen::Peer(peer)): ConnectInfo<listen::Peer>,
     headers: HeaderMap,
     Query(query): Query<WsQuery>,
 ) -> Response {
