@@ -117,3 +117,34 @@ async fn sigterm_closes_sessions_with_1001_and_exits_0() {
     assert!(status.success(), "exit status {status}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn dashboards_on_other_origins_may_load_the_client_and_poll() {
+    let db = TestDb::demo().await;
+    let app = TestApp::start(&db).await;
+    let client = reqwest::Client::new();
+    let js = client
+        .get(format!("http://{}/rowcast.js", app.addr))
+        .header("origin", "https://dash.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.headers()["access-control-allow-origin"], "*");
+    let preflight = client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("http://{}/events?topics=bookings", app.addr),
+        )
+        .header("origin", "https://dash.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
+}

@@ -108,6 +108,31 @@ pub struct Application {
     config: Config,
 }
 
+/// Cross-origin reads for dashboards served elsewhere: `/rowcast.js`, `/sse` and
+/// `/events` from the allowed Origins (any, when the allow-list is empty). WebSocket
+/// upgrades check Origin themselves ([`admission`]).
+fn cors(limits: &admission::LimitsConfig) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins = if limits.allowed_origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            limits
+                .allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("last-event-id"),
+        ])
+}
+
 /// Describes where a config points, without credentials.
 pub fn describe_target(pg: &tokio_postgres::Config) -> String {
     let host = match pg.get_hosts().first() {
@@ -217,6 +242,7 @@ impl Application {
             .merge(http::router())
             .merge(health::router())
             .merge(web::router())
+            .layer(cors(&ctx.limits))
             .with_state(ctx.clone());
         tracing::info!(addr = %listener.local_addr()?, "rowcast listening");
         let stop = ctx.shutdown.clone();
