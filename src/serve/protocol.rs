@@ -93,6 +93,14 @@ struct Envelope {
 
 /// Parses a client text frame.
 pub fn parse(text: &str) -> Result<Incoming, Refusal> {
+    // A derived struct also deserialises from a JSON array of its fields in order
+    // (`["ping",null,null,null]`); messages are objects only.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(Refusal::bad_request("the message is not a JSON object"));
+    }
     let envelope: Envelope = serde_json::from_str(text)
         .map_err(|err| Refusal::bad_request(format!("the message is not a JSON object: {err}")))?;
     let kind = match envelope.kind {
@@ -271,6 +279,22 @@ mod tests {
             parse(r#"{"type":"dance"}"#).unwrap_err().code,
             ErrorCode::UnknownType
         );
+    }
+
+    #[test]
+    fn arrays_of_the_fields_are_not_messages() {
+        for text in [
+            r#"["subscribe",[],null,null]"#,
+            r#" ["ping",null,null,null]"#,
+            r#"["auth",null,null,"t"]"#,
+        ] {
+            assert_eq!(
+                parse(text).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{text}"
+            );
+        }
+        assert_eq!(parse(" \n{\"type\":\"ping\"}"), Ok(Incoming::Ping));
     }
 
     #[test]
