@@ -207,6 +207,37 @@ pub async fn status(client: &Client) -> Result<Status, AdminError> {
     })
 }
 
+/// Asks a running service for its live numbers (`GET /api/stats`: connected clients,
+/// topics, head, lag), over a plain HTTP/1.0 request.
+pub async fn server_stats(addr: std::net::SocketAddr) -> Result<serde_json::Value, AdminError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let unreachable = |err: std::io::Error| {
+        AdminError::Usage(format!(
+            "cannot reach rowcast at {addr}: {err} (is it running?)"
+        ))
+    };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET /api/stats HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(unreachable)?;
+    let text = String::from_utf8_lossy(&response);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    serde_json::from_str(body)
+        .map_err(|_| AdminError::Usage(format!("{addr} did not answer /api/stats like rowcast")))
+}
+
 /// The SQL-only install script: every migration, then the history rows that make
 /// `rowcast migrate` recognise the result. `sql/install.sql` is this text.
 pub fn install_sql() -> String {

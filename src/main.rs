@@ -47,6 +47,9 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// A running service to ask for its connected clients (`/api/stats`).
+        #[arg(long, value_name = "HOST:PORT")]
+        server: Option<SocketAddr>,
     },
     /// Remove every capture trigger and the rowcast schema (app tables are untouched).
     Uninstall {
@@ -174,13 +177,27 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{table} was not watched");
             }
         }
-        Command::Status { db, json } => {
+        Command::Status { db, json, server } => {
             let client = connect(&db.url()?).await?;
             let status = admin::status(&client).await?;
+            let live = match server {
+                Some(addr) => Some(admin::server_stats(addr).await?),
+                None => None,
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                let mut value = serde_json::to_value(&status)?;
+                if let Some(live) = live {
+                    value["server"] = live;
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print_status(&status);
+                if let Some(live) = live {
+                    println!(
+                        "server           {} clients, {} topics, head {}, lag {}",
+                        live["connections"], live["topics"], live["head"], live["lag"]
+                    );
+                }
             }
         }
         Command::Uninstall { db, yes } => {

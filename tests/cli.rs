@@ -214,3 +214,28 @@ async fn rowcast_uninstall_removes_what_migrate_installed() {
     assert!(demo_only.iter().all(|e| with_demo.contains(e)));
     assert!(!demo_only.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_a_running_services_connected_clients() {
+    let db = TestDb::demo().await;
+    let app = crate::support::TestApp::start(&db).await;
+    let mut ws = app.ws().await;
+    ws.subscribe(&["bookings"], None).await;
+    let (url, addr) = (db.url.clone(), app.addr.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        rowcast(&["status", "--admin-url", &url, "--server", &addr, "--json"])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["server"]["connections"], 1);
+    assert_eq!(status["watched"].as_array().unwrap().len(), 7);
+    let out = rowcast(&["status", "--admin-url", &db.url, "--server", "127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("cannot reach rowcast at 127.0.0.1:1"),
+        "{}",
+        text(&out)
+    );
+}
