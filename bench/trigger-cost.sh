@@ -16,7 +16,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 if [ "${SETUP:-0}" = 1 ]; then
     cargo build --release --quiet --bin rowcast
     psql -qX -d postgres -c "drop database if exists $DB with (force)" -c "create database $DB"
-    "$CARGO_TARGET_DIR/release/rowcast" migrate --database-url "host=$PGHOST port=$PGPORT user=$PGUSER dbname=$DB" >/dev/null 2>&1
+    "$CARGO_TARGET_DIR/release/rowcast" migrate --admin-url "host=$PGHOST port=$PGPORT user=$PGUSER dbname=$DB" >/dev/null
     psql -qX -d "$DB" -v ON_ERROR_STOP=1 -f bench/write-overhead/schema.sql >/dev/null 2>&1
 fi
 

@@ -28,7 +28,7 @@ ROWCAST="$CARGO_TARGET_DIR/release/rowcast"
 
 psql -qX -d postgres -c "drop database if exists $DB with (force)" -c "create database $DB"
 URL="host=$PGHOST port=$PGPORT user=$PGUSER dbname=$DB"
-"$ROWCAST" migrate --database-url "$URL" >/dev/null 2>&1
+"$ROWCAST" migrate --admin-url "$URL" >/dev/null
 psql -qX -d "$DB" -v ON_ERROR_STOP=1 -f bench/write-overhead/schema.sql >/dev/null
 
 ROWCAST_LOG=warn "$ROWCAST" serve --database-url "$URL" --listen 127.0.0.1:0 &

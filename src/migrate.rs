@@ -70,10 +70,19 @@ pub fn latest_version() -> i64 {
 
 /// Applies every pending migration. Returns the versions applied by this call.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i64>, MigrateError> {
+    migrate_to(client, None).await
+}
+
+/// Applies the pending migrations up to and including `version` (every one when `None`),
+/// for an upgrade in steps. Returns the versions applied by this call.
+pub async fn migrate_to(
+    client: &mut Client,
+    version: Option<i32>,
+) -> Result<Vec<i64>, MigrateError> {
     client
         .execute("select pg_advisory_lock($1)", &[&MIGRATE_LOCK])
         .await?;
-    let result = run(client).await;
+    let result = run(client, version).await;
     // The lock is session-scoped: release it even when the run failed.
     let unlock = client
         .execute("select pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
@@ -83,13 +92,15 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i64>, MigrateError> {
     Ok(applied)
 }
 
-async fn run(client: &mut Client) -> Result<Vec<i64>, MigrateError> {
+async fn run(client: &mut Client, version: Option<i32>) -> Result<Vec<i64>, MigrateError> {
     client
         .batch_execute("create schema if not exists rowcast")
         .await?;
     let mut runner = embedded::migrations::runner();
     runner.set_migration_table_name(HISTORY_TABLE);
+    let target = version.map_or(refinery::Target::Latest, refinery::Target::Version);
     let report = runner
+        .set_target(target)
         .set_abort_divergent(true)
         .set_abort_missing(true)
         .run_async(client)

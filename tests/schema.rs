@@ -241,3 +241,168 @@ async fn poll_mode_tables_send_no_notify_but_are_captured() {
     assert!(woke.is_err(), "a poll-mode table must not NOTIFY");
     assert_eq!(captured(&db).await, 1);
 }
+
+/// Sequences what is committed and returns `(op, topics)` of the log in position order.
+async fn sequenced_topics(client: &tokio_postgres::Client) -> Vec<(String, Vec<String>)> {
+    client
+        .query_one("select rowcast.sequence()", &[])
+        .await
+        .unwrap();
+    client
+        .query(
+            "select e.op, l.topics from rowcast.log l join rowcast.events e on e.id = l.event_id \
+             order by l.pos",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+fn owned(topics: &[&str]) -> Vec<String> {
+    topics.iter().map(|t| t.to_string()).collect()
+}
+
+#[tokio::test]
+async fn upgrading_from_version_1_rearms_watched_tables_and_keeps_their_events() {
+    let db = TestDb::empty().await;
+    let mut client = db.client().await;
+    rowcast::migrate::migrate_to(&mut client, Some(1))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "create table pairs (a int, b int, owner_id int, secret text, primary key (a, b));
+             create table stale (id int primary key);
+             select rowcast.watch('pairs', topic => 'pair', routes => '{\"owner_id\": \"user\"}',
+                                  exclude => array['secret']);
+             select rowcast.watch('stale');
+             delete from rowcast.watches where relid = 'stale'::regclass;
+             insert into pairs values (1, 2, 7, 's');",
+        )
+        .await
+        .unwrap();
+    let owner = format!("{}_v1_owner", db.name);
+    client
+        .batch_execute(&format!(
+            "drop role if exists {owner}; create role {owner} login;
+             grant create on schema public to {owner};
+             select rowcast.grant_admin('{owner}');"
+        ))
+        .await
+        .unwrap();
+
+    let applied = rowcast::migrate::migrate(&mut client).await.unwrap();
+    assert_eq!(applied, vec![2]);
+    rowcast::migrate::check(&client).await.unwrap();
+    // A table whose registration is gone loses its (argument-less) trigger, so its
+    // writes neither fail nor capture.
+    client
+        .batch_execute(
+            "insert into stale values (1);
+             update pairs set owner_id = 8, secret = 't' where a = 1;
+             update pairs set secret = 'u' where a = 1;",
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(
+        sequenced_topics(&client).await,
+        vec![
+            ("INSERT".into(), owned(&["pairs", "pair:1:2", "user:7"])),
+            (
+                "UPDATE".into(),
+                owned(&["pairs", "pair:1:2", "user:8", "user:7"])
+            ),
+        ]
+    );
+    let secret: i64 = client
+        .query_one(
+            "select count(*) from rowcast.events where data ? 'secret' or old ? 'secret'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(secret, 0, "an excluded column was stored");
+
+    // A role granted the admin functions by version 1 may still watch its tables.
+    let as_owner = connect(&format!("{} user={owner}", db.url)).await;
+    as_owner
+        .batch_execute(
+            "create table mine (id int primary key); select rowcast.watch('mine');
+             insert into mine values (1);",
+        )
+        .await
+        .expect("a version 1 admin may watch after the upgrade");
+    assert_eq!(
+        sequenced_topics(&client).await.last().unwrap().1,
+        owned(&["mine", "mine:1"])
+    );
+    drop(as_owner);
+    client
+        .batch_execute(&format!(
+            "drop table mine; drop owned by {owner}; drop role {owner}"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn events_are_routed_as_their_table_was_watched_when_they_were_captured() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create table tickets (id int primary key, owner_id int, team_id int);
+             select rowcast.watch('tickets', routes => '{\"owner_id\": \"user\"}');
+             insert into tickets values (1, 7, 3);
+             select rowcast.watch('tickets', routes => '{\"team_id\": \"team\"}');
+             insert into tickets values (2, 7, 3);",
+        )
+        .await
+        .unwrap();
+    // Nothing was sequenced in between: the first event keeps its first routing anyway.
+    assert_eq!(
+        sequenced_topics(&client).await,
+        vec![
+            ("INSERT".into(), owned(&["tickets", "tickets:1", "user:7"])),
+            ("INSERT".into(), owned(&["tickets", "tickets:2", "team:3"])),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn watch_refuses_to_exclude_a_column_a_topic_is_made_of() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute("create table tickets (id int primary key, owner_id int)")
+        .await
+        .unwrap();
+    for (sql, part) in [
+        (
+            "select rowcast.watch('tickets', routes => '{\"owner_id\": \"user\"}', exclude => array['owner_id'])",
+            "a routing topic",
+        ),
+        (
+            "select rowcast.watch('tickets', exclude => array['id'])",
+            "the row topic",
+        ),
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        let message = err.as_db_error().unwrap().message().to_string();
+        assert!(
+            message.contains("is excluded") && message.contains(part),
+            "{message}"
+        );
+    }
+    let watched: i64 = client
+        .query_one("select count(*) from rowcast.watches", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(watched, 0);
+}
