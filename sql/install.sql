@@ -1153,13 +1153,18 @@ end
 $$;
 
 -- One sequencer batch, as in version 1 (its comment there has the argument), except that
--- the topics of version 2 events are computed here, from the stored row and its routing.
+-- the topics of version 2 events are computed here, from the stored row and its routing,
+-- and two planner traps are closed: `e.id > pass_id` is a filter, not an index condition
+-- (as an index condition with pass_id = 0 the planner ANDed a scan of the whole primary
+-- key into every batch, so a batch cost grew with the table), and JIT is off (a
+-- misestimate must not make a batch pay for compiling its query).
 create or replace function rowcast.sequence_step(batch_limit integer default 10000,
                                       out sequenced bigint, out in_progress boolean)
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 set plan_cache_mode = force_custom_plan
+set jit = off
 as $$
 declare
     st     rowcast.sequencer;
@@ -1203,12 +1208,12 @@ begin
         where e.txid >= pg_snapshot_xmax(st.snap)
           and e.txid < pg_snapshot_xmax(target)
           and pg_visible_in_snapshot(e.txid, target)
-          and e.id > st.pass_id
+          and e.id + 0 > st.pass_id
         union all
         select e.id, e.table_name, e.op, e.topics, e.routing_id, e.data, e.old from rowcast.events e
         where e.txid = any (array(select pg_snapshot_xip(st.snap)))
           and pg_visible_in_snapshot(e.txid, target)
-          and e.id > st.pass_id
+          and e.id + 0 > st.pass_id
         order by id
         limit batch_limit
     ), ins as (
@@ -1504,5 +1509,5 @@ $$;
 
 revoke execute on function rowcast.topics_of(rowcast.routings, text, jsonb, jsonb), rowcast.arm(regclass) from public;
 
-insert into rowcast.schema_history (version, name, applied_on, checksum) values (2, 'lean_capture', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '15532288497550759785');
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (2, 'lean_capture', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '2128142190993264944');
 commit;
