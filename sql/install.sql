@@ -990,6 +990,16 @@ create trigger routings_immutable before update or delete on rowcast.routings
 -- name their routing instead.
 alter table rowcast.events alter column topics drop not null;
 alter table rowcast.events add column routing_id int;
+
+-- One index on the events instead of two: the sequencer finds new events by transaction
+-- id, and readers find an event by (txid, id), which the log now carries. Every index is
+-- one more insert into a page all writers share, inside their transactions.
+alter table rowcast.log add column txid xid8;
+update rowcast.log l set txid = e.txid from rowcast.events e where e.id = l.event_id;
+alter table rowcast.log alter column txid set not null;
+alter table rowcast.events drop constraint events_pkey;
+drop index rowcast.events_txid;
+alter table rowcast.events add primary key (txid, id);
 comment on column rowcast.events.topics is
     'topics computed at capture (version 1 events); null when the sequencer computes them from routing_id';
 
@@ -1204,21 +1214,21 @@ begin
     in_progress := st.pass_snap is not null or exists (select from pg_snapshot_xip(target));
 
     with batch as (
-        select e.id, e.table_name, e.op, e.topics, e.routing_id, e.data, e.old from rowcast.events e
+        select e.id, e.txid, e.table_name, e.op, e.topics, e.routing_id, e.data, e.old from rowcast.events e
         where e.txid >= pg_snapshot_xmax(st.snap)
           and e.txid < pg_snapshot_xmax(target)
           and pg_visible_in_snapshot(e.txid, target)
           and e.id + 0 > st.pass_id
         union all
-        select e.id, e.table_name, e.op, e.topics, e.routing_id, e.data, e.old from rowcast.events e
+        select e.id, e.txid, e.table_name, e.op, e.topics, e.routing_id, e.data, e.old from rowcast.events e
         where e.txid = any (array(select pg_snapshot_xip(st.snap)))
           and pg_visible_in_snapshot(e.txid, target)
           and e.id + 0 > st.pass_id
         order by id
         limit batch_limit
     ), ins as (
-        insert into rowcast.log (pos, event_id, topics)
-        select st.last_pos + row_number() over (order by b.id), b.id,
+        insert into rowcast.log (pos, event_id, txid, topics)
+        select st.last_pos + row_number() over (order by b.id), b.id, b.txid,
                coalesce(b.topics, rowcast.topics_of(r, b.op, b.data, b.old), array[b.table_name])
         from batch b left join rowcast.routings r on r.id = b.routing_id
         returning pos, event_id
@@ -1240,6 +1250,65 @@ begin
     if sequenced > 0 then
         perform pg_catalog.pg_notify('rowcast_seq', (st.last_pos + sequenced)::text);
     end if;
+end
+$$;
+
+-- One retention batch, as in version 1 (its comment there has the rules); events are
+-- found by (txid, id).
+create or replace function rowcast.prune(keep_events bigint, max_age interval, batch_limit integer default 10000)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+set lock_timeout = '2s'
+as $$
+declare
+    st     record;
+    aged   bigint;
+    target bigint;
+    n      bigint;
+    top    bigint;
+begin
+    if keep_events is null or keep_events < 0 or max_age is null or max_age < interval '0'
+       or batch_limit is null or batch_limit < 1 then
+        raise exception 'rowcast.prune: keep_events and max_age must be non-negative and batch_limit at least 1'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    -- One pruner at a time (every replica runs one); the others skip this round.
+    if not pg_try_advisory_xact_lock(7526676273746144) then
+        return -1;
+    end if;
+    select s.last_pos, s.pruned_pos into st from rowcast.sequencer s where singleton;
+
+    insert into rowcast.log_marks (pos, at)
+    select st.last_pos, clock_timestamp()
+    where st.last_pos > coalesce((select max(m.pos) from rowcast.log_marks m), -1);
+
+    select max(m.pos) into aged from rowcast.log_marks m where m.at <= clock_timestamp() - max_age;
+    target := least(st.last_pos - keep_events, coalesce(aged, 0));
+    if target <= st.pruned_pos then
+        return 0;
+    end if;
+
+    with doomed as (
+        select l.pos from rowcast.log l
+        where l.pos > st.pruned_pos and l.pos <= target
+        order by l.pos
+        limit batch_limit
+    ), gone as (
+        delete from rowcast.log l using doomed d where l.pos = d.pos
+        returning l.pos, l.event_id, l.txid
+    ), gone_events as (
+        delete from rowcast.events e using gone g where e.txid = g.txid and e.id = g.event_id
+    )
+    select count(*), max(g.pos) into n, top from gone g;
+
+    update rowcast.sequencer
+    set pruned_pos = greatest(pruned_pos, case when n < batch_limit then target else top end)
+    where singleton;
+    -- Marks below the one in use are of no further use.
+    delete from rowcast.log_marks m where m.pos < coalesce(aged, 0);
+    return n;
 end
 $$;
 
@@ -1509,5 +1578,5 @@ $$;
 
 revoke execute on function rowcast.topics_of(rowcast.routings, text, jsonb, jsonb), rowcast.arm(regclass) from public;
 
-insert into rowcast.schema_history (version, name, applied_on, checksum) values (2, 'lean_capture', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '2128142190993264944');
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (2, 'lean_capture', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '12209863446390930752');
 commit;

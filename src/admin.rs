@@ -143,7 +143,8 @@ pub struct Status {
     pub watched: Vec<Watched>,
     /// Last position handed out.
     pub head: i64,
-    /// Captured events newer than the newest sequenced one (waiting for the sequencer).
+    /// Committed events that the sequencer has not given a position yet (committed since
+    /// its last batch).
     pub unsequenced: i64,
     /// Events retained in the log.
     pub retained: i64,
@@ -187,7 +188,9 @@ pub async fn status(client: &Client) -> Result<Status, AdminError> {
         .query_one(
             "select s.last_pos, \
                     (select count(*) from rowcast.events e \
-                      where e.id > coalesce((select max(event_id) from rowcast.log), 0)), \
+                      where e.txid >= pg_snapshot_xmax(s.snap)) \
+                    + (select count(*) from rowcast.events e \
+                      where e.txid = any (array(select pg_snapshot_xip(s.snap)))), \
                     (select count(*) from rowcast.log), \
                     pg_notification_queue_usage(), \
                     (select count(*) from pg_stat_activity \

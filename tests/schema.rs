@@ -280,7 +280,8 @@ async fn upgrading_from_version_1_rearms_watched_tables_and_keeps_their_events()
                                   exclude => array['secret']);
              select rowcast.watch('stale');
              delete from rowcast.watches where relid = 'stale'::regclass;
-             insert into pairs values (1, 2, 7, 's');",
+             insert into pairs values (1, 2, 7, 's');
+             select rowcast.sequence();",
         )
         .await
         .unwrap();

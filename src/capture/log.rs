@@ -82,7 +82,7 @@ macro_rules! select_changes {
             "select l.pos, e.table_name, e.op, l.topics, ",
             "to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), ",
             "e.data::text, e.old::text, e.mapping_id ",
-            "from rowcast.log l join rowcast.events e on e.id = l.event_id ",
+            "from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id ",
             $where
         )
     };
