@@ -68,6 +68,10 @@ enum Bench {
         /// Seconds of measurement.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// After the run, run again with this many more connections on the topic that
+        /// never read (a small receive buffer each), and compare.
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
     },
     /// Server RSS per idle connection.
     Memory {
@@ -201,15 +205,32 @@ async fn run(bench: Bench) -> anyhow::Result<()> {
             connections,
             rate,
             seconds,
+            stalled,
         } => {
             let env = Env::start(&common).await?;
             let topics = vec!["bench_events".to_string(); connections];
-            let report = env.deliveries(topics, 1, rate, seconds).await?;
+            let report = env.deliveries(topics.clone(), 1, rate, seconds).await?;
             println!(
                 "fanout: {connections} connections on one topic, {rate} events/s for {seconds}s, wake={}",
                 common.wake
             );
             report.print();
+            if stalled > 0 {
+                check_fd_limit(connections + stalled)?;
+                let rss_before = rss_kib(env.pid())?;
+                let stuck = open_stalled(env.addr, stalled).await?;
+                let report = env.deliveries(topics, 1, rate, seconds).await?;
+                let rss_after = rss_kib(env.pid())?;
+                println!(
+                    "fanout again, with {stalled} more connections on the topic that never read:"
+                );
+                report.print();
+                let closed = closed_by_server(stuck).await;
+                println!(
+                    "  server RSS {rss_before} KiB before the stalled connections, {rss_after} KiB at the end; \
+                     stalled sessions the server closed: {closed} of {stalled}"
+                );
+            }
             env.stop().await
         }
         Bench::Memory {
@@ -239,6 +260,16 @@ struct Env {
     url: String,
     addr: SocketAddr,
     child: Child,
+}
+
+/// A benchmark that fails does not leave its service running.
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 const TABLE_SQL: &str = "create table bench_events (
@@ -492,6 +523,62 @@ async fn open_subscribed(addr: SocketAddr, topics: &[String]) -> anyhow::Result<
         sockets.push(task.await??);
     }
     Ok(sockets)
+}
+
+/// Opens `n` WebSockets subscribed to the table topic that will never be read, each
+/// with a 4 KiB receive buffer so that the server's writes to it block soon.
+async fn open_stalled(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Ws>> {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        let stream = socket.connect(addr).await?;
+        let (mut ws, _) = tokio_tungstenite::client_async(
+            format!("ws://{addr}/ws"),
+            MaybeTlsStream::Plain(stream),
+        )
+        .await?;
+        let message = serde_json::json!({"type": "subscribe", "topics": ["bench_events"]});
+        ws.send(Message::text(message.to_string())).await?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) if text.contains("\"subscribed\"") => break,
+                Ok(Some(Ok(_))) => continue,
+                other => bail!("no subscribed reply: {other:?}"),
+            }
+        }
+        sockets.push(ws);
+    }
+    Ok(sockets)
+}
+
+/// Reads every stalled socket to its end (10 s at most); counts those the server closed
+/// or cut off.
+async fn closed_by_server(sockets: Vec<Ws>) -> usize {
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                            Some(Ok(_)) => {}
+                        }
+                    }
+                })
+                .await
+                .is_ok()
+            })
+        })
+        .collect();
+    let mut closed = 0;
+    for task in tasks {
+        if task.await.unwrap_or(false) {
+            closed += 1;
+        }
+    }
+    closed
 }
 
 /// The number after `"key":` (an optional space allowed) in a frame.
