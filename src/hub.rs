@@ -63,6 +63,11 @@ struct State {
 #[derive(Debug)]
 enum Subscribers {
     One(SessionId),
+    // Boxed so the index's entries stay small: most topics never need the set.
+    #[expect(
+        clippy::box_collection,
+        reason = "keeps one-subscriber index entries small"
+    )]
     Many(Box<HashSet<SessionId>>),
 }
 
