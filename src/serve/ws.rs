@@ -158,11 +158,13 @@ impl Session {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
-            // A client that stopped reading may never take the close frame.
-            let _ = tokio::time::timeout(
+            // A client that stopped reading may never take the close frame. Boxed, like
+            // every write below: a write's future (its timeout's timer, the socket's
+            // sink) would otherwise size every idle session's task.
+            let _ = Box::pin(tokio::time::timeout(
                 Duration::from_secs(1),
                 self.socket.send(Message::Close(Some(frame))),
-            )
+            ))
             .await;
         }
         tracing::debug!(session = self.member.id(), "session ended");
@@ -202,7 +204,7 @@ impl Session {
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let refusal = Refusal { code: ErrorCode::BadRequest, message: "messages must be JSON text frames".into() };
-                            if self.refuse(&refusal).await.is_err() {
+                            if Box::pin(self.refuse(&refusal)).await.is_err() {
                                 return End::Gone;
                             }
                         }
@@ -211,7 +213,7 @@ impl Session {
                 }
                 event = self.member.events.recv() => match event {
                     Some(event) => {
-                        if let Err(end) = self.deliver(event).await {
+                        if let Err(end) = Box::pin(self.deliver(event)).await {
                             return end;
                         }
                     }
@@ -229,7 +231,7 @@ impl Session {
                     if last_seen.elapsed() > interval * 2 {
                         return End::Close(close::GOING_AWAY, "no answer to ping");
                     }
-                    if let Err(end) = self.write(Message::Ping(Default::default())).await {
+                    if let Err(end) = Box::pin(self.write(Message::Ping(Default::default()))).await {
                         return end;
                     }
                 }
