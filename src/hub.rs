@@ -10,8 +10,8 @@
 //! Nobody else waits for it.
 //!
 //! Memory: an idle session costs the hub one index entry per topic, the topic's name
-//! (shared by the index and the session as an `Arc<str>`) and an empty queue, which holds
-//! no buffer until events arrive.
+//! (shared by the index and the session as an `Arc<str>`) and its queue, which holds no
+//! buffer until the first event.
 //!
 //! Replay: a session that resumes with `since` subscribes in *replaying* mode. The hub
 //! then only advances its head past the session; the session reads the log up to the
@@ -346,8 +346,8 @@ fn unindex(by_topic: &mut HashMap<Arc<str>, Subscribers>, id: SessionId, topics:
 /// A session's queue of events, read by the session: bounded, filled by the hub.
 ///
 /// Lighter than a channel for the common case of an idle session: one small shared
-/// allocation, and a buffer only while events are waiting (at most the capacity given
-/// to [`Hub::join`]). It ends when the hub drops its side.
+/// allocation, and no buffer until the first event (then one that holds at most the
+/// capacity given to [`Hub::join`]). It ends when the hub drops its side.
 #[derive(Debug)]
 pub struct Events {
     shared: Arc<Mutex<Queue>>,
