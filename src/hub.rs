@@ -4,10 +4,14 @@
 //! serialised once and shared (`Arc`) by every session that receives it. A session
 //! receives an event at most once, however many of its topics match.
 //!
-//! Back-pressure: every session has a bounded queue. When a live session's queue is full
-//! the hub drops the session's sender: the session drains what it has, sees the end of
-//! its queue and closes with 4000 ("too slow"); the client resumes with `since`. Nobody
-//! else waits for it.
+//! Back-pressure: every session has a bounded queue ([`Events`]). When a live session's
+//! queue is full the hub drops the session's sender: the session drains what it has, sees
+//! the end of its queue and closes with 4000 ("too slow"); the client resumes with `since`.
+//! Nobody else waits for it.
+//!
+//! Memory: an idle session costs the hub one index entry per topic, the topic's name
+//! (shared by the index and the session as an `Arc<str>`) and its queue, which holds no
+//! buffer until the first event.
 //!
 //! Replay: a session that resumes with `since` subscribes in *replaying* mode. The hub
 //! then only advances its head past the session; the session reads the log up to the
@@ -15,12 +19,13 @@
 //! the head has not moved since the session's last read, so the last replayed position
 //! and the first live one are adjacent: nothing is missed and nothing doubled.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
 
 /// An event ready to send: its position, its topics and its serialised frame.
 #[derive(Debug)]
@@ -50,14 +55,60 @@ pub struct Hub {
 struct State {
     /// Last position published (the tailer's cursor).
     head: i64,
-    by_topic: HashMap<String, HashSet<SessionId>>,
+    by_topic: HashMap<Arc<str>, Subscribers>,
     sessions: HashMap<SessionId, Sub>,
+}
+
+/// The sessions subscribed to one topic. Most topics (`user:7`) have one.
+#[derive(Debug)]
+enum Subscribers {
+    One(SessionId),
+    // Boxed so the index's entries stay small: most topics never need the set.
+    #[expect(
+        clippy::box_collection,
+        reason = "keeps one-subscriber index entries small"
+    )]
+    Many(Box<HashSet<SessionId>>),
+}
+
+impl Subscribers {
+    fn insert(&mut self, id: SessionId) {
+        match self {
+            Subscribers::One(one) if *one == id => {}
+            Subscribers::One(one) => {
+                *self = Subscribers::Many(Box::new(HashSet::from([*one, id])));
+            }
+            Subscribers::Many(ids) => {
+                ids.insert(id);
+            }
+        }
+    }
+
+    /// Removes `id`; returns whether nobody is left.
+    fn remove(&mut self, id: SessionId) -> bool {
+        match self {
+            Subscribers::One(one) => *one == id,
+            Subscribers::Many(ids) => {
+                ids.remove(&id);
+                ids.is_empty()
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = SessionId> + '_ {
+        let (one, many) = match self {
+            Subscribers::One(one) => (Some(*one), None),
+            Subscribers::Many(ids) => (None, Some(ids.iter().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 #[derive(Debug)]
 struct Sub {
-    tx: mpsc::Sender<Arc<Published>>,
-    topics: HashSet<String>,
+    tx: Sender,
+    /// The session's topics, few in general: a vector sized to fit.
+    topics: Vec<Arc<str>>,
     /// Last position queued to this session (one delivery per event).
     last: i64,
     replaying: bool,
@@ -70,7 +121,7 @@ pub struct Membership {
     hub: Arc<Hub>,
     /// Events for this session, in position order. Ends (`None`) when the hub dropped
     /// the session for being too slow.
-    pub events: mpsc::Receiver<Arc<Published>>,
+    pub events: Events,
 }
 
 impl Membership {
@@ -136,12 +187,12 @@ impl Hub {
     /// Adds a session with a queue of `capacity` events.
     pub fn join(self: &Arc<Self>, capacity: usize) -> Membership {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, events) = mpsc::channel(capacity.max(1));
+        let (tx, events) = queue(capacity.max(1));
         self.lock().sessions.insert(
             id,
             Sub {
                 tx,
-                topics: HashSet::new(),
+                topics: Vec::new(),
                 last: 0,
                 replaying: false,
             },
@@ -166,7 +217,8 @@ impl Hub {
     /// Returns `None` if the session was dropped for being too slow.
     pub fn subscribe<I>(&self, id: SessionId, topics: I, replay: bool) -> Option<i64>
     where
-        I: IntoIterator<Item = String>,
+        I: IntoIterator,
+        I::Item: Into<Arc<str>>,
     {
         let mut guard = self.lock();
         let State {
@@ -177,25 +229,34 @@ impl Hub {
         let sub = sessions.get_mut(&id)?;
         sub.replaying |= replay;
         for topic in topics {
-            if sub.topics.insert(topic.clone()) {
-                by_topic.entry(topic).or_default().insert(id);
+            let topic: Arc<str> = topic.into();
+            if sub.topics.contains(&topic) {
+                continue;
             }
+            match by_topic.get_mut(&topic) {
+                Some(ids) => ids.insert(id),
+                None => {
+                    by_topic.insert(topic.clone(), Subscribers::One(id));
+                }
+            }
+            sub.topics.reserve_exact(1);
+            sub.topics.push(topic);
         }
         Some(*head)
     }
 
     /// Removes topics from a session.
-    pub fn unsubscribe(&self, id: SessionId, topics: &[String]) {
+    pub fn unsubscribe<T: AsRef<str>>(&self, id: SessionId, topics: &[T]) {
         let mut guard = self.lock();
         let State {
             by_topic, sessions, ..
         } = &mut *guard;
         if let Some(sub) = sessions.get_mut(&id) {
-            let removed: HashSet<String> = topics
-                .iter()
-                .filter(|t| sub.topics.remove(*t))
-                .cloned()
-                .collect();
+            let (removed, kept): (Vec<Arc<str>>, Vec<Arc<str>>) = std::mem::take(&mut sub.topics)
+                .into_iter()
+                .partition(|t| topics.iter().any(|u| u.as_ref() == &**t));
+            sub.topics = kept;
+            sub.topics.shrink_to_fit();
             unindex(by_topic, id, &removed);
         }
     }
@@ -244,19 +305,19 @@ impl Hub {
         let mut dropped = Vec::new();
         for event in events {
             for topic in &event.topics {
-                let Some(ids) = by_topic.get(topic) else {
+                let Some(ids) = by_topic.get(topic.as_str()) else {
                     continue;
                 };
-                for id in ids {
-                    let Some(sub) = sessions.get_mut(id) else {
+                for id in ids.iter() {
+                    let Some(sub) = sessions.get_mut(&id) else {
                         continue;
                     };
                     if sub.replaying || sub.last >= event.pos {
                         continue;
                     }
                     sub.last = event.pos;
-                    if sub.tx.try_send(event.clone()).is_err() {
-                        dropped.push(*id);
+                    if !sub.tx.try_send(event.clone()) {
+                        dropped.push(id);
                     }
                 }
             }
@@ -272,18 +333,143 @@ impl Hub {
     }
 }
 
-fn unindex(
-    by_topic: &mut HashMap<String, HashSet<SessionId>>,
-    id: SessionId,
-    topics: &HashSet<String>,
-) {
+fn unindex(by_topic: &mut HashMap<Arc<str>, Subscribers>, id: SessionId, topics: &[Arc<str>]) {
     for topic in topics {
-        if let Some(ids) = by_topic.get_mut(topic) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                by_topic.remove(topic);
-            }
+        if let Some(ids) = by_topic.get_mut(topic)
+            && ids.remove(id)
+        {
+            by_topic.remove(topic);
         }
+    }
+}
+
+/// A session's queue of events, read by the session: bounded, filled by the hub.
+///
+/// Lighter than a channel for the common case of an idle session: one small shared
+/// allocation, and no buffer until the first event (then one that holds at most the
+/// capacity given to [`Hub::join`]). It ends when the hub drops its side.
+#[derive(Debug)]
+pub struct Events {
+    shared: Arc<Mutex<Queue>>,
+}
+
+/// Why [`Events::try_recv`] returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing queued right now.
+    Empty,
+    /// Nothing queued, and the hub dropped the session: nothing more will come.
+    Disconnected,
+}
+
+/// The hub's side of a session's queue.
+#[derive(Debug)]
+struct Sender {
+    shared: Arc<Mutex<Queue>>,
+}
+
+#[derive(Debug)]
+struct Queue {
+    items: VecDeque<Arc<Published>>,
+    capacity: usize,
+    /// The hub still holds the session's sender.
+    sending: bool,
+    /// The session still holds its [`Events`].
+    receiving: bool,
+    waker: Option<Waker>,
+}
+
+fn queue(capacity: usize) -> (Sender, Events) {
+    let shared = Arc::new(Mutex::new(Queue {
+        items: VecDeque::new(),
+        capacity,
+        sending: true,
+        receiving: true,
+        waker: None,
+    }));
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Events { shared },
+    )
+}
+
+fn lock_queue(shared: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Sender {
+    /// Queues `event`; `false` if the queue is full or the session is gone.
+    fn try_send(&self, event: Arc<Published>) -> bool {
+        let mut queue = lock_queue(&self.shared);
+        if !queue.receiving || queue.items.len() >= queue.capacity {
+            return false;
+        }
+        queue.items.push_back(event);
+        let waker = queue.waker.take();
+        drop(queue);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let mut queue = lock_queue(&self.shared);
+        queue.sending = false;
+        let waker = queue.waker.take();
+        drop(queue);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+impl Events {
+    /// The next event; `None` once the queue is empty and the hub dropped the session.
+    /// Cancel-safe: an event is only taken when it is returned.
+    pub async fn recv(&mut self) -> Option<Arc<Published>> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next event (see [`Events::recv`]).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Published>>> {
+        let mut queue = lock_queue(&self.shared);
+        if let Some(event) = queue.items.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        if !queue.sending {
+            return Poll::Ready(None);
+        }
+        match &mut queue.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Result<Arc<Published>, TryRecvError> {
+        let mut queue = lock_queue(&self.shared);
+        match queue.items.pop_front() {
+            Some(event) => Ok(event),
+            None if queue.sending => Err(TryRecvError::Empty),
+            None => Err(TryRecvError::Disconnected),
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let mut queue = lock_queue(&self.shared);
+        queue.receiving = false;
+        queue.items = VecDeque::new();
+        queue.waker = None;
     }
 }
 
@@ -351,7 +537,7 @@ mod tests {
         assert_eq!(slow.events.try_recv().unwrap().pos, 1);
         assert!(matches!(
             slow.events.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected)
+            Err(TryRecvError::Disconnected)
         ));
         for pos in 1..=3 {
             assert_eq!(fast.events.try_recv().unwrap().pos, pos);
@@ -387,10 +573,52 @@ mod tests {
         for m in [&mut a, &mut b] {
             assert!(matches!(
                 m.events.try_recv(),
-                Err(mpsc::error::TryRecvError::Disconnected)
+                Err(TryRecvError::Disconnected)
             ));
         }
         assert_eq!((hub.sessions(), hub.topics()), (0, 0));
+    }
+
+    #[test]
+    fn a_topic_shared_by_sessions_stays_indexed_until_the_last_leaves() {
+        let hub = Hub::new(0);
+        let mut a = hub.join(8);
+        let b = hub.join(8);
+        hub.subscribe(a.id(), topics(&["x"]), false);
+        hub.subscribe(b.id(), topics(&["x"]), false);
+        drop(b);
+        assert_eq!(hub.topics(), 1);
+        hub.publish(&[event(1, &["x"])], 0);
+        assert_eq!(a.events.try_recv().unwrap().pos, 1);
+        hub.unsubscribe(a.id(), &["x"]);
+        assert_eq!(hub.topics(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_session_wakes_when_an_event_is_queued() {
+        let hub = Hub::new(0);
+        let mut m = hub.join(8);
+        hub.subscribe(m.id(), topics(&["x"]), false);
+        let publisher = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                hub.publish(&[event(1, &["x"])], 0);
+            })
+        };
+        let received = tokio::time::timeout(std::time::Duration::from_secs(5), m.events.recv())
+            .await
+            .expect("woken within the timeout");
+        assert_eq!(received.map(|e| e.pos), Some(1));
+        publisher.await.unwrap();
+    }
+
+    #[test]
+    fn a_queue_whose_reader_is_gone_refuses_events() {
+        let (tx, events) = queue(8);
+        assert!(tx.try_send(event(1, &["x"])));
+        drop(events);
+        assert!(!tx.try_send(event(2, &["x"])));
     }
 
     #[test]

@@ -119,8 +119,9 @@ struct Session {
     socket: WebSocket,
     member: Membership,
     principal: Principal,
-    /// Subscribed topics, to re-check when the token is refreshed.
-    subscribed: Vec<String>,
+    /// Subscribed topics, to re-check when the token is refreshed (the names are shared
+    /// with the hub's index).
+    subscribed: Vec<Arc<str>>,
     rate: RateLimit,
     _permit: Permit,
     /// Last position sent; anything at or below it is not sent again.
@@ -157,11 +158,13 @@ impl Session {
                 code,
                 reason: Utf8Bytes::from_static(reason),
             };
-            // A client that stopped reading may never take the close frame.
-            let _ = tokio::time::timeout(
+            // A client that stopped reading may never take the close frame. Boxed, like
+            // every write below: a write's future (its timeout's timer, the socket's
+            // sink) would otherwise size every idle session's task.
+            let _ = Box::pin(tokio::time::timeout(
                 Duration::from_secs(1),
                 self.socket.send(Message::Close(Some(frame))),
-            )
+            ))
             .await;
         }
         tracing::debug!(session = self.member.id(), "session ended");
@@ -169,14 +172,24 @@ impl Session {
 
     async fn serve(&mut self) -> End {
         let interval = self.ctx.session.ping_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        let mut next_ping = Instant::now() + interval;
+        // One timer, kept in the task, for both the next ping and the token's expiry:
+        // timers are a large part of an idle session's memory.
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
         let mut last_seen = Instant::now();
         loop {
             let expiry = expiry_of(&self.principal);
+            if Instant::now() >= expiry {
+                return End::Close(close::TOKEN_EXPIRED, "token expired");
+            }
+            let due = next_ping.min(expiry);
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
-                _ = tokio::time::sleep_until(expiry) => return End::Close(close::TOKEN_EXPIRED, "token expired"),
                 incoming = self.socket.recv() => {
                     last_seen = Instant::now();
                     match incoming {
@@ -191,7 +204,7 @@ impl Session {
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let refusal = Refusal { code: ErrorCode::BadRequest, message: "messages must be JSON text frames".into() };
-                            if self.refuse(&refusal).await.is_err() {
+                            if Box::pin(self.refuse(&refusal)).await.is_err() {
                                 return End::Gone;
                             }
                         }
@@ -200,17 +213,25 @@ impl Session {
                 }
                 event = self.member.events.recv() => match event {
                     Some(event) => {
-                        if let Err(end) = self.deliver(event).await {
+                        if let Err(end) = Box::pin(self.deliver(event)).await {
                             return end;
                         }
                     }
                     None => return End::Close(close::TOO_SLOW, "too slow: resume with since"),
                 },
-                _ = ping.tick() => {
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= expiry {
+                        return End::Close(close::TOKEN_EXPIRED, "token expired");
+                    }
+                    if now < next_ping {
+                        continue;
+                    }
+                    next_ping += interval;
                     if last_seen.elapsed() > interval * 2 {
                         return End::Close(close::GOING_AWAY, "no answer to ping");
                     }
-                    if let Err(end) = self.write(Message::Ping(Default::default())).await {
+                    if let Err(end) = Box::pin(self.write(Message::Ping(Default::default()))).await {
                         return end;
                     }
                 }
@@ -283,7 +304,9 @@ impl Session {
             Ok(Incoming::Subscribe { topics, since }) => self.subscribe(topics, since).await,
             Ok(Incoming::Unsubscribe { topics }) => {
                 self.ctx.hub.unsubscribe(self.member.id(), &topics);
-                self.subscribed.retain(|t| !topics.contains(t));
+                self.subscribed
+                    .retain(|t| !topics.iter().any(|u| **u == **t));
+                self.subscribed.shrink_to_fit();
                 self.send_json(&Outgoing::Unsubscribed { topics: &topics })
                     .await
             }
@@ -307,7 +330,7 @@ impl Session {
                     message: format!("topic {topic} is not allowed for this token"),
                 };
                 self.refuse(&refusal).await?;
-            } else if self.subscribed.contains(&topic) {
+            } else if self.subscribed.iter().any(|t| **t == *topic) {
                 continue;
             } else if self.subscribed.len() + accepted.len() >= self.ctx.session.max_topics {
                 let refusal = Refusal {
@@ -334,14 +357,16 @@ impl Session {
             }
             None => None,
         };
+        let shared: Vec<Arc<str>> = accepted.iter().map(|t| Arc::from(t.as_str())).collect();
         let Some(head) =
             self.ctx
                 .hub
-                .subscribe(self.member.id(), accepted.iter().cloned(), replay.is_some())
+                .subscribe(self.member.id(), shared.iter().cloned(), replay.is_some())
         else {
             return Err(End::Close(close::TOO_SLOW, "too slow: resume with since"));
         };
-        self.subscribed.extend(accepted.iter().cloned());
+        self.subscribed.reserve_exact(shared.len());
+        self.subscribed.extend(shared);
         self.send_json(&Outgoing::Subscribed {
             topics: &accepted,
             head,
@@ -381,10 +406,11 @@ impl Session {
                 ));
             }
         };
-        let (kept, dropped): (Vec<String>, Vec<String>) = std::mem::take(&mut self.subscribed)
+        let (kept, dropped): (Vec<Arc<str>>, Vec<Arc<str>>) = std::mem::take(&mut self.subscribed)
             .into_iter()
             .partition(|t| principal.allows(t));
         self.subscribed = kept;
+        self.subscribed.shrink_to_fit();
         self.principal = principal;
         if !dropped.is_empty() {
             self.ctx.hub.unsubscribe(self.member.id(), &dropped);
