@@ -123,8 +123,19 @@ struct Common {
 
 impl Common {
     fn url(&self) -> String {
-        format!("{} dbname={}", self.server, self.database)
+        with_dbname(&self.server, &self.database)
     }
+}
+
+/// `server` (a `postgres://` URL or `key=value` settings) with its database set to `db`.
+fn with_dbname(server: &str, db: &str) -> String {
+    let Some(scheme_end) = server.find("://") else {
+        return format!("{server} dbname={db}");
+    };
+    let rest = &server[scheme_end + 3..];
+    let (before_query, query) = rest.split_at(rest.find('?').unwrap_or(rest.len()));
+    let authority = before_query.split('/').next().unwrap_or_default();
+    format!("{}://{authority}/{db}{query}", &server[..scheme_end])
 }
 
 fn main() -> anyhow::Result<()> {
@@ -285,7 +296,7 @@ impl Env {
         if !matches!(common.wake.as_str(), "notify" | "poll") {
             bail!("--wake must be notify or poll");
         }
-        let admin = connect(&format!("{} dbname=postgres", common.server)).await?;
+        let admin = connect(&with_dbname(&common.server, "postgres")).await?;
         for sql in [
             format!("drop database if exists {} with (force)", common.database),
             format!("create database {}", common.database),
