@@ -4,11 +4,11 @@
 -- Version 1 looked up the table's registration, computed the event's topics and the old
 -- values of the changed columns there (about 95 µs a row on a 2-core machine). Now the
 -- trigger gets everything it needs from its own arguments (written by rowcast.watch()),
--- stores the row (and, for an UPDATE, the previous values of the changed columns) and
--- nothing else; the sequencer computes the topics, in one background statement per
--- batch, from the stored row and the table's routing, which is kept as an immutable row
--- of rowcast.routings so that an event is routed as it was captured however the table is
--- watched later. BENCHMARKS.md has the measurements.
+-- stores the row (and, for an UPDATE, the previous row, trimmed to its changed columns
+-- only when it is large) and nothing else; the sequencer computes the topics, in one
+-- background statement per batch, from the stored row and the table's routing, which is
+-- kept as an immutable row of rowcast.routings so that an event is routed as it was
+-- captured however the table is watched later. BENCHMARKS.md has the measurements.
 --
 -- Events captured by version 1 keep the topics they were stored with.
 
@@ -55,6 +55,8 @@ alter table rowcast.log alter column txid set not null;
 alter table rowcast.events drop constraint events_pkey;
 drop index rowcast.events_txid;
 alter table rowcast.events add primary key (txid, id);
+comment on column rowcast.events.old is
+    'UPDATE only: the previous row minus excluded columns; over 1 kB only its changed columns. The changed columns are the entries that differ from data';
 comment on column rowcast.events.topics is
     'topics computed at capture (version 1 events); null when the sequencer computes them from routing_id';
 
@@ -111,8 +113,8 @@ $$;
 -- The capture trigger. Runs in the writer's transaction and does only what must happen
 -- there: it stores the row as jsonb (so a write never fails because of a payload size
 -- and never waits on the notifier), minus the excluded columns, and for an UPDATE the
--- previous values of the changed columns (an UPDATE that changed nothing visible stores
--- nothing). Everything else comes from its arguments, written by rowcast.arm():
+-- previous row, trimmed to the changed columns when it is large (an UPDATE that changed
+-- nothing visible stores nothing). Everything else comes from its arguments, written by rowcast.arm():
 --   tg_argv[0] the table's oid          tg_argv[3] mapping id ('' for none)
 --   tg_argv[1] the table's name         tg_argv[4] wake mode: 'notify' or 'poll'
 --   tg_argv[2] routing id               tg_argv[5:] excluded columns
@@ -136,13 +138,17 @@ begin
             new_row := new_row - tg_argv[5:];
             old_row := old_row - tg_argv[5:];
         end if;
-        -- The old row minus the columns that kept their value. Keys come from a set-
-        -- returning function in the select list (no tuplestore per row, unlike
-        -- jsonb_each in from), and `-` is one C call.
-        old_row := old_row - array(select s.k from (select jsonb_object_keys(old_row) as k) s
-                                   where new_row -> s.k is not distinct from old_row -> s.k);
-        if old_row = '{}' then
+        if new_row = old_row then
             return null;  -- nothing visible changed: no event
+        end if;
+        -- A large old row is trimmed to the columns that changed, so the log does not
+        -- hold wide rows twice. A small one is stored whole: finding its changed columns
+        -- takes a subquery (a whole executor run, about 15 µs of the writer's CPU), and
+        -- readers do it instead (the service keeps the entries of `old` that differ from
+        -- `data`, which leaves an already trimmed `old` as it is).
+        if pg_column_size(old_row) > 1024 then
+            old_row := old_row - array(select s.k from (select jsonb_object_keys(old_row) as k) s
+                                       where new_row -> s.k is not distinct from old_row -> s.k);
         end if;
     elsif tg_op = 'INSERT' then
         new_row := to_jsonb(new);

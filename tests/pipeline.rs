@@ -178,6 +178,64 @@ async fn a_100_kb_row_is_delivered_whole() {
 }
 
 #[tokio::test]
+async fn an_update_carries_the_previous_values_of_the_changed_columns_of_small_and_large_rows() {
+    let db = TestDb::migrated().await;
+    let writer = db.client().await;
+    writer
+        .batch_execute(
+            "create table docs (id int primary key, body text, status text);
+             select rowcast.watch('docs');",
+        )
+        .await
+        .unwrap();
+    let app = TestApp::start(&db).await;
+    let mut ws = app.ws().await;
+    ws.subscribe(&["docs"], None).await;
+    let large = "x".repeat(4000);
+    writer
+        .execute(
+            "insert into docs values (1, 'short', 'a'), (2, $1, 'a')",
+            &[&large],
+        )
+        .await
+        .unwrap();
+    writer
+        .batch_execute(
+            "update docs set status = 'b' where id = 1;
+             update docs set status = 'b' where id = 2;
+             update docs set body = 'now short', status = 'c' where id = 2;",
+        )
+        .await
+        .unwrap();
+
+    let events = ws.events(5).await;
+    assert_eq!(events[2]["old"], json!({"status": "a"}));
+    assert_eq!(events[3]["old"], json!({"status": "a"}));
+    assert_eq!(events[4]["old"], json!({"body": large, "status": "b"}));
+    assert_eq!(events[4]["data"]["body"], "now short");
+    // Stored: the small row's old row whole, the large one's trimmed to its changes.
+    let stored: Vec<Vec<String>> = writer
+        .query(
+            "select array(select jsonb_object_keys(old) order by 1) from rowcast.events \
+             where op = 'UPDATE' order by id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            vec!["body".to_string(), "id".into(), "status".into()],
+            vec!["status".to_string()],
+            vec!["body".to_string(), "status".into()],
+        ]
+    );
+}
+
+#[tokio::test]
 async fn writes_while_the_service_is_stopped_are_delivered_after_it_starts() {
     let db = TestDb::demo().await;
     let writer = db.client().await;

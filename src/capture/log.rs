@@ -7,6 +7,7 @@
 use serde_json::value::RawValue;
 use tokio_postgres::{Client, Row, Statement};
 
+use crate::capture::changed::changed_columns;
 use crate::db::DbError;
 
 /// What happened to the row.
@@ -53,7 +54,7 @@ pub struct Change {
     pub table: String,
     /// What happened.
     pub op: Op,
-    /// Every topic the event is published on, computed by the trigger.
+    /// Every topic the event is published on (computed when it was sequenced).
     pub topics: Vec<String>,
     /// Time of the change, RFC 3339 in UTC with milliseconds.
     pub ts: String,
@@ -162,14 +163,25 @@ fn change_from_row(row: &Row) -> Result<Change, MalformedRow> {
             .transpose()
             .map_err(|err| bad(format!("column {idx} is not JSON: {err}")))
     };
+    let data = raw(5)?;
+    let mut old = raw(6)?;
+    // The trigger may have stored the whole old row (see `changed`).
+    if op == Op::Update
+        && let (Some(new), Some(prev)) = (&data, &old)
+    {
+        old = Some(
+            changed_columns(new, prev)
+                .ok_or_else(|| bad("an UPDATE's data and old are not both objects".into()))?,
+        );
+    }
     Ok(Change {
         pos,
         table: row.get(1),
         op,
         topics: row.get(3),
         ts: row.get(4),
-        data: raw(5)?,
-        old: raw(6)?,
+        data,
+        old,
         mapping_id: row.get(7),
     })
 }

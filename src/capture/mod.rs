@@ -2,9 +2,11 @@
 //!
 //! The capture trigger (SQL, in `migrations/`) writes `rowcast.events` in the writer's
 //! transaction; the [`sequencer`] gives committed events positions in `rowcast.log`;
-//! the [`tail`]er follows the log and hands events to the hub; [`log`] reads it;
-//! [`prune`] deletes what retention no longer keeps.
+//! the [`tail`]er follows the log and hands events to the hub; [`log`] reads it (and
+//! [`changed`] keeps an UPDATE's changed columns); [`prune`] deletes what retention no
+//! longer keeps.
 
+pub mod changed;
 pub mod log;
 pub mod prune;
 pub mod sequencer;
