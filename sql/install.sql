@@ -1112,15 +1112,14 @@ begin
 
     -- The event row is inserted before the flag is read: the sequencer's re-check relies
     -- on a writer that saw the flag set being in progress (holding a transaction id)
-    -- from then on. The read takes no lock; `is not true` also covers a missing flag
-    -- row. Outside read committed the read may be stale: request_wake() decides. The
-    -- two tests are nested: an expression with a subquery is run by a whole executor,
-    -- which 'poll' tables must not pay for.
-    if tg_argv[4] = 'notify' then
-        if (select f.pending from rowcast.wake f) is not true
-           or current_setting('transaction_isolation') <> 'read committed' then
-            perform rowcast.request_wake();
-        end if;
+    -- from then on. The writer reads the flag's hint (rowcast.wake_hint): a function
+    -- call, where reading the flag row is a query, a whole executor run per row. Set, it
+    -- means a wake-up is under way; clear, request_wake() decides on the flag row itself.
+    -- Outside read committed request_wake() always decides.
+    if tg_argv[4] = 'notify'
+       and (pg_sequence_last_value('rowcast.wake_hint'::regclass) is null
+            or current_setting('transaction_isolation') <> 'read committed') then
+        perform rowcast.request_wake();
     end if;
     return null;
 end
@@ -1141,6 +1140,62 @@ begin
         perform rowcast.request_wake();
     end if;
     return null;
+end
+$$;
+
+-- The wake-up flag's hint, for writers: a sequence, whose state a writer reads with a
+-- function call instead of a query on rowcast.wake. `is_called` true (last value 1)
+-- means a wake-up is under way; false (no last value) means ask the flag. It is not
+-- transactional: request_wake() sets it when it sets the flag, rearm() clears it when
+-- the flag is clear. A hint left set by a writer that set the flag and then rolled back
+-- makes writers skip their NOTIFY until the sequencer's next round (its fallback timer
+-- at most), the same bound as for the writers that found that writer's row lock.
+create sequence rowcast.wake_hint minvalue 1 maxvalue 2;
+select pg_catalog.setval('rowcast.wake_hint', 1, false);
+
+create or replace function rowcast.request_wake() returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed'
+       or not exists (select from rowcast.wake) then
+        -- Outside read committed, or the flag row is gone (a crash emptied the unlogged
+        -- table and no sequencer has re-seeded it yet): wake the sequencer every time.
+        perform rowcast.notify_wake();
+        return;
+    end if;
+    perform from rowcast.wake where singleton and not pending for update skip locked;
+    if found then
+        update rowcast.wake set pending = true where singleton;
+        perform setval('rowcast.wake_hint', 1, true);
+        perform rowcast.notify_wake();
+    end if;
+end
+$$;
+
+create or replace function rowcast.rearm() returns boolean
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not exists (select from rowcast.wake) then
+        insert into rowcast.wake (pending) values (false) on conflict do nothing;
+    end if;
+    perform from rowcast.wake where singleton and pending for update skip locked;
+    if not found and exists (select from rowcast.wake where pending) then
+        return false;  -- set, and locked by someone else: leave both as they are
+    end if;
+    if found then
+        update rowcast.wake set pending = false where singleton;
+    end if;
+    -- The flag is clear (as of this transaction's commit): so is the hint.
+    if pg_sequence_last_value('rowcast.wake_hint') is not null then
+        perform setval('rowcast.wake_hint', 1, false);
+    end if;
+    return true;
 end
 $$;
 
@@ -1587,5 +1642,5 @@ $$;
 
 revoke execute on function rowcast.topics_of(rowcast.routings, text, jsonb, jsonb), rowcast.arm(regclass) from public;
 
-insert into rowcast.schema_history (version, name, applied_on, checksum) values (2, 'lean_capture', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '967182276974315516');
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (2, 'lean_capture', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '5914876680194461999');
 commit;

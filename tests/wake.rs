@@ -272,3 +272,83 @@ async fn a_repeatable_read_writer_wakes_the_sequencer_even_when_the_flag_is_set(
             .is_err()
     );
 }
+
+/// Whether the flag's hint (the sequence writers read instead of the flag row) is set.
+async fn hint(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one(
+            "select pg_sequence_last_value('rowcast.wake_hint') is not null",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn the_hint_follows_the_flag_and_a_hint_left_by_a_rolled_back_writer_is_cleared_by_the_next_round()
+ {
+    let db = TestDb::migrated().await;
+    watched_items(&db).await;
+    let admin = db.client().await;
+    let listener = rowcast::db::Listener::connect(
+        &rowcast::db::pg_config(&db.url).unwrap(),
+        &["rowcast_wake"],
+    )
+    .await
+    .unwrap();
+    assert!(!hint(&admin).await);
+    // The first writer sets the flag and the hint; the next one reads the hint and
+    // sends nothing.
+    admin
+        .batch_execute("insert into items (v) values (1)")
+        .await
+        .unwrap();
+    timeout(WAIT, listener.notified()).await.unwrap();
+    assert_eq!(pending(&admin).await, Some(true));
+    assert!(hint(&admin).await);
+    admin
+        .batch_execute("insert into items (v) values (2)")
+        .await
+        .unwrap();
+    assert!(
+        timeout(Duration::from_millis(300), listener.notified())
+            .await
+            .is_err()
+    );
+
+    // A round clears both.
+    let app = TestApp::start_with(slow_fallback(&db)).await;
+    sequenced_within(&admin, 2, WAIT).await;
+    let deadline = Instant::now() + WAIT;
+    while pending(&admin).await != Some(false) || hint(&admin).await {
+        assert!(
+            Instant::now() < deadline,
+            "the round left the flag or hint set"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    app.stop().await;
+
+    // A writer that sets both and rolls back leaves the hint set (it is not
+    // transactional) but not the flag; the sequencer's next round clears the hint.
+    admin
+        .batch_execute("begin; insert into items (v) values (3); rollback;")
+        .await
+        .unwrap();
+    assert_eq!(pending(&admin).await, Some(false));
+    assert!(hint(&admin).await);
+    let app = TestApp::start_with(slow_fallback(&db)).await;
+    let deadline = Instant::now() + WAIT;
+    while hint(&admin).await {
+        assert!(Instant::now() < deadline, "the round left the hint set");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // And the next writer wakes the sequencer again.
+    admin
+        .batch_execute("insert into items (v) values (4)")
+        .await
+        .unwrap();
+    sequenced_within(&admin, 3, WAIT).await;
+    app.stop().await;
+}

@@ -25,14 +25,18 @@
 //! `notify` tables do not send one each. They share a one-row unlogged flag,
 //! `rowcast.wake`:
 //!
-//! - a writer inserts its event, then reads the flag *without a lock*. Set: it does
-//!   nothing more. Clear: it tries to take the row with `for update skip locked`; if it
-//!   gets it, it sets the flag and NOTIFYs (on commit); if the row is locked (another
-//!   writer just set it and has not committed, or the sequencer is clearing it) it goes
-//!   on without. No writer ever waits on the flag.
-//! - before every batch the sequencer clears the flag, in a transaction of its own that
-//!   commits before the batch's snapshot is taken (`rowcast.rearm()`, pipelined with the
-//!   batch: one round trip), so the first writer after that read sends the next NOTIFY.
+//! - a writer inserts its event, then reads the flag's hint, a sequence
+//!   (`rowcast.wake_hint`, read by a function call, so no query and no lock). Set: it
+//!   does nothing more. Clear: it tries to take the flag row with `for update skip
+//!   locked`; if it gets it and the flag is clear, it sets the flag and the hint and
+//!   NOTIFYs (on commit); if the row is locked (another writer just set it and has not
+//!   committed, or the sequencer is clearing it) or already set, it goes on without. No
+//!   writer ever waits on the flag. The hint is not transactional: one left set by a
+//!   writer that then rolled back is cleared by the next round, like the flag.
+//! - before every batch the sequencer clears the flag and the hint, in a transaction of
+//!   its own that commits before the batch's snapshot is taken (`rowcast.rearm()`,
+//!   pipelined with the batch: one round trip), so the first writer after that read
+//!   sends the next NOTIFY.
 //!
 //! The race: a writer that saw the flag set before the clear, and commits after the
 //! batch's snapshot, sends no NOTIFY and is not in the batch. Such a writer was in
