@@ -518,15 +518,7 @@ async fn open_subscribed(addr: SocketAddr, topics: &[String]) -> anyhow::Result<
             )
             .await
             .context("websocket connect timed out")??;
-            let message = serde_json::json!({"type": "subscribe", "topics": [topic]});
-            ws.send(Message::text(message.to_string())).await?;
-            loop {
-                match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-                    Ok(Some(Ok(Message::Text(text)))) if text.contains("\"subscribed\"") => break,
-                    Ok(Some(Ok(_))) => continue,
-                    other => bail!("no subscribed reply: {other:?}"),
-                }
-            }
+            subscribe(&mut ws, &topic).await?;
             anyhow::Ok(ws)
         }));
     }
@@ -535,6 +527,19 @@ async fn open_subscribed(addr: SocketAddr, topics: &[String]) -> anyhow::Result<
         sockets.push(task.await??);
     }
     Ok(sockets)
+}
+
+/// Subscribes `ws` to `topic` and waits for the `subscribed` reply.
+async fn subscribe(ws: &mut Ws, topic: &str) -> anyhow::Result<()> {
+    let message = serde_json::json!({"type": "subscribe", "topics": [topic]});
+    ws.send(Message::text(message.to_string())).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.contains("\"subscribed\"") => return Ok(()),
+            Ok(Some(Ok(_))) => continue,
+            other => bail!("no subscribed reply: {other:?}"),
+        }
+    }
 }
 
 /// Opens `n` WebSockets subscribed to the table topic that will never be read, each
@@ -550,15 +555,7 @@ async fn open_stalled(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Ws>> {
             MaybeTlsStream::Plain(stream),
         )
         .await?;
-        let message = serde_json::json!({"type": "subscribe", "topics": ["bench_events"]});
-        ws.send(Message::text(message.to_string())).await?;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) if text.contains("\"subscribed\"") => break,
-                Ok(Some(Ok(_))) => continue,
-                other => bail!("no subscribed reply: {other:?}"),
-            }
-        }
+        subscribe(&mut ws, "bench_events").await?;
         sockets.push(ws);
     }
     Ok(sockets)
