@@ -205,7 +205,11 @@ $$;
 -- the flag is clear. A hint left set by a writer that set the flag and then rolled back
 -- makes writers skip their NOTIFY until the sequencer's next round (its fallback timer
 -- at most), the same bound as for the writers that found that writer's row lock.
-create sequence rowcast.wake_hint minvalue 1 maxvalue 2;
+-- Unlogged, like the flag: a logged sequence writes WAL on every change, and a round of
+-- the sequencer that clears it would then wait for a WAL flush at its commit. A crash
+-- resets it to clear, where writers ask the flag row (which a crash removes: they then
+-- NOTIFY every time until the sequencer re-seeds it).
+create unlogged sequence rowcast.wake_hint minvalue 1 maxvalue 2;
 select pg_catalog.setval('rowcast.wake_hint', 1, false);
 
 create or replace function rowcast.request_wake() returns void
