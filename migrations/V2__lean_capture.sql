@@ -64,8 +64,9 @@ alter table rowcast.watches add column routing_id int references rowcast.routing
 
 -- The topics of an event: the table, the row (its primary key, from the new and the old
 -- row) and one per routing column (new and old value), in that order, without repeats.
--- `data` is the stored row; for an UPDATE `old` holds the previous values of the changed
--- columns, so the old row is `data || old`. Excluded columns are never part of a topic
+-- `data` is the stored row; for an UPDATE `old` holds the previous row, or for a large
+-- one the previous values of its changed columns: either way the old row is
+-- `data || old`. Excluded columns are never part of a topic
 -- (rowcast.watch() refuses to exclude a key or routing column).
 --
 -- Called by rowcast.sequence_step() for every event of a batch. It reads no table and
