@@ -1064,9 +1064,9 @@ $$;
 --   tg_argv[0] the table's oid          tg_argv[3] mapping id ('' for none)
 --   tg_argv[1] the table's name         tg_argv[4] wake mode: 'notify' or 'poll'
 --   tg_argv[2] routing id               tg_argv[5:] excluded columns
--- so it reads no registration. For 'notify' tables it then reads the wake-up flag
--- without a lock and, only when it is not set, asks rowcast.request_wake() to set it and
--- NOTIFY; 'poll' tables never NOTIFY.
+-- so it reads no registration. For 'notify' tables it then reads the wake-up flag's hint
+-- (rowcast.wake_hint) and, only when it is clear, asks rowcast.request_wake() to set the
+-- flag and NOTIFY; 'poll' tables never NOTIFY.
 create or replace function rowcast.capture() returns trigger
 language plpgsql
 security definer
@@ -1077,11 +1077,18 @@ declare
     new_row jsonb;
     old_row jsonb;
 begin
-    if tg_op = 'UPDATE' then
+    -- The row (the old one for a DELETE), minus excluded columns.
+    if tg_op = 'DELETE' then
+        new_row := to_jsonb(old);
+    else
         new_row := to_jsonb(new);
+    end if;
+    if tg_nargs > 5 then
+        new_row := new_row - tg_argv[5:];
+    end if;
+    if tg_op = 'UPDATE' then
         old_row := to_jsonb(old);
         if tg_nargs > 5 then
-            new_row := new_row - tg_argv[5:];
             old_row := old_row - tg_argv[5:];
         end if;
         if new_row = old_row then
@@ -1095,16 +1102,6 @@ begin
         if pg_column_size(old_row) > 1024 then
             old_row := old_row - array(select s.k from (select jsonb_object_keys(old_row) as k) s
                                        where new_row -> s.k is not distinct from old_row -> s.k);
-        end if;
-    elsif tg_op = 'INSERT' then
-        new_row := to_jsonb(new);
-        if tg_nargs > 5 then
-            new_row := new_row - tg_argv[5:];
-        end if;
-    else
-        new_row := to_jsonb(old);
-        if tg_nargs > 5 then
-            new_row := new_row - tg_argv[5:];
         end if;
     end if;
 
@@ -1647,5 +1644,5 @@ $$;
 
 revoke execute on function rowcast.topics_of(rowcast.routings, text, jsonb, jsonb), rowcast.arm(regclass) from public;
 
-insert into rowcast.schema_history (version, name, applied_on, checksum) values (2, 'lean_capture', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '10770989278475320834');
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (2, 'lean_capture', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '9474608759657169441');
 commit;

@@ -20,16 +20,13 @@ use serde_json::value::RawValue;
 /// The entries of `old` whose value is not the same in `new`, as a JSON object, in
 /// `old`'s order. `None` if either is not a JSON object.
 pub fn changed_columns(new: &RawValue, old: &RawValue) -> Option<Box<RawValue>> {
-    let new: Entries = serde_json::from_str(new.get()).ok()?;
-    let old: Entries = serde_json::from_str(old.get()).ok()?;
-    let new: HashMap<&str, &str> = new
-        .entries
-        .iter()
-        .map(|(k, v)| (k.as_ref(), v.get()))
-        .collect();
-    let mut out = String::with_capacity(old.text_len + 2);
+    let old_text = old.get();
+    let Entries(new) = serde_json::from_str(new.get()).ok()?;
+    let Entries(old) = serde_json::from_str(old_text).ok()?;
+    let new: HashMap<&str, &str> = new.iter().map(|(k, v)| (k.as_ref(), v.get())).collect();
+    let mut out = String::with_capacity(old_text.len());
     out.push('{');
-    for (key, value) in &old.entries {
+    for (key, value) in &old {
         if new.get(key.as_ref()) == Some(&value.get()) {
             continue;
         }
@@ -45,10 +42,7 @@ pub fn changed_columns(new: &RawValue, old: &RawValue) -> Option<Box<RawValue>> 
 }
 
 /// A JSON object's entries, in order, values unparsed.
-struct Entries<'a> {
-    entries: Vec<(Cow<'a, str>, &'a RawValue)>,
-    text_len: usize,
-}
+struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> Deserialize<'de> for Entries<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -60,12 +54,10 @@ impl<'de> Deserialize<'de> for Entries<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                let mut text_len = 0;
-                while let Some((key, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    text_len += key.len() + value.get().len() + 4;
-                    entries.push((key, value));
+                while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    entries.push(entry);
                 }
-                Ok(Entries { entries, text_len })
+                Ok(Entries(entries))
             }
         }
         deserializer.deserialize_map(EntriesVisitor)
