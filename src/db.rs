@@ -8,6 +8,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -107,13 +108,14 @@ pub fn pool(
 
 /// A dedicated connection that LISTENs on some channels.
 ///
-/// Every notification on any channel wakes [`Listener::notified`] (notifications are
-/// wake-ups only; their payloads are not needed). [`Listener::closed`] resolves when the
-/// connection ends, whatever the cause.
+/// Every notification on any channel wakes [`Listener::notified`]; notifications are
+/// wake-ups, and [`Listener::latest`] keeps the largest number any payload held.
+/// [`Listener::closed`] resolves when the connection ends, whatever the cause.
 pub struct Listener {
     /// The client for queries on this connection.
     pub client: Client,
     wake: Arc<Notify>,
+    latest: Arc<AtomicI64>,
     closed: CancellationToken,
 }
 
@@ -126,14 +128,21 @@ impl Listener {
     ) -> Result<Self, DbError> {
         let (client, mut connection) = config.connect(NoTls).await?;
         let wake = Arc::new(Notify::new());
+        let latest = Arc::new(AtomicI64::new(i64::MIN));
         let closed = CancellationToken::new();
         let messages = stream::poll_fn(move |cx| connection.poll_message(cx));
-        let (driver_wake, driver_closed) = (wake.clone(), closed.clone());
+        let (driver_wake, driver_latest, driver_closed) =
+            (wake.clone(), latest.clone(), closed.clone());
         tokio::spawn(async move {
             let mut messages = std::pin::pin!(messages);
             while let Some(message) = messages.next().await {
                 match message {
-                    Ok(AsyncMessage::Notification(_)) => driver_wake.notify_one(),
+                    Ok(AsyncMessage::Notification(note)) => {
+                        // A payload that is not a number counts as "anything may be new".
+                        let number = note.payload().parse().unwrap_or(i64::MAX);
+                        driver_latest.fetch_max(number, Ordering::Relaxed);
+                        driver_wake.notify_one();
+                    }
                     Ok(AsyncMessage::Notice(notice)) => {
                         tracing::debug!(notice = %notice.message(), "postgres notice");
                     }
@@ -149,6 +158,7 @@ impl Listener {
         let listener = Listener {
             client,
             wake,
+            latest,
             closed,
         };
         for channel in channels {
@@ -163,6 +173,13 @@ impl Listener {
     /// Resolves at the next notification (or at once if one arrived since the last call).
     pub async fn notified(&self) {
         self.wake.notified().await;
+    }
+
+    /// The largest number a notification's payload held so far (`i64::MAX` after a
+    /// payload that is not a number, `i64::MIN` before any notification). The tailer's
+    /// channel carries the last sequenced position.
+    pub fn latest(&self) -> i64 {
+        self.latest.load(Ordering::Relaxed)
     }
 
     /// Resolves when the connection has ended.

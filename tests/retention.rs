@@ -299,6 +299,7 @@ async fn a_replica_whose_head_was_pruned_drops_its_sessions_instead_of_a_silent_
         TailConfig::default(),
         hub.clone(),
         rowcast::events::Mappings::new(),
+        tail::Offers::none(),
         shutdown.clone(),
     ));
     let first = tokio::time::timeout(WAIT, member.events.recv())

@@ -3,7 +3,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::support::{TestApp, TestDb, connect, positions};
+use rowcast::capture::log::{Change, MalformedRow, Op};
+use rowcast::capture::tail::{self, TailConfig};
+use rowcast::events::Mappings;
+use rowcast::hub::Hub;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{TestApp, TestDb, WAIT, connect, positions};
 
 /// A small deterministic generator (xorshift), so failures replay.
 struct Rng(u64);
@@ -146,4 +152,72 @@ async fn concurrent_out_of_order_commits_get_gap_free_positions_in_row_order() {
         }
         last_v.insert(id, v);
     }
+}
+
+fn handed_off(pos: i64) -> Result<Change, MalformedRow> {
+    Ok(Change {
+        pos,
+        table: "bookings".into(),
+        op: Op::Insert,
+        topics: vec!["bookings".into()],
+        ts: "2026-01-01T00:00:00.000Z".into(),
+        data: Some(serde_json::value::to_raw_value(&serde_json::json!({ "id": pos })).unwrap()),
+        old: None,
+        mapping_id: None,
+    })
+}
+
+/// The local sequencer hands its batches to the tailer: one that follows the head is
+/// published without a read, the part of one already published is skipped, and one
+/// after a gap is not published (the tailer reads the log instead). The changes offered
+/// here are not in the log, so only the hand-off can publish them.
+#[tokio::test]
+async fn the_tailer_publishes_handed_off_changes_that_follow_its_head_and_not_after_a_gap() {
+    let db = TestDb::demo().await;
+    let hub = Hub::new(0);
+    let mut member = hub.join(64);
+    hub.subscribe(member.id(), ["bookings".to_string()], false);
+    let config = TailConfig {
+        poll_interval: Duration::from_secs(600),
+        ..TailConfig::default()
+    };
+    let (feed, offers) = tail::feed(hub.clone(), &config);
+    let shutdown = CancellationToken::new();
+    let tailer = tokio::spawn(tail::run(
+        rowcast::db::pg_config(&db.url).unwrap(),
+        config,
+        hub.clone(),
+        Mappings::new(),
+        offers,
+        shutdown.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !hub.feed_live() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tailer connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut next = async || {
+        let event = tokio::time::timeout(WAIT, member.events.recv())
+            .await
+            .expect("an event was published")
+            .expect("the session is live");
+        event.pos
+    };
+
+    feed.offer(vec![handed_off(1), handed_off(2)]);
+    assert_eq!((next().await, next().await), (1, 2));
+    feed.offer(vec![handed_off(5)]);
+    feed.offer(vec![handed_off(2), handed_off(3)]);
+    assert_eq!(
+        next().await,
+        3,
+        "the gap's offer was not published, the overlap once"
+    );
+    assert_eq!(hub.head(), 3);
+
+    shutdown.cancel();
+    tailer.await.unwrap();
 }

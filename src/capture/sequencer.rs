@@ -64,8 +64,11 @@
 
 use std::time::Duration;
 
+use futures_util::TryFutureExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::log;
+use crate::capture::tail::Feed;
 use crate::db::{self, DbError, Listener};
 
 /// Settings of the sequencer.
@@ -107,11 +110,18 @@ impl Default for SequencerConfig {
 }
 
 /// Runs the sequencer until `shutdown` is cancelled, reconnecting with backoff.
-/// A batch in flight when shutdown comes is finished first.
-pub async fn run(pg: tokio_postgres::Config, config: SequencerConfig, shutdown: CancellationToken) {
+/// A batch in flight when shutdown comes is finished first. With a `feed`, every round
+/// also reads the log after the local tailer's head and offers it what it read (see
+/// [`crate::capture::tail`]).
+pub async fn run(
+    pg: tokio_postgres::Config,
+    config: SequencerConfig,
+    feed: Option<Feed>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = db::reconnect_backoff();
     while !shutdown.is_cancelled() {
-        match session(&pg, &config, &shutdown, &mut backoff).await {
+        match session(&pg, &config, feed.as_ref(), &shutdown, &mut backoff).await {
             Ok(()) => return,
             Err(err) => {
                 metrics::counter!(crate::metrics::RECONNECTS, "role" => "sequencer").increment(1);
@@ -130,6 +140,7 @@ pub async fn run(pg: tokio_postgres::Config, config: SequencerConfig, shutdown: 
 async fn session(
     pg: &tokio_postgres::Config,
     config: &SequencerConfig,
+    feed: Option<&Feed>,
     shutdown: &CancellationToken,
     backoff: &mut backon::ExponentialBackoff,
 ) -> Result<(), DbError> {
@@ -148,20 +159,43 @@ async fn session(
         .client
         .prepare("select sequenced, in_progress from rowcast.sequence_step($1)")
         .await?;
+    let range = listener.client.prepare(log::RANGE_SQL).await?;
     tracing::info!("sequencer connected");
     *backoff = db::reconnect_backoff();
     let mut recheck = config.recheck_min;
     let limit = config.batch_limit;
     loop {
-        // Clear the flag (committed), then read: one round trip, two transactions.
+        // Clear the flag (committed), then sequence, then (for the local tailer) read
+        // what follows its head, the batch included: one round trip, three statements
+        // each in its own transaction, so the read starts after the batch committed.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
-        let (armed, batch) = db::with_timeout(config.statement_timeout, async {
+        let (armed, batch, changes) = db::with_timeout(config.statement_timeout, async {
             tokio::try_join!(
-                listener.client.query_one(&rearm, &[]),
-                listener.client.query_one(&step, &params),
+                listener
+                    .client
+                    .query_one(&rearm, &[])
+                    .map_err(DbError::from),
+                listener
+                    .client
+                    .query_one(&step, &params)
+                    .map_err(DbError::from),
+                async {
+                    match feed {
+                        Some(feed) => {
+                            let after = feed.head();
+                            log::read_range(&listener.client, &range, after, i64::MAX, feed.batch())
+                                .await
+                                .map(Some)
+                        }
+                        None => Ok(None),
+                    }
+                },
             )
         })
         .await?;
+        if let (Some(feed), Some(changes)) = (feed, changes) {
+            feed.offer(changes);
+        }
         let armed: bool = armed.get(0);
         let (n, in_progress): (i64, bool) = (batch.get(0), batch.get(1));
         if n > 0 {

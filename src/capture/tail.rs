@@ -10,14 +10,26 @@
 //!
 //! If retention pruned positions this replica had not read yet (it fell further behind
 //! than `keep_events`), its sessions are dropped rather than fed a stream with a gap.
+//!
+//! # Hand-off from the local sequencer
+//!
+//! When this replica's sequencer gives events positions, it reads them back on its own
+//! connection, pipelined right after its batch (so after the batch's commit, in the same
+//! round trip), and offers them to this tailer through a [`Feed`]. The tailer publishes
+//! them if they start right after its head, which saves the `rowcast_seq` NOTIFY and a
+//! read of its own: four process wake-ups between a commit and its clients. Anything
+//! else (a gap because an offer was dropped, another replica's batches) comes through
+//! the usual NOTIFY and read; a NOTIFY for positions already published is not read.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_postgres::Statement;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::log::{self, Change};
+use crate::capture::log::{self, Change, Changes};
 use crate::db::{self, DbError, Listener};
 use crate::events::{self, Event, Mappings};
 use crate::hub::{Hub, Published};
@@ -46,6 +58,69 @@ impl Default for TailConfig {
     }
 }
 
+/// How many offers may wait for the tailer; more are dropped (the tailer then reads).
+const FEED_DEPTH: usize = 16;
+
+/// The sequencer's end of the hand-off to this replica's tailer (see the module docs).
+#[derive(Clone)]
+pub struct Feed {
+    hub: Arc<Hub>,
+    batch: i64,
+    offers: mpsc::Sender<Changes>,
+}
+
+/// The tailer's end of the hand-off.
+pub struct Offers {
+    received: mpsc::Receiver<Changes>,
+    /// False once no [`Feed`] is left (no sequencer in this process).
+    open: bool,
+}
+
+/// A hand-off from this replica's sequencer to its tailer, which publishes to `hub`.
+pub fn feed(hub: Arc<Hub>, config: &TailConfig) -> (Feed, Offers) {
+    let (offers, received) = mpsc::channel(FEED_DEPTH);
+    let feed = Feed {
+        hub,
+        batch: config.batch,
+        offers,
+    };
+    let offers = Offers {
+        received,
+        open: true,
+    };
+    (feed, offers)
+}
+
+impl Offers {
+    /// Offers that will never come: for a tailer without a local sequencer.
+    pub fn none() -> Offers {
+        Offers {
+            received: mpsc::channel(1).1,
+            open: false,
+        }
+    }
+}
+
+impl Feed {
+    /// The last position the tailer published: read the log after it.
+    pub fn head(&self) -> i64 {
+        self.hub.head()
+    }
+
+    /// Most changes to read for one offer.
+    pub fn batch(&self) -> i64 {
+        self.batch
+    }
+
+    /// Offers changes read after [`Feed::head`] (committed, in position order). Never
+    /// waits: if the tailer is behind, the offer is dropped and the tailer reads.
+    pub fn offer(&self, changes: Changes) {
+        if !changes.is_empty() {
+            let _ = self.offers.try_send(changes);
+        }
+    }
+}
+
 /// Turns a change into what the hub sends: its event, serialised once. The change's
 /// mapping must be in `mappings` ([`Mappings::load_missing`] before a batch); a change
 /// whose mapping is not is delivered as a generic event, counted and logged.
@@ -65,16 +140,26 @@ pub fn publishable(change: &Change, mappings: &Mappings) -> Arc<Published> {
 }
 
 /// Follows the log from the hub's head until `shutdown`, reconnecting with backoff.
+/// `offers` are the local sequencer's hand-offs ([`feed`]).
 pub async fn run(
     pg: tokio_postgres::Config,
     config: TailConfig,
     hub: Arc<Hub>,
     mappings: Arc<Mappings>,
+    mut offers: Offers,
     shutdown: CancellationToken,
 ) {
     let mut backoff = db::reconnect_backoff();
     while !shutdown.is_cancelled() {
-        match session(&pg, &config, &hub, &mappings, &shutdown, &mut backoff).await {
+        let tail = Tail {
+            config: &config,
+            hub: &hub,
+            mappings: &mappings,
+        };
+        match tail
+            .session(&pg, &mut offers, &shutdown, &mut backoff)
+            .await
+        {
             Ok(()) => return,
             Err(err) => {
                 hub.set_feed_live(false);
@@ -90,77 +175,121 @@ pub async fn run(
     }
 }
 
-async fn session(
-    pg: &tokio_postgres::Config,
-    config: &TailConfig,
-    hub: &Hub,
-    mappings: &Mappings,
-    shutdown: &CancellationToken,
-    backoff: &mut backon::ExponentialBackoff,
-) -> Result<(), DbError> {
-    let listener = Listener::connect(pg, &["rowcast_seq"]).await?;
-    let stmt = listener.client.prepare(log::RANGE_SQL).await?;
-    tracing::info!(head = hub.head(), "tailer connected");
-    *backoff = db::reconnect_backoff();
-    loop {
-        catch_up(&listener, &stmt, config, hub, mappings).await?;
-        hub.set_feed_live(true);
-        tokio::select! {
-            _ = listener.notified() => {}
-            _ = tokio::time::sleep(config.poll_interval) => {}
-            _ = listener.closed() => return Err(DbError::Closed),
-            _ = shutdown.cancelled() => return Ok(()),
-        }
-    }
+struct Tail<'a> {
+    config: &'a TailConfig,
+    hub: &'a Hub,
+    mappings: &'a Mappings,
 }
 
-/// Reads and publishes everything after the hub's head.
-async fn catch_up(
-    listener: &Listener,
-    stmt: &Statement,
-    config: &TailConfig,
-    hub: &Hub,
-    mappings: &Mappings,
-) -> Result<(), DbError> {
-    loop {
-        let cursor = hub.head();
-        let rows = db::with_timeout(
-            config.probe_timeout,
-            log::read_range(&listener.client, stmt, cursor, i64::MAX, config.batch),
-        )
-        .await?;
-        db::with_timeout(
-            config.probe_timeout,
-            mappings.load_missing(&listener.client, &rows),
-        )
-        .await?;
-        let full = rows.len() as i64 >= config.batch;
-        // Positions are gap-free and become visible a whole batch at a time, so a first
-        // row past `cursor + 1` means retention pruned what this replica had not read
-        // yet. Its live sessions would miss those events without knowing: drop them all,
-        // and their clients resume with `since` and get a `reset`.
-        let first = rows.first().map(|row| match row {
-            Ok(change) => change.pos,
-            Err(err) => err.pos,
-        });
-        if let Some(first) = first
-            && first > cursor + 1
-        {
-            let dropped = hub.drop_all();
-            tracing::warn!(
-                cursor,
-                first,
-                dropped,
-                "the log was pruned past this replica's head: dropping every session so clients resume"
-            );
+impl Tail<'_> {
+    async fn session(
+        &self,
+        pg: &tokio_postgres::Config,
+        offers: &mut Offers,
+        shutdown: &CancellationToken,
+        backoff: &mut backon::ExponentialBackoff,
+    ) -> Result<(), DbError> {
+        let listener = Listener::connect(pg, &["rowcast_seq"]).await?;
+        let stmt = listener.client.prepare(log::RANGE_SQL).await?;
+        tracing::info!(head = self.hub.head(), "tailer connected");
+        *backoff = db::reconnect_backoff();
+        // Offers made while this connection was down were dropped or are stale: the
+        // first read covers them.
+        while offers.received.try_recv().is_ok() {}
+        loop {
+            self.catch_up(&listener, &stmt).await?;
+            self.hub.set_feed_live(true);
+            // The fallback read is also the probe of this connection, so it runs every
+            // `poll_interval` even while offers keep coming.
+            let probe = Instant::now() + self.config.poll_interval;
+            loop {
+                tokio::select! {
+                    _ = listener.notified() => {
+                        // A wake-up for positions already handed off needs no read.
+                        if listener.latest() > self.hub.head() {
+                            break;
+                        }
+                    }
+                    offer = offers.received.recv(), if offers.open => match offer {
+                        Some(changes) => {
+                            if !self.take(&listener, changes).await? {
+                                break;
+                            }
+                        }
+                        // No sequencer in this process: NOTIFY and the timer only.
+                        None => offers.open = false,
+                    },
+                    _ = tokio::time::sleep_until(probe) => break,
+                    _ = listener.closed() => return Err(DbError::Closed),
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
         }
+    }
+
+    /// Publishes an offer from the local sequencer: the part after the head, if it
+    /// starts right after it. Returns false when the log must be read instead (a gap).
+    async fn take(&self, listener: &Listener, mut changes: Changes) -> Result<bool, DbError> {
+        let head = self.hub.head();
+        changes.retain(|row| position(row) > head);
+        match changes.first().map(position) {
+            None => Ok(true),
+            Some(first) if first == head + 1 => {
+                self.publish(listener, changes).await?;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+        }
+    }
+
+    /// Reads and publishes everything after the hub's head.
+    async fn catch_up(&self, listener: &Listener, stmt: &Statement) -> Result<(), DbError> {
+        let config = self.config;
+        loop {
+            let cursor = self.hub.head();
+            let rows = db::with_timeout(
+                config.probe_timeout,
+                log::read_range(&listener.client, stmt, cursor, i64::MAX, config.batch),
+            )
+            .await?;
+            let full = rows.len() as i64 >= config.batch;
+            // Positions are gap-free and become visible a whole batch at a time, so a
+            // first row past `cursor + 1` means retention pruned what this replica had not
+            // read yet. Its live sessions would miss those events without knowing: drop
+            // them all, and their clients resume with `since` and get a `reset`.
+            if let Some(first) = rows.first().map(position)
+                && first > cursor + 1
+            {
+                let dropped = self.hub.drop_all();
+                tracing::warn!(
+                    cursor,
+                    first,
+                    dropped,
+                    "the log was pruned past this replica's head: dropping every session so clients resume"
+                );
+            }
+            self.publish(listener, rows).await?;
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Publishes changes that follow the head, in position order (loading the domain
+    /// mappings they need first).
+    async fn publish(&self, listener: &Listener, rows: Changes) -> Result<(), DbError> {
+        db::with_timeout(
+            self.config.probe_timeout,
+            self.mappings.load_missing(&listener.client, &rows),
+        )
+        .await?;
         let mut batch = Vec::with_capacity(rows.len());
-        let mut last = cursor;
+        let mut last = self.hub.head();
         for row in rows {
             match row {
                 Ok(change) => {
                     last = change.pos;
-                    batch.push(publishable(&change, mappings));
+                    batch.push(publishable(&change, self.mappings));
                 }
                 // Only a hand-edited log can get here; the position is skipped loudly.
                 Err(err) => {
@@ -170,9 +299,15 @@ async fn catch_up(
             }
         }
         metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(batch.len() as u64);
-        hub.publish(&batch, last);
-        if !full {
-            return Ok(());
-        }
+        self.hub.publish(&batch, last);
+        Ok(())
+    }
+}
+
+/// The position of a row read from the log.
+fn position(row: &Result<Change, log::MalformedRow>) -> i64 {
+    match row {
+        Ok(change) => change.pos,
+        Err(err) => err.pos,
     }
 }

@@ -212,9 +212,11 @@ impl Application {
             config,
         } = self;
         let tasks = TaskTracker::new();
+        let (feed, offers) = tail::feed(ctx.hub.clone(), &config.tail);
         tasks.spawn(sequencer::run(
             pg.clone(),
             config.sequencer.clone(),
+            Some(feed),
             ctx.shutdown.clone(),
         ));
         tasks.spawn(tail::run(
@@ -222,6 +224,7 @@ impl Application {
             config.tail.clone(),
             ctx.hub.clone(),
             ctx.mappings.clone(),
+            offers,
             ctx.shutdown.clone(),
         ));
         tasks.spawn(health::monitor(
