@@ -4,7 +4,8 @@
 # bench/trigger-cost.sh measures: N UPDATEs in one DO block, the backend reads its own
 # CPU time from /proc/self/schedstat before and after (needs a superuser), best of
 # ROUNDS, variants interleaved within each round. Other processes' load changes the
-# figures little. Also prints the WAL the N UPDATEs wrote, per row (last round; WAL is
+# figures little (N must be in the thousands: the counter advances at scheduler ticks
+# and switches). Also prints the WAL the N UPDATEs wrote, per row (last round; WAL is
 # what every commit waits to flush).
 #
 #   DB=perf_trig N=3000 ROUNDS=5 bench/trigger-variants.sh
