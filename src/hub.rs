@@ -856,6 +856,44 @@ mod tests {
         assert_eq!(tx.send(&event(2, &["x"]), false), Sent::Refused);
     }
 
+    #[tokio::test]
+    async fn writers_send_an_attached_session_its_events_in_order_without_the_session() {
+        use tokio::io::AsyncReadExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let hub = Hub::new(0);
+        let shutdown = CancellationToken::new();
+        let writers: Vec<_> = (0..hub.writers())
+            .map(|i| tokio::spawn(hub.clone().run_writer(i, shutdown.clone())))
+            .collect();
+        while !hub.writing.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let mut m = hub.join(8);
+        m.events.attach(Wire::new(server));
+        hub.subscribe(m.id(), topics(&["x"]), false);
+        hub.publish(&[event(1, &["x"]), event(2, &["x"])], 0);
+        hub.publish(&[event(3, &["x"])], 0);
+        let mut got = [0u8; 27];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_exact(&mut got),
+        )
+        .await
+        .expect("written within the timeout")
+        .unwrap();
+        assert_eq!(&got, b"\x81\x07frame 1\x81\x07frame 2\x81\x07frame 3");
+        assert_eq!(m.events.try_recv().unwrap_err(), TryRecvError::Empty);
+        shutdown.cancel();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+    }
+
     #[test]
     fn dropping_a_membership_leaves_the_hub() {
         let hub = Hub::new(0);
