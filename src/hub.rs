@@ -4,6 +4,17 @@
 //! serialised once and shared (`Arc`) by every session that receives it. A session
 //! receives an event at most once, however many of its topics match.
 //!
+//! Fan-out writers: a WebSocket session attaches its socket to its queue
+//! ([`Events::attach`]). Its events are then written by one of a few writer tasks
+//! ([`Hub::run_writer`], one per core; a session always has the same one), not by the
+//! session's own task: [`Hub::publish`] queues the event and hands the queue to its
+//! writer, which writes everything the queue holds to the socket in one `writev` (see
+//! [`crate::serve::wire`]). No session task is woken. A busy machine makes the writers
+//! run later and write more events per syscall. The session is woken only when its
+//! writer cannot finish (the socket is full, or the session holds the socket while it
+//! answers its client); it then writes its queue itself ([`Events::write_queued`]),
+//! within its write timeout.
+//!
 //! Back-pressure: every session has a bounded queue ([`Events`]). When a live session's
 //! queue is full the hub drops the session's sender: the session drains what it has, sees
 //! the end of its queue and closes with 4000 ("too slow"); the client resumes with `since`.
@@ -21,11 +32,16 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::Utf8Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::serve::wire::Wire;
 
 /// An event ready to send: its position, its topics and its serialised frame.
 #[derive(Debug)]
@@ -49,6 +65,17 @@ pub struct Hub {
     state: Mutex<State>,
     next_id: AtomicU64,
     feed_live: AtomicBool,
+    /// The fan-out writers' inboxes; a session's writer is `id % writers.len()`.
+    writers: Box<[Writer]>,
+    /// Whether the writers run: if not, sessions write their own queues.
+    writing: AtomicBool,
+}
+
+/// A fan-out writer's inbox: queues that received events since it last ran.
+#[derive(Debug, Default)]
+struct Writer {
+    pending: Mutex<Vec<Arc<Mutex<Queue>>>>,
+    wake: Notify,
 }
 
 #[derive(Debug)]
@@ -148,7 +175,45 @@ impl Hub {
             }),
             next_id: AtomicU64::new(1),
             feed_live: AtomicBool::new(false),
+            writers: (0..writer_count()).map(|_| Writer::default()).collect(),
+            writing: AtomicBool::new(false),
         })
+    }
+
+    /// How many fan-out writers to run ([`Hub::run_writer`] with `0..writers()`).
+    pub fn writers(&self) -> usize {
+        self.writers.len()
+    }
+
+    /// Runs fan-out writer `index` until `shutdown`: writes the queues [`Hub::publish`]
+    /// hands it to their sessions' sockets.
+    pub async fn run_writer(self: Arc<Self>, index: usize, shutdown: CancellationToken) {
+        let writer = &self.writers[index];
+        self.writing.store(true, Ordering::Release);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = writer.wake.notified() => {}
+            }
+            let pending = std::mem::take(&mut *lock_pending(&writer.pending));
+            let mut sent = 0;
+            for queue in pending {
+                sent += write_for_session(&queue);
+            }
+            if sent > 0 {
+                metrics::counter!(crate::metrics::DELIVERIES).increment(sent);
+            }
+        }
+        // Sessions write their own queues from now on.
+        self.writing.store(false, Ordering::Release);
+        for queue in std::mem::take(&mut *lock_pending(&writer.pending)) {
+            let mut queue = lock_queue(&queue);
+            queue.handed = false;
+            queue.draining = true;
+            if let Some(waker) = queue.waker.take() {
+                waker.wake();
+            }
+        }
     }
 
     /// Records whether the tailer currently holds a live connection to the log.
@@ -303,6 +368,8 @@ impl Hub {
             sessions,
         } = &mut *guard;
         let mut dropped = Vec::new();
+        let writing = self.writing.load(Ordering::Acquire);
+        let mut handed: Vec<Vec<Arc<Mutex<Queue>>>> = Vec::new();
         for event in events {
             for topic in &event.topics {
                 let Some(ids) = by_topic.get(topic.as_str()) else {
@@ -316,14 +383,28 @@ impl Hub {
                         continue;
                     }
                     sub.last = event.pos;
-                    if !sub.tx.try_send(event.clone()) {
-                        dropped.push(id);
+                    match sub.tx.send(event, writing) {
+                        Sent::Hand => {
+                            if handed.is_empty() {
+                                handed.resize_with(self.writers.len(), Vec::new);
+                            }
+                            let writer = (id % self.writers.len() as u64) as usize;
+                            handed[writer].push(sub.tx.shared.clone());
+                        }
+                        Sent::Queued => {}
+                        Sent::Refused => dropped.push(id),
                     }
                 }
             }
             *head = event.pos;
         }
         *head = (*head).max(upto);
+        for (writer, queues) in self.writers.iter().zip(handed) {
+            if !queues.is_empty() {
+                lock_pending(&writer.pending).extend(queues);
+                writer.wake.notify_one();
+            }
+        }
         for id in dropped {
             if let Some(sub) = sessions.remove(&id) {
                 tracing::info!(session = id, "session queue full or closed: dropping it");
@@ -368,9 +449,37 @@ struct Sender {
     shared: Arc<Mutex<Queue>>,
 }
 
+/// What [`Sender::send`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Queued; hand the queue to the session's writer.
+    Hand,
+    /// Queued (for the session, or for a writer that already has the queue).
+    Queued,
+    /// The queue is full or the session gone.
+    Refused,
+}
+
+/// What [`Events::write_queued`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Events written (or started: their rest waits in the socket's wire).
+    pub sent: u64,
+    /// Whether the queue and the wire are empty; otherwise wait for the socket.
+    pub done: bool,
+}
+
 #[derive(Debug)]
 struct Queue {
     items: VecDeque<Arc<Published>>,
+    /// The session's socket, which the fan-out writers write to.
+    wire: Option<Arc<Wire>>,
+    /// Events at or below this position are not written (the session replayed them).
+    written: i64,
+    /// The queue is in its writer's inbox.
+    handed: bool,
+    /// The session writes its queue itself (its writer could not finish it).
+    draining: bool,
     capacity: usize,
     /// The hub still holds the session's sender.
     sending: bool,
@@ -382,6 +491,10 @@ struct Queue {
 fn queue(capacity: usize) -> (Sender, Events) {
     let shared = Arc::new(Mutex::new(Queue {
         items: VecDeque::new(),
+        wire: None,
+        written: 0,
+        handed: false,
+        draining: false,
         capacity,
         sending: true,
         receiving: true,
@@ -402,20 +515,95 @@ fn lock_queue(shared: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 }
 
 impl Sender {
-    /// Queues `event`; `false` if the queue is full or the session is gone.
-    fn try_send(&self, event: Arc<Published>) -> bool {
+    /// Queues `event`. With `writing` and a socket attached, the queue's writer writes
+    /// it (`Hand` when the writer does not have the queue yet); otherwise the session
+    /// is woken to send it.
+    fn send(&self, event: &Arc<Published>, writing: bool) -> Sent {
         let mut queue = lock_queue(&self.shared);
         if !queue.receiving || queue.items.len() >= queue.capacity {
-            return false;
+            return Sent::Refused;
         }
-        queue.items.push_back(event);
+        queue.items.push_back(event.clone());
+        if writing && !queue.draining && queue.wire.is_some() {
+            if queue.handed {
+                return Sent::Queued;
+            }
+            queue.handed = true;
+            return Sent::Hand;
+        }
         let waker = queue.waker.take();
         drop(queue);
         if let Some(waker) = waker {
             waker.wake();
         }
-        true
+        Sent::Queued
     }
+}
+
+/// A writer's work on one queue: writes it without waiting, unless its session holds
+/// its socket; wakes the session if something is left. Returns how many events went.
+fn write_for_session(shared: &Mutex<Queue>) -> u64 {
+    let mut queue = lock_queue(shared);
+    queue.handed = false;
+    if !queue.receiving || queue.draining {
+        return 0;
+    }
+    let result = write_queue(&mut queue, true);
+    let sent = result.as_ref().map_or(0, |d| d.sent);
+    if !result.is_ok_and(|d| d.done) {
+        // The session finishes (or meets the error) on its own time.
+        queue.draining = true;
+        let waker = queue.waker.take();
+        drop(queue);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+    sent
+}
+
+/// Writes the rest of any started frame, then the queued events, to the queue's socket
+/// without waiting (see [`Events::write_queued`]).
+fn write_queue(queue: &mut Queue, unless_held: bool) -> io::Result<Drained> {
+    let Some(wire) = queue.wire.clone() else {
+        return Err(io::Error::other("no socket attached to this queue"));
+    };
+    let mut sent = 0;
+    loop {
+        while queue.items.front().is_some_and(|e| e.pos <= queue.written) {
+            queue.items.pop_front();
+        }
+        let batch: Vec<&[u8]> = queue
+            .items
+            .iter()
+            .take(32)
+            .map(|e| e.frame.as_bytes())
+            .collect();
+        let count = batch.len();
+        let written = wire.write_frames(&batch, unless_held)?;
+        drop(batch);
+        for event in queue.items.drain(..written.taken) {
+            queue.written = queue.written.max(event.pos);
+        }
+        sent += written.taken as u64;
+        if !written.all {
+            return Ok(Drained { sent, done: false });
+        }
+        if count == 0 || queue.items.is_empty() {
+            return Ok(Drained { sent, done: true });
+        }
+    }
+}
+
+fn lock_pending(pending: &Mutex<Vec<Arc<Mutex<Queue>>>>) -> MutexGuard<'_, Vec<Arc<Mutex<Queue>>>> {
+    pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How many fan-out writers a hub runs: one per core, at most 8.
+fn writer_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 8))
 }
 
 impl Drop for Sender {
@@ -453,6 +641,52 @@ impl Events {
         Poll::Pending
     }
 
+    /// Lets the hub write events straight to `wire` while nothing is queued; queued
+    /// events are then written with [`Events::write_queued`].
+    pub fn attach(&mut self, wire: Arc<Wire>) {
+        lock_queue(&self.shared).wire = Some(wire);
+    }
+
+    /// Waits until there is something to write (queued events, or the rest of a
+    /// frame the hub started): `true`; or until the queue has ended: `false`.
+    /// Cancel-safe.
+    pub async fn writable(&mut self) -> bool {
+        poll_fn(|cx| {
+            let mut queue = lock_queue(&self.shared);
+            let rest = queue.wire.as_ref().is_some_and(|wire| wire.has_rest());
+            if !queue.items.is_empty() || rest {
+                return Poll::Ready(true);
+            }
+            if !queue.sending {
+                return Poll::Ready(false);
+            }
+            match &mut queue.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Writes the rest of any started frame, then the queued events, to the attached
+    /// socket without waiting. Once everything is written (`done`), the session's
+    /// writer takes its queue again.
+    pub fn write_queued(&mut self) -> io::Result<Drained> {
+        let mut queue = lock_queue(&self.shared);
+        let drained = write_queue(&mut queue, false)?;
+        if drained.done {
+            queue.draining = false;
+        }
+        Ok(drained)
+    }
+
+    /// Events at or below `pos` will not be written: the session sent them (replay).
+    pub fn skip_through(&mut self, pos: i64) {
+        let mut queue = lock_queue(&self.shared);
+        queue.written = queue.written.max(pos);
+    }
+
     /// The next event if one is queued.
     pub fn try_recv(&mut self) -> Result<Arc<Published>, TryRecvError> {
         let mut queue = lock_queue(&self.shared);
@@ -469,6 +703,7 @@ impl Drop for Events {
         let mut queue = lock_queue(&self.shared);
         queue.receiving = false;
         queue.items = VecDeque::new();
+        queue.wire = None;
         queue.waker = None;
     }
 }
@@ -616,9 +851,47 @@ mod tests {
     #[test]
     fn a_queue_whose_reader_is_gone_refuses_events() {
         let (tx, events) = queue(8);
-        assert!(tx.try_send(event(1, &["x"])));
+        assert_eq!(tx.send(&event(1, &["x"]), false), Sent::Queued);
         drop(events);
-        assert!(!tx.try_send(event(2, &["x"])));
+        assert_eq!(tx.send(&event(2, &["x"]), false), Sent::Refused);
+    }
+
+    #[tokio::test]
+    async fn writers_send_an_attached_session_its_events_in_order_without_the_session() {
+        use tokio::io::AsyncReadExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let hub = Hub::new(0);
+        let shutdown = CancellationToken::new();
+        let writers: Vec<_> = (0..hub.writers())
+            .map(|i| tokio::spawn(hub.clone().run_writer(i, shutdown.clone())))
+            .collect();
+        while !hub.writing.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let mut m = hub.join(8);
+        m.events.attach(Wire::new(server));
+        hub.subscribe(m.id(), topics(&["x"]), false);
+        hub.publish(&[event(1, &["x"]), event(2, &["x"])], 0);
+        hub.publish(&[event(3, &["x"])], 0);
+        let mut got = [0u8; 27];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_exact(&mut got),
+        )
+        .await
+        .expect("written within the timeout")
+        .unwrap();
+        assert_eq!(&got, b"\x81\x07frame 1\x81\x07frame 2\x81\x07frame 3");
+        assert_eq!(m.events.try_recv().unwrap_err(), TryRecvError::Empty);
+        shutdown.cancel();
+        for writer in writers {
+            writer.await.unwrap();
+        }
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! - [`capture::prune`] deletes what retention no longer keeps, by position and age.
 //! - [`events`] maps a captured change, read through its table's domain mapping, to a
 //!   typed event (attendance, booking, course, or generic `row.*`) and its wire frame.
-//! - [`hub`] indexes sessions by topic and fans every frame out once per session.
+//! - [`hub`] indexes sessions by topic and fans every frame out once per session; its
+//!   writer tasks write WebSocket sessions' queues straight to their sockets
+//!   ([`serve::wire`]).
 //! - [`serve`] is the HTTP server: [`serve::ws`] (WebSocket), [`serve::sse`]
 //!   (server-sent events) and [`serve::http`] (polling), all resuming through
 //!   [`serve::replay`]; [`serve::admission`] and [`serve::auth`] decide who may

@@ -3,19 +3,25 @@
 //! within `limits.handshake_timeout`, or the connection is dropped, so slow or silent
 //! sockets cannot pile up. The deadline ends with the server's first write (the response
 //! or the `101 Switching Protocols`); an established session is not limited by it.
+//!
+//! Each connection's socket is a shared [`Wire`]: handlers find it in [`Peer`], so a
+//! WebSocket session can let the hub write events to it directly.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Sleep;
+
+use super::wire::{Conn, Wire};
 
 /// A TCP listener whose connections carry a handshake deadline.
 #[derive(Debug)]
@@ -41,7 +47,8 @@ impl Listener for HandshakeListener {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
                     let deadline = Some(Box::pin(tokio::time::sleep(self.timeout)));
-                    return (Deadlined { stream, deadline }, addr);
+                    let conn = Conn::new(Wire::new(stream));
+                    return (Deadlined { conn, deadline }, addr);
                 }
                 // Out of file descriptors or a connection reset before accept: wait a
                 // little rather than spin, then go on accepting.
@@ -58,13 +65,13 @@ impl Listener for HandshakeListener {
     }
 }
 
-/// The peer's address, for handlers (`ConnectInfo<Peer>`).
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+/// The peer's address and the connection's socket, for handlers (`ConnectInfo<Peer>`).
+#[derive(Debug, Clone)]
+pub struct Peer(pub SocketAddr, pub Arc<Wire>);
 
 impl Connected<IncomingStream<'_, HandshakeListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, HandshakeListener>) -> Self {
-        Peer(*stream.remote_addr())
+        Peer(*stream.remote_addr(), stream.io().conn.wire().clone())
     }
 }
 
@@ -72,7 +79,7 @@ impl Connected<IncomingStream<'_, HandshakeListener>> for Peer {
 /// server has written something.
 #[derive(Debug)]
 pub struct Deadlined {
-    stream: TcpStream,
+    conn: Conn,
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
@@ -99,7 +106,7 @@ impl AsyncRead for Deadlined {
                 "the client did not complete its request in time",
             )));
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        Pin::new(&mut self.conn).poll_read(cx, buf)
     }
 }
 
@@ -109,30 +116,16 @@ impl AsyncWrite for Deadlined {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        let written = Pin::new(&mut self.conn).poll_write(cx, buf);
         self.disarm_after(&written);
         written
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.disarm_after(&written);
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        Pin::new(&mut self.conn).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        Pin::new(&mut self.conn).poll_shutdown(cx)
     }
 }

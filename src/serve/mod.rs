@@ -17,6 +17,7 @@ pub mod query;
 pub mod replay;
 pub mod sse;
 pub mod web;
+pub mod wire;
 pub mod ws;
 
 use std::future::IntoFuture;
@@ -227,6 +228,9 @@ impl Application {
             offers,
             ctx.shutdown.clone(),
         ));
+        for writer in 0..ctx.hub.writers() {
+            tasks.spawn(ctx.hub.clone().run_writer(writer, ctx.shutdown.clone()));
+        }
         tasks.spawn(health::monitor(
             ctx.clone(),
             Duration::from_secs(5),

@@ -42,7 +42,7 @@ pub fn router() -> Router<AppContext> {
 
 async fn open(
     State(ctx): State<AppContext>,
-    ConnectInfo(listen::Peer(peer)): ConnectInfo<listen::Peer>,
+    ConnectInfo(listen::Peer(peer, _)): ConnectInfo<listen::Peer>,
     headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, HttpError> {

@@ -1,7 +1,10 @@
 //! WebSocket sessions at `GET /ws`.
 //!
 //! Each session is one `select!` loop over: client frames, its hub queue, the ping
-//! timer and shutdown. A `subscribe` with `since` replays the log before the session
+//! timer and shutdown. While the session waits, the hub's fan-out writers write its
+//! events straight to its socket (see [`crate::hub`] and [`super::wire`]); the session is
+//! woken only to answer the client, to ping, or to write the events its writer could not
+//! (the socket was full, or the session was answering its client). A `subscribe` with `since` replays the log before the session
 //! goes live (see [`super::replay`] and [`crate::hub`] for the switch-over); a `since`
 //! older than retention gets a `reset` first. Bad client frames get an `error`
 //! message and the session goes on; a frame above the size limit closes it with 1009.
@@ -23,8 +26,9 @@ use super::admission::{self, Permit, RateLimit};
 use super::auth::Principal;
 use super::protocol::{self, ErrorCode, Incoming, Outgoing, Refusal};
 use super::replay::{self, Replay, Step};
+use super::wire::Wire;
 use super::{AppContext, listen};
-use crate::hub::{Membership, Published};
+use crate::hub::Membership;
 
 /// Close codes used by sessions.
 pub mod close {
@@ -72,7 +76,7 @@ struct WsQuery {
 async fn upgrade(
     ws: WebSocketUpgrade,
     State(ctx): State<AppContext>,
-    ConnectInfo(listen::Peer(peer)): ConnectInfo<listen::Peer>,
+    ConnectInfo(listen::Peer(peer, wire)): ConnectInfo<listen::Peer>,
     headers: HeaderMap,
     Query(query): Query<WsQuery>,
 ) -> Response {
@@ -102,7 +106,7 @@ async fn upgrade(
         .max_message_size(max)
         .on_upgrade(move |socket| {
             let sessions = ctx.sessions.clone();
-            sessions.track_future(Session::new(ctx, socket, principal, permit).run())
+            sessions.track_future(Session::new(ctx, socket, wire, principal, permit).run())
         })
 }
 
@@ -117,6 +121,8 @@ enum End {
 struct Session {
     ctx: AppContext,
     socket: WebSocket,
+    /// The socket under `socket`, which the hub writes events to.
+    wire: Arc<Wire>,
     member: Membership,
     principal: Principal,
     /// Subscribed topics, to re-check when the token is refreshed (the names are shared
@@ -124,24 +130,29 @@ struct Session {
     subscribed: Vec<Arc<str>>,
     rate: RateLimit,
     _permit: Permit,
-    /// Last position sent; anything at or below it is not sent again.
-    cursor: i64,
     subscribed_once: bool,
 }
 
 impl Session {
-    fn new(ctx: AppContext, socket: WebSocket, principal: Principal, permit: Permit) -> Session {
-        let member = ctx.hub.join(ctx.session.queue);
+    fn new(
+        ctx: AppContext,
+        socket: WebSocket,
+        wire: Arc<Wire>,
+        principal: Principal,
+        permit: Permit,
+    ) -> Session {
+        let mut member = ctx.hub.join(ctx.session.queue);
+        member.events.attach(wire.clone());
         let rate = RateLimit::new(ctx.limits.subscribe_rate, ctx.limits.subscribe_burst);
         Session {
             ctx,
             socket,
+            wire,
             member,
             principal,
             subscribed: Vec::new(),
             rate,
             _permit: permit,
-            cursor: 0,
             subscribed_once: false,
         }
     }
@@ -153,6 +164,8 @@ impl Session {
             End::Gone => "client_gone",
         };
         metrics::counter!(crate::metrics::SESSIONS_CLOSED, "reason" => reason).increment(1);
+        // Whatever happens now, the hub writes no more events to this socket.
+        self.wire.hold();
         if let End::Close(code, reason) = end {
             let frame = CloseFrame {
                 code,
@@ -187,10 +200,14 @@ impl Session {
             if timer.deadline() != due {
                 timer.as_mut().reset(due);
             }
+            // Waiting: the hub may write events to the socket.
+            self.wire.release();
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return End::Close(close::GOING_AWAY, "server shutting down"),
                 incoming = self.socket.recv() => {
+                    // Answers must not be overtaken by the events they announce.
+                    self.wire.hold();
                     last_seen = Instant::now();
                     match incoming {
                         None | Some(Ok(Message::Close(_))) => return End::Gone,
@@ -211,14 +228,14 @@ impl Session {
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     }
                 }
-                event = self.member.events.recv() => match event {
-                    Some(event) => {
-                        if let Err(end) = Box::pin(self.deliver(event)).await {
-                            return end;
-                        }
+                queued = self.member.events.writable() => {
+                    if !queued {
+                        return End::Close(close::TOO_SLOW, "too slow: resume with since");
                     }
-                    None => return End::Close(close::TOO_SLOW, "too slow: resume with since"),
-                },
+                    if let Err(end) = Box::pin(self.deliver()).await {
+                        return end;
+                    }
+                }
                 () = &mut timer => {
                     let now = Instant::now();
                     if now >= expiry {
@@ -239,28 +256,30 @@ impl Session {
         }
     }
 
-    /// Sends `first` and every event already queued behind it in one flush (one
-    /// syscall per wake-up), within the write timeout.
-    async fn deliver(&mut self, first: Arc<Published>) -> Result<(), End> {
+    /// Writes what the hub queued for this session (and the rest of a frame it
+    /// started), as many frames per syscall as are queued, within the write timeout.
+    async fn deliver(&mut self) -> Result<(), End> {
         let limit = self.ctx.session.write_timeout;
         let mut sent = 0u64;
         let write = async {
-            let mut next = Some(first);
-            while let Some(event) = next {
-                if event.pos > self.cursor {
-                    self.cursor = event.pos;
-                    self.socket.feed(Message::Text(event.frame.clone())).await?;
-                    sent += 1;
+            loop {
+                if self.wire.dirty() {
+                    // tungstenite is halfway through a frame of its own: it goes first.
+                    self.socket.flush().await.map_err(|_| ())?;
                 }
-                next = self.member.events.try_recv().ok();
+                let drained = self.member.events.write_queued().map_err(|_| ())?;
+                sent += drained.sent;
+                if drained.done {
+                    return Ok(());
+                }
+                self.wire.writable().await.map_err(|_| ())?;
             }
-            self.socket.flush().await
         };
         let result = tokio::time::timeout(limit, write).await;
         metrics::counter!(crate::metrics::DELIVERIES).increment(sent);
         match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone),
+            Ok(Err(())) => Err(End::Gone),
             Err(_) => Err(End::Close(close::TOO_SLOW, "too slow: resume with since")),
         }
     }
@@ -447,10 +466,10 @@ impl Session {
                         head,
                     })
                     .await?;
-                    self.cursor = self.cursor.max(head);
+                    self.member.events.skip_through(head);
                 }
                 Ok(Step::Live { upto }) => {
-                    self.cursor = self.cursor.max(upto);
+                    self.member.events.skip_through(upto);
                     return Ok(());
                 }
                 Err(err) => {
