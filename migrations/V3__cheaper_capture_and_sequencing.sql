@@ -1,4 +1,5 @@
--- rowcast schema, version 3: a cheaper event insert.
+-- rowcast schema, version 3: a cheaper event insert, and a sequencer batch that reuses its
+-- plans.
 --
 -- The capture trigger inserts one row into rowcast.events per change, each one its own
 -- INSERT statement. At the first row of every statement PostgreSQL reads each check
@@ -13,3 +14,12 @@ alter table rowcast.events drop constraint events_op_check;
 
 comment on column rowcast.events.op is
     'INSERT, UPDATE, DELETE or TRUNCATE, as the capture triggers write it (no check constraint: preparing one costs every capture)';
+
+-- rowcast.sequence_step() ran with plan_cache_mode = force_custom_plan, so every call
+-- planned each of its statements again: about 0.6 ms of the sequencer's CPU per round,
+-- two thirds of a round that sequences one event (1.05 ms against 0.35 ms, measured,
+-- BENCHMARKS.md "Latency"), and a round runs for nearly every commit at 1k writes/s. With
+-- the default mode its simple statements keep one plan per connection, and PostgreSQL
+-- still plans the batch statement for its actual snapshot bounds whenever a generic
+-- plan would cost more. The results are the same either way.
+alter function rowcast.sequence_step(integer) reset plan_cache_mode;
