@@ -169,6 +169,7 @@ async fn session(
         // what follows its head, the batch included: one round trip, three statements
         // each in its own transaction, so the read starts after the batch committed.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
+        let round = feed.map(Feed::round);
         let (armed, batch, changes) = db::with_timeout(config.statement_timeout, async {
             tokio::try_join!(
                 listener
@@ -196,6 +197,7 @@ async fn session(
         if let (Some(feed), Some(changes)) = (feed, changes) {
             feed.offer(changes);
         }
+        drop(round);
         let armed: bool = armed.get(0);
         let (n, in_progress): (i64, bool) = (batch.get(0), batch.get(1));
         if n > 0 {

@@ -19,12 +19,16 @@
 //! them if they start right after its head, which saves the `rowcast_seq` NOTIFY and a
 //! read of its own: four process wake-ups between a commit and its clients. Anything
 //! else (a gap because an offer was dropped, another replica's batches) comes through
-//! the usual NOTIFY and read; a NOTIFY for positions already published is not read.
+//! the usual NOTIFY and read. A NOTIFY is not read for positions already published, and
+//! one that comes while the local sequencer is in a round (its batch's commit sends it
+//! before the round's read returns) waits for that round's offer, at most 50 ms, so
+//! the same rows are not read twice.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_postgres::Statement;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +71,7 @@ pub struct Feed {
     hub: Arc<Hub>,
     batch: i64,
     offers: mpsc::Sender<Changes>,
+    round: Arc<Round>,
 }
 
 /// The tailer's end of the hand-off.
@@ -74,19 +79,44 @@ pub struct Offers {
     received: mpsc::Receiver<Changes>,
     /// False once no [`Feed`] is left (no sequencer in this process).
     open: bool,
+    round: Arc<Round>,
+}
+
+/// Whether the local sequencer is in a round, whose read may bring what a NOTIFY
+/// announced (so the tailer waits for it rather than read the same rows itself).
+#[derive(Default)]
+struct Round {
+    running: AtomicBool,
+    ended: Notify,
+}
+
+/// Longest wait for the local sequencer's round before the tailer reads for itself.
+const ROUND_WAIT: Duration = Duration::from_millis(50);
+
+/// Marks a round of the local sequencer; it ends when dropped (after the offer).
+pub struct RoundGuard(Arc<Round>);
+
+impl Drop for RoundGuard {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+        self.0.ended.notify_waiters();
+    }
 }
 
 /// A hand-off from this replica's sequencer to its tailer, which publishes to `hub`.
 pub fn feed(hub: Arc<Hub>, config: &TailConfig) -> (Feed, Offers) {
     let (offers, received) = mpsc::channel(FEED_DEPTH);
+    let round = Arc::new(Round::default());
     let feed = Feed {
         hub,
         batch: config.batch,
         offers,
+        round: round.clone(),
     };
     let offers = Offers {
         received,
         open: true,
+        round,
     };
     (feed, offers)
 }
@@ -97,11 +127,19 @@ impl Offers {
         Offers {
             received: mpsc::channel(1).1,
             open: false,
+            round: Arc::default(),
         }
     }
 }
 
 impl Feed {
+    /// Starts a round: until the guard is dropped, a tailer woken by a NOTIFY waits
+    /// for this round's offer before it reads. Drop it after [`Feed::offer`].
+    pub fn round(&self) -> RoundGuard {
+        self.round.running.store(true, Ordering::Release);
+        RoundGuard(self.round.clone())
+    }
+
     /// The last position the tailer published: read the log after it.
     pub fn head(&self) -> i64 {
         self.hub.head()
@@ -205,8 +243,8 @@ impl Tail<'_> {
             loop {
                 tokio::select! {
                     _ = listener.notified() => {
-                        // A wake-up for positions already handed off needs no read.
-                        if listener.latest() > self.hub.head() {
+                        // A wake-up for positions handed off (or about to be) needs no read.
+                        if !self.handed_off(&listener, offers).await? {
                             break;
                         }
                     }
@@ -224,6 +262,36 @@ impl Tail<'_> {
                     _ = shutdown.cancelled() => return Ok(()),
                 }
             }
+        }
+    }
+
+    /// After a NOTIFY: takes the offers already made and, while the local sequencer is
+    /// in a round, the one it is about to make (at most [`ROUND_WAIT`]). Returns whether
+    /// everything the NOTIFY announced is published; false means read.
+    async fn handed_off(&self, listener: &Listener, offers: &mut Offers) -> Result<bool, DbError> {
+        let round = offers.round.clone();
+        let ended = round.ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        let mut waited = !round.running.load(Ordering::Acquire);
+        let deadline = Instant::now() + ROUND_WAIT;
+        loop {
+            while let Ok(changes) = offers.received.try_recv() {
+                if !self.take(listener, changes).await? {
+                    return Ok(false);
+                }
+            }
+            if listener.latest() <= self.hub.head() {
+                return Ok(true);
+            }
+            if waited || !offers.open {
+                return Ok(false);
+            }
+            tokio::select! {
+                _ = ended.as_mut() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            waited = true;
         }
     }
 
