@@ -9,6 +9,7 @@
 #   DB=perf_trig CLIENTS=32 SECONDS_PER_RUN=10 ROUNDS=2 VARIANTS="plain shipped_poll outbox_min" bench/trigger-concurrent.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/pgbench-window.sh
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
 DB="${DB:-perf_trig}"
 SECS="${SECONDS_PER_RUN:-10}"
@@ -36,12 +37,7 @@ for round in $(seq 1 "$ROUNDS"); do
         pgbench -n -c "$CLIENTS" -j 2 -T "$(( SECS + 3 ))" -f "$work/$v.sql" "$DB" >"$work/out" 2>/dev/null &
         PB=$!
         launched=$(date +%s.%N)
-        for _ in $(seq 1 50); do
-            up=$(psql -qXAt -d "$DB" -c "select count(*) from pg_stat_activity where application_name = 'pgbench'")
-            [ "$up" -ge "$CLIENTS" ] && break
-            sleep 0.2
-        done
-        sleep 0.5
+        wait_for_clients "$DB" "$CLIENTS"
         a=$(writers); t0=$(date +%s.%N)
         sleep "$(echo "$launched + $SECS - 1.5 - $(date +%s.%N)" | bc -l | sed 's/^-.*/0/')"
         b=$(writers); t1=$(date +%s.%N)

@@ -23,6 +23,7 @@
 # The machine's other load counts in `machine` and in tps: compare within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/pgbench-window.sh
 export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
 DB="${DB:-perf_write}"
 SECS="${SECONDS_PER_RUN:-12}"
@@ -85,12 +86,7 @@ for round in $(seq 1 "$ROUNDS"); do
         launched=$(date +%s.%N)
         # The window starts once every client is connected (slow on a loaded machine) and
         # ends 1.5 s before SECS are up (pgbench runs 3 s longer: its end is not exact).
-        for _ in $(seq 1 50); do
-            up=$(psql -qXAt -d "$DB" -c "select count(*) from pg_stat_activity where application_name = 'pgbench'")
-            [ "$up" -ge "$CLIENTS" ] && break
-            sleep 0.2
-        done
-        sleep 0.5
+        wait_for_clients "$DB" "$CLIENTS"
         PBPID=$(pgrep -x pgbench -P $$ || echo "$PB")
         a=$(snapshot "$PBPID"); fa=$(funcs); t0=$(date +%s.%N)
         x0=$(psql -qXAt -d "$DB" -c "select xact_commit from pg_stat_database where datname = '$DB'")

@@ -207,10 +207,10 @@ async fn the_tailer_publishes_handed_off_changes_that_follow_its_head_and_not_af
         event.pos
     };
 
-    feed.offer(vec![handed_off(1), handed_off(2)]);
+    feed.round().offer(vec![handed_off(1), handed_off(2)]);
     assert_eq!((next().await, next().await), (1, 2));
-    feed.offer(vec![handed_off(5)]);
-    feed.offer(vec![handed_off(2), handed_off(3)]);
+    feed.round().offer(vec![handed_off(5)]);
+    feed.round().offer(vec![handed_off(2), handed_off(3)]);
     assert_eq!(
         next().await,
         3,

@@ -181,12 +181,18 @@ async fn session(
                     .query_one(&step, &params)
                     .map_err(DbError::from),
                 async {
-                    match feed {
-                        Some(feed) => {
-                            let after = feed.head();
-                            log::read_range(&listener.client, &range, after, i64::MAX, feed.batch())
-                                .await
-                                .map(Some)
+                    match &round {
+                        Some(round) => {
+                            let after = round.head();
+                            log::read_range(
+                                &listener.client,
+                                &range,
+                                after,
+                                i64::MAX,
+                                round.batch(),
+                            )
+                            .await
+                            .map(Some)
                         }
                         None => Ok(None),
                     }
@@ -194,10 +200,9 @@ async fn session(
             )
         })
         .await?;
-        if let (Some(feed), Some(changes)) = (feed, changes) {
-            feed.offer(changes);
+        if let (Some(round), Some(changes)) = (round, changes) {
+            round.offer(changes);
         }
-        drop(round);
         let armed: bool = armed.get(0);
         let (n, in_progress): (i64, bool) = (batch.get(0), batch.get(1));
         if n > 0 {

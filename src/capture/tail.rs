@@ -93,13 +93,36 @@ struct Round {
 /// Longest wait for the local sequencer's round before the tailer reads for itself.
 const ROUND_WAIT: Duration = Duration::from_millis(50);
 
-/// Marks a round of the local sequencer; it ends when dropped (after the offer).
-pub struct RoundGuard(Arc<Round>);
+/// A round of the local sequencer, from [`Feed::round`]: it ends when dropped, so
+/// [`RoundGuard::offer`] (which ends it) always comes before its end.
+pub struct RoundGuard<'a>(&'a Feed);
 
-impl Drop for RoundGuard {
+impl RoundGuard<'_> {
+    /// The last position the tailer published: read the log after it.
+    pub fn head(&self) -> i64 {
+        self.0.hub.head()
+    }
+
+    /// Most changes to read for one offer.
+    pub fn batch(&self) -> i64 {
+        self.0.batch
+    }
+
+    /// Offers changes read after [`RoundGuard::head`] (committed, in position order)
+    /// and ends the round. Never waits: if the tailer is behind, the offer is dropped
+    /// and the tailer reads.
+    pub fn offer(self, changes: Changes) {
+        if !changes.is_empty() {
+            let _ = self.0.offers.try_send(changes);
+        }
+    }
+}
+
+impl Drop for RoundGuard<'_> {
     fn drop(&mut self) {
-        self.0.running.store(false, Ordering::Release);
-        self.0.ended.notify_waiters();
+        let round = &self.0.round;
+        round.running.store(false, Ordering::Release);
+        round.ended.notify_waiters();
     }
 }
 
@@ -133,29 +156,11 @@ impl Offers {
 }
 
 impl Feed {
-    /// Starts a round: until the guard is dropped, a tailer woken by a NOTIFY waits
-    /// for this round's offer before it reads. Drop it after [`Feed::offer`].
-    pub fn round(&self) -> RoundGuard {
+    /// Starts a round: until it ends, a tailer woken by a NOTIFY waits for this
+    /// round's offer before it reads.
+    pub fn round(&self) -> RoundGuard<'_> {
         self.round.running.store(true, Ordering::Release);
-        RoundGuard(self.round.clone())
-    }
-
-    /// The last position the tailer published: read the log after it.
-    pub fn head(&self) -> i64 {
-        self.hub.head()
-    }
-
-    /// Most changes to read for one offer.
-    pub fn batch(&self) -> i64 {
-        self.batch
-    }
-
-    /// Offers changes read after [`Feed::head`] (committed, in position order). Never
-    /// waits: if the tailer is behind, the offer is dropped and the tailer reads.
-    pub fn offer(&self, changes: Changes) {
-        if !changes.is_empty() {
-            let _ = self.offers.try_send(changes);
-        }
+        RoundGuard(self)
     }
 }
 
