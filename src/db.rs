@@ -86,6 +86,25 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
     Ok(config)
 }
 
+/// [`pg_config`] for the service's own connections: also keeps their statements on the
+/// indexes. The service prepares each statement once per connection, and from its sixth
+/// run PostgreSQL may keep a generic plan, costed once against the tables as they were
+/// then. A service that starts on a new installation prepares its log reads while
+/// `rowcast.events` holds a handful of rows, where a hash join over a sequential scan of
+/// the events looks cheapest, and kept that plan as the table grew: every read of a few
+/// new events scanned all of them. Every query of the service finds its rows through an
+/// index (the log by position or topic, events by key), so sequential scans are off for
+/// these sessions.
+pub fn service_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut config = pg_config(url)?;
+    let options = match config.get_options() {
+        Some(given) => format!("{given} -c enable_seqscan=off"),
+        None => "-c enable_seqscan=off".to_string(),
+    };
+    config.options(&options);
+    Ok(config)
+}
+
 /// A pool for short queries.
 pub fn pool(
     config: &tokio_postgres::Config,

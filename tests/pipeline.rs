@@ -296,3 +296,48 @@ async fn an_event_row_with_an_unknown_op_is_skipped_and_the_next_one_is_delivere
     assert_eq!(events[0]["event"], "booking.created");
     ws.expect_silence(Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn a_row_nested_thousands_of_levels_deep_is_delivered_whole() {
+    // serde_json refuses to parse JSON nested more than 128 levels into values; the
+    // service never does: rows travel as PostgreSQL rendered them.
+    let db = TestDb::migrated().await;
+    let writer = db.client().await;
+    writer
+        .batch_execute(
+            "create table docs (id int primary key, body jsonb); select rowcast.watch('docs');",
+        )
+        .await
+        .unwrap();
+    let app = TestApp::start(&db).await;
+    let mut ws = app.ws().await;
+    ws.subscribe(&["docs"], None).await;
+    let nested = |leaf: i32| format!("{}{leaf}{}", "[".repeat(3000), "]".repeat(3000));
+    writer
+        .execute(
+            "insert into docs values (1, $1::text::jsonb)",
+            &[&nested(1)],
+        )
+        .await
+        .unwrap();
+    writer
+        .execute(
+            "update docs set body = $1::text::jsonb where id = 1",
+            &[&nested(2)],
+        )
+        .await
+        .unwrap();
+
+    let inserted = ws.recv_text().await;
+    assert!(
+        inserted.contains(&format!("\"body\": {}", nested(1))),
+        "{}",
+        &inserted[..200]
+    );
+    let updated = ws.recv_text().await;
+    let (data, old) = updated
+        .split_once("\"old\":")
+        .expect("an UPDATE carries old");
+    assert!(data.contains(&nested(2)), "{}", &updated[..200]);
+    assert!(old.contains(&nested(1)), "{}", &updated[..200]);
+}

@@ -221,3 +221,56 @@ async fn the_tailer_publishes_handed_off_changes_that_follow_its_head_and_not_af
     shutdown.cancel();
     tailer.await.unwrap();
 }
+
+/// Sequential scans of `rowcast.events` and `rowcast.log` so far, as PostgreSQL's
+/// statistics report them (an idle backend reports within about a second).
+async fn sequential_scans(client: &tokio_postgres::Client) -> (i64, i64) {
+    let row = client
+        .query_one(
+            "select (select seq_scan from pg_stat_user_tables where relid = 'rowcast.events'::regclass), \
+                    (select seq_scan from pg_stat_user_tables where relid = 'rowcast.log'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn sequencer_rounds_keep_reading_by_index_after_starting_on_an_empty_log() {
+    let db = TestDb::migrated().await;
+    let writer = db.client().await;
+    writer
+        .batch_execute("create table ticks (id int primary key); select rowcast.watch('ticks');")
+        .await
+        .unwrap();
+    let app = TestApp::start(&db).await;
+    let mut ws = app.ws().await;
+    ws.subscribe(&["ticks"], None).await;
+    // One event per round, so that every statement of the sequencer and of the hand-off
+    // runs often enough for PostgreSQL to settle on the plan it keeps, while the tables
+    // are still nearly empty.
+    let mut tick = async |id: i32| {
+        writer
+            .execute("insert into ticks values ($1)", &[&id])
+            .await
+            .unwrap();
+        let event = ws.recv().await;
+        assert_eq!(event["data"]["id"], id);
+    };
+    for id in 1..=12 {
+        tick(id).await;
+    }
+    let stats = db.client().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = sequential_scans(&stats).await;
+    for id in 13..=30 {
+        tick(id).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = sequential_scans(&stats).await;
+    assert_eq!(
+        after, before,
+        "(events, log) sequential scans while 18 more events were sequenced and delivered"
+    );
+}
