@@ -29,6 +29,9 @@ pub const SEQUENCED: &str = "rowcast_sequenced_position";
 pub const LAG: &str = "rowcast_listener_lag_events";
 /// Captured events that have no position yet.
 pub const UNSEQUENCED: &str = "rowcast_unsequenced_events";
+/// Changes of tables with a domain delivered as generic `row.*` events because their row
+/// could not be read through the mapping.
+pub const ROWS_UNMAPPED: &str = "rowcast_rows_unmapped_total";
 /// Fraction of PostgreSQL's NOTIFY queue in use (`pg_notification_queue_usage()`).
 pub const NOTIFY_QUEUE: &str = "rowcast_notify_queue_usage";
 
@@ -55,6 +58,10 @@ fn describe() {
         "Events read from the log and published to sessions"
     );
     describe_counter!(DELIVERIES, "Event frames written to client sessions");
+    describe_counter!(
+        ROWS_UNMAPPED,
+        "Changes of tables with a domain delivered as row.* because the mapping could not read their row"
+    );
     describe_gauge!(SESSIONS, "Open client sessions");
     describe_counter!(SESSIONS_CLOSED, "Client sessions closed, by reason");
     describe_counter!(REFUSALS, "Client messages refused, by error code");

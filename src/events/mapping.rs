@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
@@ -331,15 +332,70 @@ pub fn unmapped_rows() -> u64 {
     UNMAPPED.load(Ordering::Relaxed)
 }
 
-/// Counts and logs a change delivered as `row.*` instead of its domain's event.
+/// Shortest time between two warnings about unmapped rows. A mapping broken by a schema
+/// change makes every row of its table unmappable: one warning per row would flood the
+/// log at the table's write rate.
+const UNMAPPED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+static UNMAPPED_LOG: LogLimiter = LogLimiter::new(UNMAPPED_LOG_INTERVAL);
+
+/// Counts a change delivered as `row.*` instead of its domain's event, and logs it
+/// unless another was logged less than [`UNMAPPED_LOG_INTERVAL`] ago; the next warning
+/// says how many were not logged.
 pub(crate) fn record_unmapped(change: &Change, err: &MapError) {
     UNMAPPED.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(
-        table = %change.table,
-        pos = change.pos,
-        error = %err,
-        "row cannot be read through its domain mapping; delivered as row.*"
-    );
+    metrics::counter!(crate::metrics::ROWS_UNMAPPED).increment(1);
+    if let Some(not_logged) = UNMAPPED_LOG.admit(Instant::now()) {
+        tracing::warn!(
+            table = %change.table,
+            pos = change.pos,
+            error = %err,
+            not_logged_since_last_warning = not_logged,
+            "row cannot be read through its domain mapping; delivered as row.*"
+        );
+    }
+}
+
+/// Lets through at most one log line per interval and counts the others.
+#[derive(Debug)]
+struct LogLimiter {
+    interval: Duration,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Debug)]
+struct LimiterState {
+    /// When the last line was let through (`None`: never).
+    last: Option<Instant>,
+    /// Lines held back since then.
+    held: u64,
+}
+
+impl LogLimiter {
+    const fn new(interval: Duration) -> LogLimiter {
+        LogLimiter {
+            interval,
+            state: Mutex::new(LimiterState {
+                last: None,
+                held: 0,
+            }),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` if a line may be logged at `now`.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.last {
+            Some(last) if now.saturating_duration_since(last) < self.interval => {
+                state.held += 1;
+                None
+            }
+            _ => {
+                state.last = Some(now);
+                Some(std::mem::take(&mut state.held))
+            }
+        }
+    }
 }
 
 /// Loads the mappings with the given ids.
@@ -461,4 +517,21 @@ pub async fn check_watched(client: &Client) -> Result<Vec<MappingProblem>, DbErr
         );
     }
     Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let limiter = LogLimiter::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(limiter.admit(start), Some(0));
+        assert_eq!(limiter.admit(start + Duration::from_secs(1)), None);
+        assert_eq!(limiter.admit(start + Duration::from_secs(9)), None);
+        assert_eq!(limiter.admit(start + Duration::from_secs(10)), Some(2));
+        assert_eq!(limiter.admit(start + Duration::from_secs(11)), None);
+        assert_eq!(limiter.admit(start + Duration::from_secs(25)), Some(1));
+    }
 }
