@@ -86,29 +86,24 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
     Ok(config)
 }
 
-/// [`pg_config`] for the service's own connections: also keeps their statements on the
-/// indexes. The service prepares each statement once per connection, and from its sixth
-/// run PostgreSQL may keep a generic plan, costed once against the tables as they were
-/// then. A service that starts on a new installation prepares its log reads while
+/// What every connection of the service sets first: its statements stay on the indexes.
+///
+/// The service prepares each statement once per connection, and from its sixth run
+/// PostgreSQL may keep a generic plan, costed once against the tables as they were then.
+/// A service that starts on a new installation prepares its log reads while
 /// `rowcast.events` holds a handful of rows, where a hash join over a sequential scan of
 /// the events looks cheapest, and kept that plan as the table grew: every read of a few
 /// new events scanned all of them. Every query of the service finds its rows through an
-/// index (the log by position or topic, events by key), so sequential scans are off for
-/// these sessions. So is JIT: a table with no index for a condition (the one-row wake-up
-/// flag) is still scanned, at the planner's cost for a disabled scan, far above the
-/// threshold where PostgreSQL would compile the query (measured: 100 ms per round).
-pub fn service_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
-    const SERVICE_OPTIONS: &str = "-c enable_seqscan=off -c jit=off";
-    let mut config = pg_config(url)?;
-    let options = match config.get_options() {
-        Some(given) => format!("{given} {SERVICE_OPTIONS}"),
-        None => SERVICE_OPTIONS.to_string(),
-    };
-    config.options(&options);
-    Ok(config)
-}
+/// index (the log by position or topic, events by key), so sequential scans are off. So
+/// is JIT: a table with no index for a condition (the one-row wake-up flag) is still
+/// scanned, at the planner's cost for a disabled scan, far above the threshold where
+/// PostgreSQL compiles a query (measured: 100 ms a round).
+///
+/// Sent as statements, not as the `options` startup parameter, which connection poolers
+/// refuse or drop. The pool recycles connections without `DISCARD ALL`, so they last.
+pub const SESSION_SETUP: &str = "set enable_seqscan = off; set jit = off";
 
-/// A pool for short queries.
+/// A pool for short queries; each connection runs [`SESSION_SETUP`] first.
 pub fn pool(
     config: &tokio_postgres::Config,
     size: usize,
@@ -120,7 +115,16 @@ pub fn pool(
             recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         },
     );
+    let setup = deadpool_postgres::Hook::async_fn(|client, _| {
+        Box::pin(async move {
+            client
+                .batch_execute(SESSION_SETUP)
+                .await
+                .map_err(deadpool_postgres::HookError::Backend)
+        })
+    });
     Ok(deadpool_postgres::Pool::builder(manager)
+        .post_create(setup)
         .max_size(size)
         .wait_timeout(Some(Duration::from_secs(5)))
         .create_timeout(Some(Duration::from_secs(5)))
@@ -142,8 +146,8 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Connects and LISTENs on `channels` before returning, so no wake-up sent after
-    /// this returns can be missed.
+    /// Connects, runs [`SESSION_SETUP`], and LISTENs on `channels` before returning, so
+    /// no wake-up sent after this returns can be missed.
     pub async fn connect(
         config: &tokio_postgres::Config,
         channels: &[&str],
@@ -183,6 +187,7 @@ impl Listener {
             latest,
             closed,
         };
+        listener.client.batch_execute(SESSION_SETUP).await?;
         for channel in channels {
             listener
                 .client

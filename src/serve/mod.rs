@@ -151,7 +151,7 @@ impl Application {
     pub async fn build(config: Config) -> Result<Application, ServeError> {
         crate::metrics::handle();
         let auth = auth::Auth::from_config(&config.auth)?.map(Arc::new);
-        let pg = db::service_config(&config.database_url)?;
+        let pg = db::pg_config(&config.database_url)?;
         let pool = db::pool(&pg, config.pool_size)?;
         let client = pool.get().await.map_err(|err| ServeError::Connect {
             target: describe_target(&pg),
