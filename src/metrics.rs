@@ -9,6 +9,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Events given positions by this replica's sequencer.
 pub const EVENTS_SEQUENCED: &str = "rowcast_events_sequenced_total";
+/// Time of one sequencer round (clearing the wake-up flag, the batch with its commit, and
+/// the read for the local tailer: one round trip), in seconds. A round that grows with
+/// the size of the log, not with its batch, shows here first.
+pub const SEQUENCER_ROUND: &str = "rowcast_sequencer_round_seconds";
 /// Events read from the log and published to the hub.
 pub const EVENTS_PUBLISHED: &str = "rowcast_events_published_total";
 /// Event frames written to client sessions.
@@ -48,7 +52,7 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         EVENTS_SEQUENCED,
         "Events given positions by this replica's sequencer"
@@ -58,6 +62,11 @@ fn describe() {
         "Events read from the log and published to sessions"
     );
     describe_counter!(DELIVERIES, "Event frames written to client sessions");
+    describe_histogram!(
+        SEQUENCER_ROUND,
+        Unit::Seconds,
+        "Time of one sequencer round: flag, batch and commit, read for the local tailer"
+    );
     describe_counter!(
         ROWS_UNMAPPED,
         "Changes of tables with a domain delivered as row.* because the mapping could not read their row"

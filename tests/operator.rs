@@ -54,6 +54,10 @@ async fn metrics_parse_as_prometheus_text_and_counters_move_after_writes() {
         after.contains("# TYPE rowcast_deliveries_total counter"),
         "{after}"
     );
+    assert!(
+        metric(&after, "rowcast_sequencer_round_seconds_count") > 0.0,
+        "{after}"
+    );
 
     let (status, body) = get(&app, "/api/stats").await;
     assert_eq!(status, 200);

@@ -170,6 +170,7 @@ async fn session(
         // each in its own transaction, so the read starts after the batch committed.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
         let round = feed.map(Feed::round);
+        let started = std::time::Instant::now();
         let (armed, batch, changes) = db::with_timeout(config.statement_timeout, async {
             tokio::try_join!(
                 listener
@@ -200,6 +201,7 @@ async fn session(
             )
         })
         .await?;
+        metrics::histogram!(crate::metrics::SEQUENCER_ROUND).record(started.elapsed());
         if let (Some(round), Some(changes)) = (round, changes) {
             round.offer(changes);
         }
