@@ -395,3 +395,52 @@ async fn an_sse_client_that_stops_reading_does_not_hold_up_shutdown() {
     app.stop().await;
     drop(stuck);
 }
+
+#[tokio::test]
+async fn a_resume_on_a_rare_topic_reads_through_a_log_longer_than_its_scan_windows() {
+    // 45,000 events, more than four of the replay's scan windows, of which four are on
+    // user 7: one near the start, two in the middle windows, one in the last.
+    let db = TestDb::migrated().await;
+    let writer = db.client().await;
+    writer
+        .batch_execute(
+            "create table ticks (id int primary key, user_id int not null);
+             select rowcast.watch('ticks', routes => '{\"user_id\": \"user\"}');",
+        )
+        .await
+        .unwrap();
+    let app = TestApp::start(&db).await;
+    let rare = [3, 12_345, 30_001, 44_999];
+    writer
+        .execute(
+            "insert into ticks select g, case when g = any($1::bigint[]) then 7 else 0 end \
+             from generate_series(1, 45000) g",
+            &[&rare.to_vec()],
+        )
+        .await
+        .unwrap();
+    app.wait_head(45_000).await;
+    let ids = |events: &[Value]| -> Vec<i64> {
+        events
+            .iter()
+            .map(|e| e["data"]["id"].as_i64().unwrap())
+            .collect()
+    };
+
+    let (events, head) = poll_all(&app, "user:7", 0, 100, rare.len()).await;
+    assert_eq!(ids(&events), rare);
+    assert_eq!(positions(&events), rare);
+    assert!(head >= 44_999);
+
+    let mut ws = app.ws().await;
+    ws.subscribe(&["user:7"], Some(0)).await;
+    let replayed = ws.events(rare.len()).await;
+    assert_eq!(ids(&replayed), rare);
+    writer
+        .execute("insert into ticks values (45001, 7)", &[])
+        .await
+        .unwrap();
+    let live = ws.events(1).await;
+    assert_eq!(positions(&live), vec![45_001]);
+    ws.expect_silence(Duration::from_millis(300)).await;
+}

@@ -80,8 +80,7 @@ async fn poll(
         Err(ReadError::TooOld { pruned, .. }) => return Err(too_old(pruned)),
         Err(ReadError::Db(err)) => return Err(err.into()),
     };
-    let scanned = if read.full { read.last } else { head };
-    Ok(page(&read.events, scanned))
+    Ok(page(&read.events, read.last))
 }
 
 /// `{"events":[<frame>,...],"head":H}`, with the frames spliced in as they are.

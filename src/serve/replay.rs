@@ -11,6 +11,15 @@
 //! instead of a silent gap. A `since` of 0 means "everything still retained" and starts
 //! at the mark; any other `since` below the mark is too old.
 //!
+//! A read goes through the log in windows of [`SCAN_WINDOW`] positions, in position
+//! order, and keeps the rows on the requested topics, so its cost follows the part of the
+//! log it covers and never the whole log: positions are dense, so a window holds at most
+//! that many rows. (An index lookup by topic was faster for a rare topic, but PostgreSQL's
+//! plans for it, kept per connection, read every row of a common topic and sorted them on
+//! every page: 6 s a page on a log of two million events, BENCHMARKS.md "Replay".) A
+//! page stops at its limit or after [`SCAN_WINDOWS_PER_PAGE`] windows, and says how far
+//! it read.
+//!
 //! A streaming session drives a [`Replay`]: it has joined the hub in replaying mode (see
 //! [`crate::hub`]), pulls [`Step`]s, sends them, and is live once it gets
 //! [`Step::Live`]. A `since` that is too old yields [`Step::Reset`] and the replay goes on
@@ -33,6 +42,13 @@ pub const SINCE_TOO_OLD: &str = "since_too_old";
 /// Longest a replay read may take.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Positions one query of a replay covers at most.
+pub const SCAN_WINDOW: i64 = 10_000;
+
+/// Windows one page reads at most before it returns what it found (maybe nothing), so a
+/// request for a rare topic far behind the head answers in bounded time.
+pub const SCAN_WINDOWS_PER_PAGE: usize = 20;
+
 /// Why a page could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -54,10 +70,9 @@ pub enum ReadError {
 pub struct Page {
     /// The events, in position order.
     pub events: Vec<Arc<Published>>,
-    /// The last position scanned (the start of the read if nothing was found).
+    /// Read through this position: the next page starts after it. It is `upto` once the
+    /// whole range has been read.
     pub last: i64,
-    /// Whether the page hit its limit (more may follow before `upto`).
-    pub full: bool,
 }
 
 /// Where a read resuming after `since` starts: `since` itself, or for `since = 0` the
@@ -75,8 +90,8 @@ pub async fn start(pool: &Pool, since: i64) -> Result<i64, ReadError> {
     }
 }
 
-/// Reads up to `limit` events on `topics` with `after < pos <= upto`, checking that
-/// retention had not deleted any of them.
+/// Reads up to `limit` events on `topics` with `after < pos <= upto`, window by window
+/// (see the module docs), checking that retention had not deleted any of them.
 pub async fn read_page(
     pool: &Pool,
     mappings: &Mappings,
@@ -90,11 +105,26 @@ pub async fn read_page(
         .prepare_cached(log::RANGE_FOR_TOPICS_SQL)
         .await
         .map_err(DbError::from)?;
-    let rows = db::with_timeout(
-        READ_TIMEOUT,
-        log::read_range_for_topics(&client, &stmt, after, upto, topics, limit),
-    )
-    .await?;
+    let mut rows = Vec::new();
+    let mut last = after;
+    for _ in 0..SCAN_WINDOWS_PER_PAGE {
+        let end = upto.min(last.saturating_add(SCAN_WINDOW));
+        let want = limit - rows.len() as i64;
+        let found = db::with_timeout(
+            READ_TIMEOUT,
+            log::read_range_for_topics(&client, &stmt, last, end, topics, want),
+        )
+        .await?;
+        let full = found.len() as i64 >= want;
+        rows.extend(found);
+        last = match (full, rows.last()) {
+            (true, Some(row)) => position(row),
+            _ => end,
+        };
+        if full || last >= upto {
+            break;
+        }
+    }
     db::with_timeout(READ_TIMEOUT, mappings.load_missing(&client, &rows)).await?;
     // Read after the rows: the mark moves with the deletes, so if it is still at or
     // below `after` now, nothing in the range had been deleted when the rows were read.
@@ -102,22 +132,21 @@ pub async fn read_page(
     if pruned > after {
         return Err(ReadError::TooOld { after, pruned });
     }
-    let full = rows.len() as i64 >= limit;
-    let mut last = after;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         match row {
-            Ok(change) => {
-                last = change.pos;
-                events.push(tail::publishable(&change, mappings));
-            }
-            Err(err) => {
-                last = err.pos;
-                tracing::error!(error = %err, "skipping unreadable log row in replay");
-            }
+            Ok(change) => events.push(tail::publishable(&change, mappings)),
+            Err(err) => tracing::error!(error = %err, "skipping unreadable log row in replay"),
         }
     }
-    Ok(Page { events, last, full })
+    Ok(Page { events, last })
+}
+
+fn position(row: &Result<log::Change, log::MalformedRow>) -> i64 {
+    match row {
+        Ok(change) => change.pos,
+        Err(err) => err.pos,
+    }
 }
 
 /// The head a `reset` announces: where the live stream continues (never below what has
@@ -206,7 +235,7 @@ impl Replay {
                 .await
                 {
                     Ok(page) => {
-                        after = if page.full { page.last } else { self.head };
+                        after = page.last;
                         self.after = Some(after);
                         if !page.events.is_empty() {
                             return Ok(Step::Events(page.events));
