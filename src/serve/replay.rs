@@ -14,8 +14,8 @@
 //! A read goes through the log in windows of [`SCAN_WINDOW`] positions, in position
 //! order, and keeps the rows on the requested topics, so its cost follows the part of the
 //! log it covers and never the whole log: positions are dense, so a window holds at most
-//! that many rows. (An index lookup by topic was faster for a rare topic, but PostgreSQL's
-//! plans for it, kept per connection, read every row of a common topic and sorted them on
+//! that many rows. (An index lookup by topic was faster for a rare topic, but with it
+//! PostgreSQL's plans for a common topic read every one of its rows and sorted them, for
 //! every page: 6 s a page on a log of two million events, BENCHMARKS.md "Replay".) A
 //! page stops at its limit or after [`SCAN_WINDOWS_PER_PAGE`] windows, and says how far
 //! it read.
