@@ -93,8 +93,9 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
 /// A service that starts on a new installation prepares its log reads while
 /// `rowcast.events` holds a handful of rows, where a hash join over a sequential scan of
 /// the events looks cheapest, and kept that plan as the table grew: every read of a few
-/// new events scanned all of them. Every query of the service finds its rows through an
-/// index (the log by position, events by key), so sequential scans are off. So
+/// new events scanned all of them. Every query of the service on the log or the events
+/// finds its rows through an index (the log by position, events by key), so sequential
+/// scans are off; small tables without a usable index are still scanned. So
 /// is JIT: a table with no index for a condition (the one-row wake-up flag) is still
 /// scanned, at the planner's cost for a disabled scan, far above the threshold where
 /// PostgreSQL compiles a query (measured: 100 ms a round).

@@ -42,6 +42,9 @@ pub async fn poll_all(
                 "a full page ends at its head"
             );
         }
+        let more = body["more"]
+            .as_bool()
+            .expect("a page says whether more follows");
         events.extend(page.iter().cloned());
         head = next;
         assert!(
@@ -49,7 +52,7 @@ pub async fn poll_all(
             "only {} of {n} events polled",
             events.len()
         );
-        if page.is_empty() {
+        if !more {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -215,14 +218,15 @@ async fn http_paging_with_head_walks_the_whole_log_while_writes_go_on() {
     assert_eq!(positions(&sparse), expected);
     let (status, body) = get_json(app.addr, &format!("/events?topics=user:7&since={head}")).await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"events": [], "head": 300}));
+    assert_eq!(body, json!({"events": [], "head": 300, "more": false}));
     // Default limit 100.
     let (_, body) = get_json(app.addr, "/events?topics=bookings").await;
     assert_eq!(body["events"].as_array().unwrap().len(), 100);
     assert_eq!(body["head"], 100);
+    assert_eq!(body["more"], true, "a full page before the head");
     // A since ahead of the replica is kept as the head, never moved back.
     let (_, body) = get_json(app.addr, "/events?topics=bookings&since=5000").await;
-    assert_eq!(body, json!({"events": [], "head": 5000}));
+    assert_eq!(body, json!({"events": [], "head": 5000, "more": false}));
 }
 
 #[tokio::test]
@@ -398,8 +402,9 @@ async fn an_sse_client_that_stops_reading_does_not_hold_up_shutdown() {
 
 #[tokio::test]
 async fn a_resume_on_a_rare_topic_reads_through_a_log_longer_than_its_scan_windows() {
-    // 45,000 events, more than four of the replay's scan windows, of which four are on
-    // user 7: one near the start, two in the middle windows, one in the last.
+    // 45,000 events, more than four of the replay's scan windows, of which five are on
+    // user 7: one near the start, one on the last position of the second window, two in
+    // the middle windows, one in the last.
     let db = TestDb::migrated().await;
     let writer = db.client().await;
     writer
@@ -410,7 +415,7 @@ async fn a_resume_on_a_rare_topic_reads_through_a_log_longer_than_its_scan_windo
         .await
         .unwrap();
     let app = TestApp::start(&db).await;
-    let rare = [3, 12_345, 30_001, 44_999];
+    let rare = [3, 12_345, 20_000, 30_001, 44_999];
     writer
         .execute(
             "insert into ticks select g, case when g = any($1::bigint[]) then 7 else 0 end \
@@ -431,6 +436,15 @@ async fn a_resume_on_a_rare_topic_reads_through_a_log_longer_than_its_scan_windo
     assert_eq!(ids(&events), rare);
     assert_eq!(positions(&events), rare);
     assert!(head >= 44_999);
+    let (_, body) = get_json(app.addr, &format!("/events?topics=user:7&since={head}")).await;
+    assert_eq!(body, json!({"events": [], "head": 45_000, "more": false}));
+    // A page of one stops at its event, and says that more follow.
+    let (_, body) = get_json(app.addr, "/events?topics=user:7&since=3&limit=1").await;
+    assert_eq!(body["events"][0]["pos"], 12_345);
+    assert_eq!(
+        (body["head"].clone(), body["more"].clone()),
+        (json!(12_345), json!(true))
+    );
 
     let mut ws = app.ws().await;
     ws.subscribe(&["user:7"], Some(0)).await;

@@ -214,7 +214,7 @@ export class Rowcast {
         opened();
         for (const event of page.events) this._deliver(event);
         if (this.lastPos === null || page.head > this.lastPos) this.lastPos = page.head;
-        if (page.events.length >= 500) continue;
+        if (page.more) continue;
       } catch (err) {
         if (!active) return;
         this._conn = null;

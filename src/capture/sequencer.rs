@@ -171,7 +171,7 @@ async fn session(
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
         let round = feed.map(Feed::round);
         let started = std::time::Instant::now();
-        let (armed, batch, changes) = db::with_timeout(config.statement_timeout, async {
+        let result = db::with_timeout(config.statement_timeout, async {
             tokio::try_join!(
                 listener
                     .client
@@ -200,8 +200,10 @@ async fn session(
                 },
             )
         })
-        .await?;
+        .await;
+        // Failed and timed-out rounds too: they are the slow ones.
         metrics::histogram!(crate::metrics::SEQUENCER_ROUND).record(started.elapsed());
+        let (armed, batch, changes) = result?;
         if let (Some(round), Some(changes)) = (round, changes) {
             round.offer(changes);
         }

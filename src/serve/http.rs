@@ -1,12 +1,15 @@
 //! HTTP polling at `GET /events?topics=a,b&since=N&limit=M`, for clients that can hold
 //! neither a WebSocket nor an SSE stream.
 //!
-//! The answer is `{"events":[...],"head":H}`: the events on the topics with `pos > N`,
-//! in order, at most `M` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]), each the
-//! very frame the WebSocket sends (copied byte for byte, not re-encoded). `head` is the
-//! last position scanned: the last event's when the page is full, otherwise this
-//! replica's head at the time of the read (never below `N`). The next call passes it as
-//! `since`, so paging walks the log with nothing missed and nothing twice.
+//! The answer is `{"events":[...],"head":H,"more":B}`: the events on the topics with
+//! `pos > N`, in order, at most `M` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]),
+//! each the very frame the WebSocket sends (copied byte for byte, not re-encoded). `head`
+//! is the last position read (never below `N`): the last event's when the page is full,
+//! this replica's head at the time of the read when the page reached it, or the end of
+//! what one request reads of the log ([`replay::read_page`]) far behind the head on a
+//! rare topic. `more` is true when the page stopped before this replica's head: poll
+//! again at once. The next call passes `head` as `since`, so paging walks the log with
+//! nothing missed and nothing twice.
 //!
 //! `since` defaults to 0, everything still retained; a `since` older than retention is
 //! answered 410 with `{"type":"reset","reason":"since_too_old","head":H}`: the client
@@ -72,7 +75,7 @@ async fn poll(
         Err(ReadError::Db(err)) => return Err(err.into()),
     };
     if after >= head {
-        return Ok(page(&[], after.max(head)));
+        return Ok(page(&[], after.max(head), false));
     }
     let read = match replay::read_page(&ctx.pool, &ctx.mappings, &topics, after, head, limit).await
     {
@@ -80,11 +83,11 @@ async fn poll(
         Err(ReadError::TooOld { pruned, .. }) => return Err(too_old(pruned)),
         Err(ReadError::Db(err)) => return Err(err.into()),
     };
-    Ok(page(&read.events, read.last))
+    Ok(page(&read.events, read.last, read.last < head))
 }
 
-/// `{"events":[<frame>,...],"head":H}`, with the frames spliced in as they are.
-fn page(events: &[std::sync::Arc<Published>], head: i64) -> Response {
+/// `{"events":[<frame>,...],"head":H,"more":B}`, with the frames spliced in as they are.
+fn page(events: &[std::sync::Arc<Published>], head: i64, more: bool) -> Response {
     let size: usize = events.iter().map(|e| e.frame.len() + 1).sum();
     let mut body = String::with_capacity(size + 40);
     body.push_str("{\"events\":[");
@@ -96,6 +99,10 @@ fn page(events: &[std::sync::Arc<Published>], head: i64) -> Response {
     }
     body.push_str("],\"head\":");
     body.push_str(&head.to_string());
-    body.push('}');
+    body.push_str(if more {
+        ",\"more\":true}"
+    } else {
+        ",\"more\":false}"
+    });
     query::json(StatusCode::OK, body)
 }

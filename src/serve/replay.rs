@@ -39,7 +39,8 @@ use crate::serve::AppContext;
 /// The `reason` of a `reset` whose `since` is older than retention.
 pub const SINCE_TOO_OLD: &str = "since_too_old";
 
-/// Longest a replay read may take.
+/// Longest one query of a replay read may take (a page is up to
+/// [`SCAN_WINDOWS_PER_PAGE`] of them).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Positions one query of a replay covers at most.
