@@ -107,6 +107,14 @@ pub const RANGE_FOR_TOPICS_SQL: &str = select_changes!(
 /// A read of the log: every row, each either a change or why it could not be read.
 pub type Changes = Vec<Result<Change, MalformedRow>>;
 
+/// The position of a row read from the log, whether it could be read or not.
+pub fn position(row: &Result<Change, MalformedRow>) -> i64 {
+    match row {
+        Ok(change) => change.pos,
+        Err(err) => err.pos,
+    }
+}
+
 /// Reads up to `limit` changes with `after < pos <= upto`; `stmt` is [`RANGE_SQL`].
 pub async fn read_range(
     client: &Client,

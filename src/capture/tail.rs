@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_postgres::Statement;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::log::{self, Change, Changes};
+use crate::capture::log::{self, Change, Changes, position};
 use crate::db::{self, DbError, Listener};
 use crate::events::{self, Event, Mappings};
 use crate::hub::{Hub, Published};
@@ -374,13 +374,5 @@ impl Tail<'_> {
         metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(batch.len() as u64);
         self.hub.publish(&batch, last);
         Ok(())
-    }
-}
-
-/// The position of a row read from the log.
-fn position(row: &Result<Change, log::MalformedRow>) -> i64 {
-    match row {
-        Ok(change) => change.pos,
-        Err(err) => err.pos,
     }
 }

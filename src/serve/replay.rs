@@ -119,7 +119,7 @@ pub async fn read_page(
         let full = found.len() as i64 >= want;
         rows.extend(found);
         last = match (full, rows.last()) {
-            (true, Some(row)) => position(row),
+            (true, Some(row)) => log::position(row),
             _ => end,
         };
         if full || last >= upto {
@@ -141,13 +141,6 @@ pub async fn read_page(
         }
     }
     Ok(Page { events, last })
-}
-
-fn position(row: &Result<log::Change, log::MalformedRow>) -> i64 {
-    match row {
-        Ok(change) => change.pos,
-        Err(err) => err.pos,
-    }
 }
 
 /// The head a `reset` announces: where the live stream continues (never below what has
