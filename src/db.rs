@@ -38,6 +38,9 @@ pub enum DbError {
     /// A query did not answer in time (a silent link, or an overloaded server).
     #[error("postgres did not answer within {0:?}")]
     Timeout(Duration),
+    /// A query answered with rows of another shape than the schema promises.
+    #[error("postgres answered unexpectedly: {0}")]
+    Unexpected(&'static str),
 }
 
 impl DbError {
@@ -45,7 +48,7 @@ impl DbError {
     /// or restarting, a timeout. Bad configuration and SQL errors are fatal.
     pub fn is_retryable(&self) -> bool {
         match self {
-            DbError::BadUrl(_) | DbError::PoolBuild(_) => false,
+            DbError::BadUrl(_) | DbError::PoolBuild(_) | DbError::Unexpected(_) => false,
             DbError::Closed | DbError::Timeout(_) | DbError::Pool(_) => true,
             DbError::Postgres(err) => {
                 if err.is_closed() {

@@ -266,6 +266,91 @@ fn owned(topics: &[&str]) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn the_service_batch_returns_what_it_sequenced_in_order_then_its_summary() {
+    let db = TestDb::demo().await;
+    let client = db.client().await;
+    for _ in 0..3 {
+        client.query_one(NEW_BOOKING, &[]).await.unwrap();
+    }
+    let step = |changes_limit: i32| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "select pos, op, topics, data::jsonb ->> 'client_id', sequenced \
+                     from rowcast.sequence_step_changes(10, $1)",
+                    &[&changes_limit],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| {
+                    let pos: Option<i64> = row.get(0);
+                    let op: Option<String> = row.get(1);
+                    let topics: Option<Vec<String>> = row.get(2);
+                    let client_id: Option<String> = row.get(3);
+                    let sequenced: Option<i64> = row.get(4);
+                    (pos, op, topics.map(|t| t.len()), client_id, sequenced)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let change = |pos: i64| {
+        (
+            Some(pos),
+            Some("INSERT".to_string()),
+            Some(4),
+            Some("7".to_string()),
+            None,
+        )
+    };
+    // (`in_progress` depends on every transaction of the cluster, so it is not checked.)
+    let summary = |sequenced: i64| (None, None, None, None, Some(sequenced));
+    // Three sequenced, the first two returned (the service asks for at most its tailer's
+    // batch); the summary row comes last.
+    assert_eq!(step(2).await, vec![change(1), change(2), summary(3)]);
+    assert_eq!(step(2).await, vec![summary(0)]);
+    client.query_one(NEW_BOOKING, &[]).await.unwrap();
+    // Without a local tailer nothing is returned but the summary.
+    assert_eq!(step(0).await, vec![summary(1)]);
+    let head: i64 = client
+        .query_one("select last_pos from rowcast.sequencer", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(head, 4);
+}
+
+#[tokio::test]
+async fn only_the_service_role_may_run_the_batch_that_returns_captured_rows() {
+    let db = TestDb::demo().await;
+    let admin = db.client().await;
+    let role = format!("{}_nosvc", db.name);
+    admin
+        .batch_execute(&format!(
+            "drop role if exists {role}; create role {role} login;
+             grant usage on schema rowcast to {role};"
+        ))
+        .await
+        .unwrap();
+    admin.query_one(NEW_BOOKING, &[]).await.unwrap();
+    let other = connect(&format!("{} user={role}", db.url)).await;
+    let err = other
+        .query("select * from rowcast.sequence_step_changes(10, 10)", &[])
+        .await
+        .expect_err("a role without the service grant must not get captured rows");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
+    drop(other);
+    admin
+        .batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .await
+        .ok();
+}
+
+#[tokio::test]
 async fn upgrading_from_version_1_rearms_watched_tables_and_keeps_their_events() {
     let db = TestDb::empty().await;
     let mut client = db.client().await;
@@ -286,17 +371,20 @@ async fn upgrading_from_version_1_rearms_watched_tables_and_keeps_their_events()
         .await
         .unwrap();
     let owner = format!("{}_v1_owner", db.name);
+    let service = format!("{}_v1_service", db.name);
     client
         .batch_execute(&format!(
             "drop role if exists {owner}; create role {owner} login;
              grant create on schema public to {owner};
-             select rowcast.grant_admin('{owner}');"
+             select rowcast.grant_admin('{owner}');
+             drop role if exists {service}; create role {service} login;
+             select rowcast.grant_service('{service}');"
         ))
         .await
         .unwrap();
 
     let applied = rowcast::migrate::migrate(&mut client).await.unwrap();
-    assert_eq!(applied, vec![2, 3]);
+    assert_eq!(applied, vec![2, 3, 4]);
     rowcast::migrate::check(&client).await.unwrap();
     // A table whose registration is gone loses its (argument-less) trigger, so its
     // writes neither fail nor capture.
@@ -343,9 +431,18 @@ async fn upgrading_from_version_1_rearms_watched_tables_and_keeps_their_events()
         owned(&["mine", "mine:1"])
     );
     drop(as_owner);
+
+    // A role granted the service's functions by version 1 may run the service's batch.
+    let as_service = connect(&format!("{} user={service}", db.url)).await;
+    as_service
+        .query("select * from rowcast.sequence_step_changes(10, 10)", &[])
+        .await
+        .expect("a version 1 service role may run the batch after the upgrade");
+    drop(as_service);
     client
         .batch_execute(&format!(
-            "drop table mine; drop owned by {owner}; drop role {owner}"
+            "drop table mine; drop owned by {owner}; drop role {owner};
+             drop owned by {service}; drop role {service}"
         ))
         .await
         .unwrap();

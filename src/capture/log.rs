@@ -163,7 +163,9 @@ pub async fn pruned_position(client: &Client) -> Result<i64, DbError> {
     Ok(row.get(0))
 }
 
-fn change_from_row(row: &Row) -> Result<Change, MalformedRow> {
+/// A row of [`RANGE_SQL`]'s columns (position, table, op, topics, time, data, old,
+/// mapping id), or of any query returning the same first eight.
+pub(crate) fn change_from_row(row: &Row) -> Result<Change, MalformedRow> {
     let pos: i64 = row.get(0);
     let bad = |reason: String| MalformedRow { pos, reason };
     let op: String = row.get(2);

@@ -67,7 +67,7 @@ use std::time::Duration;
 use futures_util::TryFutureExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::log;
+use crate::capture::log::{self, Changes};
 use crate::capture::tail::Feed;
 use crate::db::{self, DbError, Listener};
 
@@ -155,21 +155,20 @@ async fn session(
         ))
         .await?;
     let rearm = listener.client.prepare("select rowcast.rearm()").await?;
-    let step = listener
-        .client
-        .prepare("select sequenced, in_progress from rowcast.sequence_step($1)")
-        .await?;
-    let range = listener.client.prepare(log::RANGE_SQL).await?;
+    let step = listener.client.prepare(STEP_SQL).await?;
     tracing::info!("sequencer connected");
     *backoff = db::reconnect_backoff();
     let mut recheck = config.recheck_min;
     let limit = config.batch_limit;
     loop {
-        // Clear the flag (committed), then sequence, then (for the local tailer) read
-        // what follows its head, the batch included: one round trip, three statements
-        // each in its own transaction, so the read starts after the batch committed.
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
+        // Clear the flag (committed), then sequence: one round trip, two statements each
+        // in its own transaction. With a local tailer the batch also returns what it
+        // sequenced, for the hand-off.
         let round = feed.map(Feed::round);
+        let changes_limit = round
+            .as_ref()
+            .map_or(0, |round| i32::try_from(round.batch()).unwrap_or(i32::MAX));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&limit, &changes_limit];
         let started = std::time::Instant::now();
         let result = db::with_timeout(config.statement_timeout, async {
             tokio::try_join!(
@@ -177,38 +176,22 @@ async fn session(
                     .client
                     .query_one(&rearm, &[])
                     .map_err(DbError::from),
-                listener
-                    .client
-                    .query_one(&step, &params)
-                    .map_err(DbError::from),
-                async {
-                    match &round {
-                        Some(round) => {
-                            let after = round.head();
-                            log::read_range(
-                                &listener.client,
-                                &range,
-                                after,
-                                i64::MAX,
-                                round.batch(),
-                            )
-                            .await
-                            .map(Some)
-                        }
-                        None => Ok(None),
-                    }
-                },
+                listener.client.query(&step, &params).map_err(DbError::from),
             )
         })
         .await;
         // Failed and timed-out rounds too: they are the slow ones.
         metrics::histogram!(crate::metrics::SEQUENCER_ROUND).record(started.elapsed());
-        let (armed, batch, changes) = result?;
-        if let (Some(round), Some(changes)) = (round, changes) {
+        let (armed, rows) = result?;
+        let Step {
+            sequenced: n,
+            in_progress,
+            changes,
+        } = Step::from_rows(&rows)?;
+        if let Some(round) = round {
             round.offer(changes);
         }
         let armed: bool = armed.get(0);
-        let (n, in_progress): (i64, bool) = (batch.get(0), batch.get(1));
         if n > 0 {
             metrics::counter!(crate::metrics::EVENTS_SEQUENCED).increment(n as u64);
             tracing::debug!(events = n, "sequenced");
@@ -235,5 +218,39 @@ async fn session(
             _ = listener.closed() => return Err(DbError::Closed),
             _ = shutdown.cancelled() => return Ok(()),
         }
+    }
+}
+
+/// One batch: `rowcast.sequence_step_changes(batch_limit, changes_limit)`, which returns
+/// the first `changes_limit` changes it sequenced (in [`log::RANGE_SQL`]'s columns),
+/// then a row whose position is null with how many it sequenced and whether its snapshot
+/// showed transactions in progress.
+const STEP_SQL: &str = "select * from rowcast.sequence_step_changes($1, $2)";
+
+/// What one batch did.
+struct Step {
+    /// Events sequenced, or -1 when another replica held the counter row.
+    sequenced: i64,
+    /// The batch's snapshot showed transactions in progress (or a pass is unfinished).
+    in_progress: bool,
+    /// The first changes it sequenced, in position order.
+    changes: Changes,
+}
+
+impl Step {
+    fn from_rows(rows: &[tokio_postgres::Row]) -> Result<Step, DbError> {
+        let (summary, changes) = rows.split_last().ok_or(DbError::Unexpected(
+            "rowcast.sequence_step_changes() returned no rows",
+        ))?;
+        if summary.get::<_, Option<i64>>(0).is_some() {
+            return Err(DbError::Unexpected(
+                "rowcast.sequence_step_changes() did not end with its summary row",
+            ));
+        }
+        Ok(Step {
+            sequenced: summary.get(8),
+            in_progress: summary.get(9),
+            changes: changes.iter().map(log::change_from_row).collect(),
+        })
     }
 }

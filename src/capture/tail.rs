@@ -13,11 +13,12 @@
 //!
 //! # Hand-off from the local sequencer
 //!
-//! When this replica's sequencer gives events positions, it reads them back on its own
-//! connection, pipelined right after its batch (so after the batch's commit, in the same
-//! round trip), and offers them to this tailer through a [`Feed`]. The tailer publishes
-//! them if they start right after its head, which saves the `rowcast_seq` NOTIFY and a
-//! read of its own: four process wake-ups between a commit and its clients. Anything
+//! When this replica's sequencer gives events positions, its batch returns them
+//! (`rowcast.sequence_step_changes()`, read inside the batch's transaction, so they
+//! reach the service only with its commit), and it offers them to this tailer through a
+//! [`Feed`]. The tailer publishes them if they start right after its head, which saves
+//! the `rowcast_seq` NOTIFY and a read of its own: four process wake-ups between a
+//! commit and its clients. Anything
 //! else (a gap because an offer was dropped, another replica's batches) comes through
 //! the usual NOTIFY and read. A NOTIFY is not read for positions already published, and
 //! one that comes while the local sequencer is in a round (its batch's commit sends it
@@ -68,7 +69,6 @@ const FEED_DEPTH: usize = 16;
 /// The sequencer's end of the hand-off to this replica's tailer (see the module docs).
 #[derive(Clone)]
 pub struct Feed {
-    hub: Arc<Hub>,
     batch: i64,
     offers: mpsc::Sender<Changes>,
     round: Arc<Round>,
@@ -98,19 +98,14 @@ const ROUND_WAIT: Duration = Duration::from_millis(50);
 pub struct RoundGuard<'a>(&'a Feed);
 
 impl RoundGuard<'_> {
-    /// The last position the tailer published: read the log after it.
-    pub fn head(&self) -> i64 {
-        self.0.hub.head()
-    }
-
-    /// Most changes to read for one offer.
+    /// Most changes to hand over in one offer.
     pub fn batch(&self) -> i64 {
         self.0.batch
     }
 
-    /// Offers changes read after [`RoundGuard::head`] (committed, in position order)
-    /// and ends the round. Never waits: if the tailer is behind, the offer is dropped
-    /// and the tailer reads.
+    /// Offers changes a batch sequenced (committed, in position order) and ends the
+    /// round. Never waits: if the tailer is behind, the offer is dropped and the tailer
+    /// reads.
     pub fn offer(self, changes: Changes) {
         if !changes.is_empty() {
             let _ = self.0.offers.try_send(changes);
@@ -126,12 +121,11 @@ impl Drop for RoundGuard<'_> {
     }
 }
 
-/// A hand-off from this replica's sequencer to its tailer, which publishes to `hub`.
-pub fn feed(hub: Arc<Hub>, config: &TailConfig) -> (Feed, Offers) {
+/// A hand-off from this replica's sequencer to its tailer.
+pub fn feed(config: &TailConfig) -> (Feed, Offers) {
     let (offers, received) = mpsc::channel(FEED_DEPTH);
     let round = Arc::new(Round::default());
     let feed = Feed {
-        hub,
         batch: config.batch,
         offers,
         round: round.clone(),

@@ -213,7 +213,7 @@ impl Application {
             config,
         } = self;
         let tasks = TaskTracker::new();
-        let (feed, offers) = tail::feed(ctx.hub.clone(), &config.tail);
+        let (feed, offers) = tail::feed(&config.tail);
         tasks.spawn(sequencer::run(
             pg.clone(),
             config.sequencer.clone(),
