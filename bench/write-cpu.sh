@@ -110,12 +110,14 @@ SQL
         wait "$PB" || true
         tps=$(awk '/^tps/ {print int($3); exit}' "$out"); rm -f "$out"
         TPS[$v]=$(( ${TPS[$v]:-0} + tps ))
-        # per group: sum over pids present in both snapshots of (ticks_b - ticks_a)
+        # per group: sum over pids present in both snapshots of (ticks_b - ticks_a); a
+        # backend seen running the sequencer's statements in either snapshot counts as
+        # the sequencer (its last statement may also be a read of the log).
         while read -r g d; do
             [ -n "${DEBUG:-}" ] && echo "  $v $g $d ticks" >&2
             CPU[$v,$g]=$(echo "${CPU[$v,$g]:-0} + $d / $HZ / ($t1 - $t0)" | bc -l)
-        done < <(awk 'NR == FNR {a[$3 "/" $1] = $2; next}
-                      ($3 "/" $1) in a {d[$1] += $2 - a[$3 "/" $1]}
+        done < <(awk 'NR == FNR {a[$3] = $2; ga[$3] = $1; next}
+                      $3 in a {g = (ga[$3] == "sequencer") ? ga[$3] : $1; d[g] += $2 - a[$3]}
                       END {for (g in d) print g, d[g]}' <(echo "$a") <(echo "$b"))
         while read -r f c tt st; do
             read -r _ c0 tt0 st0 < <(echo "$fa" | awk -v f="$f" '$1 == f' || true)

@@ -2,8 +2,9 @@
 //!
 //! Every replica runs one. It waits on a dedicated connection for the capture
 //! trigger's wake-up (`rowcast_wake`), a short re-check timer or a fallback timer (tables
-//! in `poll` mode send no wake-up), then calls `rowcast.sequence_step()` until a batch
-//! comes back short.
+//! in `poll` mode send no wake-up), then calls `rowcast.sequence_step_changes()` (one
+//! batch of `rowcast.sequence_step()`, returning what it sequenced for this replica's
+//! tailer) until a batch comes back short.
 //!
 //! Why not simply read `where id > last_id`: ids and transaction ids are handed out
 //! when a transaction writes, not when it commits, so a transaction holding an early id
