@@ -243,14 +243,14 @@ impl Step {
         let (summary, changes) = rows.split_last().ok_or(DbError::Unexpected(
             "rowcast.sequence_step_changes() returned no rows",
         ))?;
-        if summary.get::<_, Option<i64>>(0).is_some() {
+        if summary.try_get::<_, Option<i64>>(0)?.is_some() {
             return Err(DbError::Unexpected(
                 "rowcast.sequence_step_changes() did not end with its summary row",
             ));
         }
         Ok(Step {
-            sequenced: summary.get(8),
-            in_progress: summary.get(9),
+            sequenced: summary.try_get(8)?,
+            in_progress: summary.try_get(9)?,
             changes: changes.iter().map(log::change_from_row).collect(),
         })
     }
