@@ -9,9 +9,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Events given positions by this replica's sequencer.
 pub const EVENTS_SEQUENCED: &str = "rowcast_events_sequenced_total";
-/// Time of one sequencer round (clearing the wake-up flag, the batch with its commit, and
-/// the read for the local tailer: one round trip), in seconds. A round that grows with
-/// the size of the log, not with its batch, shows here first.
+/// Time of one sequencer round (clearing the wake-up flag, then the batch with its
+/// commit, which returns what it sequenced for the local tailer: one round trip), in
+/// seconds. A round that grows with the size of the log, not with its batch, shows here
+/// first.
 pub const SEQUENCER_ROUND: &str = "rowcast_sequencer_round_seconds";
 /// Events read from the log and published to the hub.
 pub const EVENTS_PUBLISHED: &str = "rowcast_events_published_total";
@@ -65,7 +66,7 @@ fn describe() {
     describe_histogram!(
         SEQUENCER_ROUND,
         Unit::Seconds,
-        "Time of one sequencer round: flag, batch and commit, read for the local tailer"
+        "Time of one sequencer round: flag, then the batch with its commit and what it sequenced"
     );
     describe_counter!(
         ROWS_UNMAPPED,
