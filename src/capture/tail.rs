@@ -18,9 +18,9 @@
 //! reach the service only with its commit), and it offers them to this tailer through a
 //! [`Feed`]. The tailer publishes them if they start right after its head, which saves
 //! the `rowcast_seq` NOTIFY and a read of its own: four process wake-ups between a
-//! commit and its clients. Anything
-//! else (a gap because an offer was dropped, another replica's batches) comes through
-//! the usual NOTIFY and read. A NOTIFY is not read for positions already published, and
+//! commit and its clients. Anything else (a gap because an offer was dropped, the part
+//! of a batch beyond the offer's limit, another replica's batches) comes through the
+//! usual NOTIFY and read. A NOTIFY is not read for positions already published, and
 //! one that comes while the local sequencer is in a round (its batch's commit sends it
 //! before the round's read returns) waits for that round's offer, at most 50 ms, so
 //! the same rows are not read twice.
