@@ -161,14 +161,13 @@ async fn session(
     *backoff = db::reconnect_backoff();
     let mut recheck = config.recheck_min;
     let limit = config.batch_limit;
+    // How many of a batch's changes it returns: what the local tailer takes in one offer.
+    let changes_limit = feed.map_or(0, |feed| i32::try_from(feed.batch()).unwrap_or(i32::MAX));
     loop {
         // Clear the flag (committed), then sequence: one round trip, two statements each
         // in its own transaction. With a local tailer the batch also returns what it
         // sequenced, for the hand-off.
         let round = feed.map(Feed::round);
-        let changes_limit = round
-            .as_ref()
-            .map_or(0, |round| i32::try_from(round.batch()).unwrap_or(i32::MAX));
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&limit, &changes_limit];
         let started = std::time::Instant::now();
         let result = db::with_timeout(config.statement_timeout, async {

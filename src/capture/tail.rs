@@ -98,11 +98,6 @@ const ROUND_WAIT: Duration = Duration::from_millis(50);
 pub struct RoundGuard<'a>(&'a Feed);
 
 impl RoundGuard<'_> {
-    /// Most changes to hand over in one offer.
-    pub fn batch(&self) -> i64 {
-        self.0.batch
-    }
-
     /// Offers changes a batch sequenced (committed, in position order) and ends the
     /// round. Never waits: if the tailer is behind, the offer is dropped and the tailer
     /// reads.
@@ -150,6 +145,11 @@ impl Offers {
 }
 
 impl Feed {
+    /// Most changes to hand over in one offer.
+    pub fn batch(&self) -> i64 {
+        self.batch
+    }
+
     /// Starts a round: until it ends, a tailer woken by a NOTIFY waits for this
     /// round's offer before it reads.
     pub fn round(&self) -> RoundGuard<'_> {
