@@ -47,7 +47,8 @@ pub struct Config {
     pub tail: TailConfig,
     /// Per-session settings.
     pub session: SessionConfig,
-    /// Authentication and the topic policy; off unless `auth.algorithm` is set.
+    /// Authentication and the topic policy; off only when nothing of `[auth]` is set (a
+    /// secret alone turns HS256 on; see [`AuthConfig::algorithm_in_use`]).
     pub auth: AuthConfig,
     /// Connection and request limits.
     pub limits: LimitsConfig,

@@ -257,7 +257,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.migrate {
         run_migrations(&config.database_url).await?;
     }
-    if config.auth.algorithm.is_none() {
+    // An incomplete [auth] is refused by Application::build, with what is missing.
+    if matches!(config.auth.algorithm_in_use(), Ok(None)) {
         if config.listen.ip().is_loopback() {
             tracing::warn!(
                 "authentication is not configured: every client may subscribe to every topic; listening on loopback only"

@@ -10,6 +10,7 @@ mod dashboard;
 mod delivery;
 mod domains;
 mod faults;
+mod hardening;
 mod operator;
 mod pipeline;
 mod retention;

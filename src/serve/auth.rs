@@ -4,7 +4,14 @@
 //! browsers, which cannot set headers on WebSocket or EventSource; the query form may
 //! reach proxy logs). The algorithm is pinned by configuration (HS256 with a shared
 //! secret, RS256/ES256 with a public key), so `alg: none` and algorithm confusion are
-//! refused; `exp` is required, `nbf`, `aud` and `iss` are checked with a small leeway.
+//! refused; `exp` and `sub` are required, `nbf` is checked with a small leeway, and a
+//! configured `auth.audience` / `auth.issuer` makes `aud` / `iss` required too (a token
+//! without the claim is refused, not waved through).
+//!
+//! Authentication is on as soon as it is configured: `auth.algorithm`, or a secret alone
+//! (HS256). Settings that configure it without saying how tokens are checked (a public
+//! key without its algorithm, an audience without a key) refuse to start
+//! ([`AuthConfig::algorithm_in_use`]); they never leave it silently off.
 //!
 //! The policy maps claims to allowed topic patterns: each rule applies to everyone or
 //! to one role, and lists templates like `user:{sub}` or `provider:{sub}`, `attendance`,
@@ -24,7 +31,9 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// `HS256`, `RS256` or `ES256`; unset means authentication is off.
+    /// `HS256`, `RS256` or `ES256`. Unset: HS256 when `secret` or `secret_file` is set,
+    /// authentication off when nothing of `[auth]` is set, and an error otherwise (see
+    /// [`AuthConfig::algorithm_in_use`]).
     pub algorithm: Option<String>,
     /// HS256 shared secret.
     pub secret: Option<String>,
@@ -32,9 +41,9 @@ pub struct AuthConfig {
     pub secret_file: Option<PathBuf>,
     /// PEM public key for RS256/ES256.
     pub public_key_file: Option<PathBuf>,
-    /// Required `aud`, if set.
+    /// If set, every token must carry this `aud` (a token without `aud` is refused).
     pub audience: Option<String>,
-    /// Required `iss`, if set.
+    /// If set, every token must carry this `iss` (a token without `iss` is refused).
     pub issuer: Option<String>,
     /// Clock leeway for `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
@@ -62,6 +71,70 @@ impl Default for AuthConfig {
     }
 }
 
+impl AuthConfig {
+    /// The algorithm tokens are checked with, or `None` when authentication is off.
+    ///
+    /// - `algorithm` set: that one (`HS256`, `RS256`, `ES256`); key settings the
+    ///   algorithm does not use (a secret with RS256, a public key with HS256) are an
+    ///   error, so a configuration never says one thing and does another.
+    /// - `algorithm` unset and `secret` or `secret_file` set: HS256.
+    /// - `algorithm` unset and `public_key_file` set: an error (the key alone does not say
+    ///   whether it is for RS256 or ES256).
+    /// - nothing of the above, but `audience`, `issuer` or `allow` set: an error (they
+    ///   would be ignored with authentication off).
+    /// - nothing at all: `None`, authentication is off.
+    pub fn algorithm_in_use(&self) -> Result<Option<Algorithm>, AuthConfigError> {
+        let has_secret = self.secret.is_some() || self.secret_file.is_some();
+        let has_public_key = self.public_key_file.is_some();
+        let Some(name) = self.algorithm.as_deref() else {
+            if has_public_key {
+                return Err(AuthConfigError::Incomplete(
+                    "auth.public_key_file is set but auth.algorithm is not: set auth.algorithm = \"RS256\" or \"ES256\" (the key alone does not say which)".into(),
+                ));
+            }
+            if has_secret {
+                return Ok(Some(Algorithm::HS256));
+            }
+            let set: Vec<&str> = [
+                ("auth.audience", self.audience.is_some()),
+                ("auth.issuer", self.issuer.is_some()),
+                ("auth.allow", !self.allow.is_empty()),
+            ]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect();
+            if !set.is_empty() {
+                return Err(AuthConfigError::Incomplete(format!(
+                    "{} set but no key is: set auth.secret (HS256), or auth.algorithm and auth.public_key_file (RS256, ES256); without a key authentication would be off",
+                    if set.len() == 1 {
+                        format!("{} is", set[0])
+                    } else {
+                        format!("{} are", set.join(", "))
+                    }
+                )));
+            }
+            return Ok(None);
+        };
+        let algorithm = match name.to_ascii_uppercase().as_str() {
+            "HS256" => Algorithm::HS256,
+            "RS256" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            other => return Err(AuthConfigError::Algorithm(other.to_string())),
+        };
+        if algorithm == Algorithm::HS256 && has_public_key {
+            return Err(AuthConfigError::Incomplete(
+                "auth.public_key_file is set but auth.algorithm is HS256, which does not use it: remove one of them".into(),
+            ));
+        }
+        if algorithm != Algorithm::HS256 && has_secret {
+            return Err(AuthConfigError::Incomplete(format!(
+                "auth.secret or auth.secret_file is set but auth.algorithm is {algorithm:?}, which does not use it: remove one of them"
+            )));
+        }
+        Ok(Some(algorithm))
+    }
+}
+
 /// One policy rule: topics allowed to everyone, or to one role.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -83,6 +156,10 @@ pub enum AuthConfigError {
     /// A key or secret is missing or unreadable.
     #[error("auth: {0}")]
     Key(String),
+    /// Authentication is configured in part: what is there does not say how to check
+    /// tokens, or contradicts the algorithm.
+    #[error("auth: {0}")]
+    Incomplete(String),
 }
 
 /// Why a token was refused.
@@ -100,6 +177,9 @@ pub enum AuthError {
     /// Wrong audience or issuer.
     #[error("the token is for another audience or issuer")]
     WrongAudience,
+    /// The token lacks a claim this server requires (`aud` or `iss`, when configured).
+    #[error("the token has no {0} claim, and this server requires one")]
+    MissingClaim(&'static str),
     /// Signed with another algorithm than the configured one (including `none`).
     #[error("the token's algorithm is not the one this server accepts")]
     Algorithm,
@@ -185,7 +265,7 @@ impl std::fmt::Debug for Auth {
 impl Auth {
     /// Builds the verifier, or `None` when authentication is off.
     pub fn from_config(config: &AuthConfig) -> Result<Option<Auth>, AuthConfigError> {
-        let Some(name) = config.algorithm.as_deref() else {
+        let Some(algorithm) = config.algorithm_in_use()? else {
             return Ok(None);
         };
         let read = |path: &PathBuf| {
@@ -193,8 +273,8 @@ impl Auth {
                 AuthConfigError::Key(format!("cannot read {}: {err}", path.display()))
             })
         };
-        let (algorithm, key) = match name.to_ascii_uppercase().as_str() {
-            "HS256" => {
+        let key = match algorithm {
+            Algorithm::HS256 => {
                 let secret = match (&config.secret, &config.secret_file) {
                     (Some(secret), _) => secret.as_bytes().to_vec(),
                     (None, Some(path)) => {
@@ -215,38 +295,44 @@ impl Auth {
                         "the HS256 secret must be at least 16 bytes".into(),
                     ));
                 }
-                (Algorithm::HS256, DecodingKey::from_secret(&secret))
+                DecodingKey::from_secret(&secret)
             }
-            alg @ ("RS256" | "ES256") => {
+            alg => {
                 let path = config.public_key_file.as_ref().ok_or_else(|| {
-                    AuthConfigError::Key(format!("{alg} needs auth.public_key_file"))
+                    AuthConfigError::Key(format!("{alg:?} needs auth.public_key_file"))
                 })?;
                 let pem = read(path)?;
-                let parsed = if alg == "RS256" {
-                    DecodingKey::from_rsa_pem(&pem).map(|k| (Algorithm::RS256, k))
+                let parsed = if alg == Algorithm::RS256 {
+                    DecodingKey::from_rsa_pem(&pem)
                 } else {
-                    DecodingKey::from_ec_pem(&pem).map(|k| (Algorithm::ES256, k))
+                    DecodingKey::from_ec_pem(&pem)
                 };
                 parsed.map_err(|err| {
                     AuthConfigError::Key(format!(
-                        "{} is not a {alg} public key: {err}",
+                        "{} is not a {alg:?} public key: {err}",
                         path.display()
                     ))
                 })?
             }
-            other => return Err(AuthConfigError::Algorithm(other.to_string())),
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = config.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured audience or issuer is a requirement: jsonwebtoken checks `aud` and
+        // `iss` only when the token has them, unless they are required claims.
+        let mut required = vec!["exp", "sub"];
         match &config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let rules = if config.allow.is_empty() {
             vec![
                 Rule {
@@ -278,6 +364,12 @@ impl Auth {
             ErrorKind::InvalidAudience | ErrorKind::InvalidIssuer => AuthError::WrongAudience,
             ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthError::Algorithm,
             ErrorKind::MissingRequiredClaim(claim) if claim == "sub" => AuthError::NoSubject,
+            ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                AuthError::MissingClaim("aud")
+            }
+            ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => {
+                AuthError::MissingClaim("iss")
+            }
             _ => AuthError::Invalid,
         })?;
         let claims = data.claims;
@@ -353,10 +445,9 @@ pub fn dev_token(
     role: Option<&str>,
     ttl_secs: u64,
 ) -> Result<String, AuthConfigError> {
-    let alg = config.algorithm.as_deref().unwrap_or_default();
-    if !alg.eq_ignore_ascii_case("HS256") {
+    if config.algorithm_in_use()? != Some(Algorithm::HS256) {
         return Err(AuthConfigError::Key(
-            "rowcast token signs with auth.secret: configure auth.algorithm = \"HS256\" (tokens for RS256/ES256 come from your identity provider)".into(),
+            "rowcast token signs with auth.secret: configure auth.secret (HS256) (tokens for RS256/ES256 come from your identity provider)".into(),
         ));
     }
     let secret = match (&config.secret, &config.secret_file) {
@@ -551,5 +642,129 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_configured_audience_and_issuer_are_required_claims() {
+        let auth = Auth::from_config(&AuthConfig {
+            algorithm: Some("HS256".into()),
+            secret: Some(SECRET.into()),
+            audience: Some("dashboards".into()),
+            issuer: Some("https://auth.example".into()),
+            ..AuthConfig::default()
+        })
+        .unwrap()
+        .unwrap();
+        let full = json!({"sub": "7", "exp": future(), "aud": "dashboards", "iss": "https://auth.example"});
+        assert!(auth.verify(&token(full.clone())).is_ok());
+        let mut no_aud = full.clone();
+        no_aud.as_object_mut().unwrap().remove("aud");
+        assert_eq!(
+            auth.verify(&token(no_aud)).unwrap_err(),
+            AuthError::MissingClaim("aud")
+        );
+        let mut no_iss = full.clone();
+        no_iss.as_object_mut().unwrap().remove("iss");
+        assert_eq!(
+            auth.verify(&token(no_iss)).unwrap_err(),
+            AuthError::MissingClaim("iss")
+        );
+        let mut other = full;
+        other["aud"] = json!("billing");
+        assert_eq!(
+            auth.verify(&token(other)).unwrap_err(),
+            AuthError::WrongAudience
+        );
+    }
+
+    #[test]
+    fn without_a_configured_audience_tokens_need_no_aud() {
+        let auth = auth(vec![]);
+        assert!(
+            auth.verify(&token(json!({"sub": "7", "exp": future()})))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_secret_alone_turns_hs256_on() {
+        let config = AuthConfig {
+            secret: Some(SECRET.into()),
+            ..AuthConfig::default()
+        };
+        assert_eq!(config.algorithm_in_use().unwrap(), Some(Algorithm::HS256));
+        let auth = Auth::from_config(&config).unwrap().expect("auth is on");
+        assert!(
+            auth.verify(&token(json!({"sub": "7", "exp": future()})))
+                .is_ok()
+        );
+        assert_eq!(auth.verify("garbage").unwrap_err(), AuthError::Invalid);
+        // The development token signer agrees.
+        assert!(dev_token(&config, "1", None, 60).is_ok());
+        // A short secret without an algorithm is refused like one with it.
+        let short = AuthConfig {
+            secret: Some("short".into()),
+            ..AuthConfig::default()
+        };
+        assert!(
+            Auth::from_config(&short)
+                .unwrap_err()
+                .to_string()
+                .contains("16 bytes")
+        );
+    }
+
+    #[test]
+    fn a_public_key_without_an_algorithm_refuses_to_start_and_says_what_is_missing() {
+        let config = AuthConfig {
+            public_key_file: Some("/etc/rowcast/jwt.pub.pem".into()),
+            ..AuthConfig::default()
+        };
+        let err = Auth::from_config(&config).unwrap_err().to_string();
+        assert!(err.contains("auth.algorithm"), "{err}");
+        assert!(err.contains("RS256") && err.contains("ES256"), "{err}");
+    }
+
+    #[test]
+    fn claim_checks_without_a_key_refuse_to_start_instead_of_leaving_auth_off() {
+        let config = AuthConfig {
+            audience: Some("dashboards".into()),
+            issuer: Some("https://auth.example".into()),
+            ..AuthConfig::default()
+        };
+        let err = Auth::from_config(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("auth.audience, auth.issuer are set but no key is"),
+            "{err}"
+        );
+        assert!(err.contains("auth.secret"), "{err}");
+        // Nothing configured at all: off, as documented.
+        assert!(Auth::from_config(&AuthConfig::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn key_settings_the_algorithm_does_not_use_are_refused() {
+        let rs_with_secret = AuthConfig {
+            algorithm: Some("RS256".into()),
+            public_key_file: Some("/k.pem".into()),
+            secret: Some(SECRET.into()),
+            ..AuthConfig::default()
+        };
+        let err = rs_with_secret.algorithm_in_use().unwrap_err().to_string();
+        assert!(err.contains("RS256"), "{err}");
+        let hs_with_key = AuthConfig {
+            algorithm: Some("hs256".into()),
+            secret: Some(SECRET.into()),
+            public_key_file: Some("/k.pem".into()),
+            ..AuthConfig::default()
+        };
+        let err = hs_with_key.algorithm_in_use().unwrap_err().to_string();
+        assert!(err.contains("public_key_file"), "{err}");
+        let both = AuthConfig {
+            secret: Some(SECRET.into()),
+            public_key_file: Some("/k.pem".into()),
+            ..AuthConfig::default()
+        };
+        assert!(both.algorithm_in_use().is_err());
     }
 }
