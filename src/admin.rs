@@ -130,8 +130,10 @@ pub struct Watched {
     pub domain: Option<String>,
     /// `notify` or `poll`.
     pub wake: String,
-    /// Whether its trigger exists.
+    /// Whether its trigger is enabled and its registration fits the table.
     pub active: bool,
+    /// What a schema change broke, if anything.
+    pub problem: Option<String>,
 }
 
 /// What `rowcast status` reports from the database.
@@ -168,7 +170,7 @@ pub async fn status(client: &Client) -> Result<Status, AdminError> {
         .get(0);
     let watched = client
         .query(
-            "select \"table\"::text, topic, routes, exclude, domain, wake, active \
+            "select \"table\"::text, topic, routes, exclude, domain, wake, active, problem \
              from rowcast.watched order by 1",
             &[],
         )
@@ -182,6 +184,7 @@ pub async fn status(client: &Client) -> Result<Status, AdminError> {
             domain: r.get(4),
             wake: r.get(5),
             active: r.get(6),
+            problem: r.get(7),
         })
         .collect();
     let row = client

@@ -373,8 +373,11 @@ fn print_status(status: &admin::Status) {
             w.domain.as_deref().unwrap_or("-"),
             w.routes,
             w.exclude,
-            if w.active { "" } else { "  (trigger missing)" }
+            if w.active { "" } else { "  (inactive)" }
         );
+        if let Some(problem) = &w.problem {
+            println!("    problem: {problem}");
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub const UNSEQUENCED: &str = "rowcast_unsequenced_events";
 /// Changes of tables with a domain delivered as generic `row.*` events because their row
 /// could not be read through the mapping.
 pub const ROWS_UNMAPPED: &str = "rowcast_rows_unmapped_total";
+/// Watched tables whose registration a schema change broke (`rowcast.watched.problem`).
+pub const REGISTRATION_PROBLEMS: &str = "rowcast_registration_problems";
 /// Fraction of PostgreSQL's NOTIFY queue in use (`pg_notification_queue_usage()`).
 pub const NOTIFY_QUEUE: &str = "rowcast_notify_queue_usage";
 
@@ -88,6 +90,10 @@ fn describe() {
     describe_gauge!(
         UNSEQUENCED,
         "Captured events without a position yet (estimate)"
+    );
+    describe_gauge!(
+        REGISTRATION_PROBLEMS,
+        "Watched tables whose registration no longer fits the table (see rowcast.watched.problem)"
     );
     describe_gauge!(
         NOTIFY_QUEUE,

@@ -130,6 +130,7 @@ const CATALOG: &str = "select 'ns ' || nspname from pg_namespace \
      union all select 'fn ' || p.oid::regprocedure::text from pg_proc p \
         join pg_namespace n on n.oid = p.pronamespace where nspname not in ('pg_catalog', 'information_schema') \
      union all select 'tg ' || tgrelid::regclass || ' ' || tgname from pg_trigger where not tgisinternal \
+     union all select 'et ' || evtname from pg_event_trigger \
      union all select 'ty ' || t.oid::regtype::text from pg_type t \
         join pg_namespace n on n.oid = t.typnamespace where nspname not in ('pg_catalog', 'information_schema', 'pg_toast') \
      union all select 'rel ' || c.oid::regclass::text from pg_class c \

@@ -599,15 +599,13 @@ async fn domains_a_mapping_broken_after_watch_is_reported_at_start_and_its_rows_
     let db = TestDb::demo().await;
     let writer = db.client().await;
     run(&writer, &["alter table courses drop column scheduled_for"]).await;
-    let problems = rowcast::events::mapping::check_watched(&writer)
-        .await
-        .unwrap();
+    let problems = rowcast::capture::registry::problems(&writer).await.unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].table, "courses");
     assert!(
-        problems[0]
-            .problem
-            .contains(r#"field "scheduled_for" is mapped to column "scheduled_for", which table public.courses does not have"#),
+        problems[0].problem.contains(
+            r#"column "scheduled_for", which the course domain reads as "scheduled_for", was dropped"#
+        ),
         "{problems:?}"
     );
     let unmapped = rowcast::events::mapping::unmapped_rows();

@@ -18,4 +18,5 @@ mod schema;
 mod security;
 mod sequencing;
 mod session;
+mod trust;
 mod wake;

@@ -278,9 +278,9 @@ async fn an_event_row_with_an_unknown_op_is_skipped_and_the_next_one_is_delivere
     let writer = db.client().await;
     writer
         .execute(
-            "insert into rowcast.events (relid, table_name, op, data, routing_id) \
-             select w.relid, w.table_name, 'MERGE', '{\"id\": 1}', w.routing_id \
-             from rowcast.watches w where w.relid = 'bookings'::regclass",
+            "insert into rowcast.events (relid, op, data, routing_id) \
+             select w.\"table\", 'MERGE', '{\"id\": 1}', w.registration \
+             from rowcast.watched w where w.\"table\" = 'bookings'::regclass",
             &[],
         )
         .await

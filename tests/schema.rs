@@ -95,7 +95,7 @@ async fn a_row_of_100_kb_is_captured_whole() {
         .expect("a large row must never fail the write");
     let stored: String = client
         .query_one(
-            "select data->>'notes' from rowcast.events where table_name = 'court_cards'",
+            "select data->>'notes' from rowcast.events where relid = 'court_cards'::regclass",
             &[],
         )
         .await
@@ -384,7 +384,7 @@ async fn upgrading_from_version_1_rearms_watched_tables_and_keeps_their_events()
         .unwrap();
 
     let applied = rowcast::migrate::migrate(&mut client).await.unwrap();
-    assert_eq!(applied, vec![2, 3, 4]);
+    assert_eq!(applied, vec![2, 3, 4, 5]);
     rowcast::migrate::check(&client).await.unwrap();
     // A table whose registration is gone loses its (argument-less) trigger, so its
     // writes neither fail nor capture.
@@ -498,7 +498,7 @@ async fn watch_refuses_to_exclude_a_column_a_topic_is_made_of() {
         );
     }
     let watched: i64 = client
-        .query_one("select count(*) from rowcast.watches", &[])
+        .query_one("select count(*) from rowcast.watched", &[])
         .await
         .unwrap()
         .get(0);

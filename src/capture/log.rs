@@ -80,10 +80,11 @@ pub struct MalformedRow {
 macro_rules! select_changes {
     ($where:literal) => {
         concat!(
-            "select l.pos, e.table_name, e.op, l.topics, ",
+            "select l.pos, coalesce(r.table_name, e.table_name, ''), e.op, l.topics, ",
             "to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), ",
-            "e.data::text, e.old::text, e.mapping_id ",
+            "e.data::text, e.old::text, coalesce(r.mapping_id, e.mapping_id) ",
             "from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id ",
+            "left join rowcast.routings r on r.id = l.routing_id ",
             $where
         )
     };

@@ -4,10 +4,11 @@
 //! transaction; the [`sequencer`] gives committed events positions in `rowcast.log`;
 //! the [`tail`]er follows the log and hands events to the hub; [`log`] reads it (and
 //! [`changed`] keeps an UPDATE's changed columns); [`prune`] deletes what retention no
-//! longer keeps.
+//! longer keeps; [`registry`] reports what a schema change broke in a registration.
 
 pub mod changed;
 pub mod log;
 pub mod prune;
+pub mod registry;
 pub mod sequencer;
 pub mod tail;

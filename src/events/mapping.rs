@@ -479,46 +479,6 @@ impl Mappings {
     }
 }
 
-/// A watched table whose mapping no longer fits the table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MappingProblem {
-    /// The watched table.
-    pub table: String,
-    /// What is wrong, naming the field and the column.
-    pub problem: String,
-}
-
-/// Checks every watched table's mapping against the live catalog (a column may have
-/// been dropped, renamed or retyped since `watch`), logging a warning for each problem.
-pub async fn check_watched(client: &Client) -> Result<Vec<MappingProblem>, DbError> {
-    let rows = client
-        .query(
-            "select w.table_name, rowcast.mapping_error(w.relid::regclass, m.kind, m.fields, w.exclude) \
-             from rowcast.watches w join rowcast.mappings m on m.id = w.mapping_id \
-             where exists (select 1 from pg_catalog.pg_class c where c.oid = w.relid) \
-             order by w.table_name",
-            &[],
-        )
-        .await?;
-    let problems: Vec<MappingProblem> = rows
-        .iter()
-        .filter_map(|row| {
-            Some(MappingProblem {
-                table: row.get(0),
-                problem: row.get::<_, Option<String>>(1)?,
-            })
-        })
-        .collect();
-    for p in &problems {
-        tracing::warn!(
-            table = %p.table,
-            problem = %p.problem,
-            "watched table's domain mapping no longer fits the table; its unreadable rows will be delivered as row.*"
-        );
-    }
-    Ok(problems)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::AppContext;
+use crate::capture::registry;
 use crate::db::{self, DbError};
 use crate::hub::Hub;
 use crate::metrics;
@@ -68,6 +69,11 @@ async fn sample(pool: &deadpool_postgres::Pool) -> Result<(i64, f64), DbError> {
     Ok((row.get(0), row.get(1)))
 }
 
+async fn check_registry(pool: &deadpool_postgres::Pool) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    db::with_timeout(Duration::from_secs(2), registry::PROBLEMS.check(&client)).await
+}
+
 fn export(hub: &Hub, stats: &DbStats) {
     let head = hub.head();
     ::metrics::gauge!(metrics::HEAD).set(head as f64);
@@ -91,6 +97,9 @@ pub async fn monitor(ctx: AppContext, interval: Duration, shutdown: Cancellation
                 }
             }
             Err(err) => tracing::debug!(error = %err, "stats sample failed"),
+        }
+        if let Err(err) = check_registry(&ctx.pool).await {
+            tracing::debug!(error = %err, "registry check failed");
         }
         export(&ctx.hub, &ctx.db_stats);
         tokio::select! {

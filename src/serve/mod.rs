@@ -30,10 +30,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::capture::{log, prune, sequencer, tail};
+use crate::capture::{log, prune, registry, sequencer, tail};
 use crate::config::{Config, SessionConfig};
 use crate::db::{self, DbError};
-use crate::events::{Mappings, mapping};
+use crate::events::Mappings;
 use crate::hub::Hub;
 use crate::migrate::{self, MigrateError};
 
@@ -161,7 +161,7 @@ impl Application {
         let head = log::last_position(&client).await?;
         // Columns may have changed since `watch`: say so, but serve (their unreadable
         // rows are delivered as row.* events).
-        mapping::check_watched(&client).await?;
+        registry::PROBLEMS.check(&client).await?;
         drop(client);
         let listener =
             TcpListener::bind(config.listen)

@@ -13,6 +13,7 @@ pub struct ServiceProcess {
     /// Where it listens.
     pub addr: SocketAddr,
     child: Child,
+    log: std::path::PathBuf,
 }
 
 impl ServiceProcess {
@@ -58,7 +59,12 @@ impl ServiceProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ServiceProcess { addr, child }
+        ServiceProcess { addr, child, log }
+    }
+
+    /// What the service has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, then waits (bounded) for the process to exit; returns its exit status.

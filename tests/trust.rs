@@ -1,0 +1,634 @@
+//! The threat model (docs/threat-model.md) tried as an attacker would: table owners,
+//! tenant admins and writers against the SQL surface, with the real service delivering.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_postgres::Client;
+
+use crate::support::service::ServiceProcess;
+use crate::support::{TestApp, TestDb, connect};
+
+/// A login role of this test's own, dropped (with what it owns) at the end.
+struct Role {
+    name: String,
+    url: String,
+    admin_url: String,
+}
+
+impl Role {
+    /// Creates `<db>_<suffix>`, with `create` on schema public, and runs `grants` (with
+    /// `{role}` replaced by its name) as the installer.
+    async fn new(db: &TestDb, suffix: &str, grants: &str) -> Role {
+        let name = format!("{}_{suffix}", db.name);
+        let installer = db.client().await;
+        installer
+            .batch_execute(&format!(
+                "drop role if exists {name}; create role {name} login;
+                 grant create, usage on schema public to {name};
+                 {}",
+                grants.replace("{role}", &name)
+            ))
+            .await
+            .unwrap();
+        Role {
+            url: format!("{} user={name}", db.url),
+            admin_url: db.url.clone(),
+            name,
+        }
+    }
+
+    async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    async fn drop_all(self) {
+        connect(&self.admin_url)
+            .await
+            .batch_execute(&format!(
+                "drop owned by {0} cascade; drop role {0}",
+                self.name
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+fn denied(result: Result<impl std::fmt::Debug, tokio_postgres::Error>, what: &str) -> String {
+    let err = result.expect_err(&format!("{what} must be refused"));
+    err.as_db_error()
+        .unwrap_or_else(|| panic!("{what}: {err:?}"))
+        .message()
+        .to_string()
+}
+
+/// Sequences what is committed and returns the log as (table, op, topics, data).
+async fn sequenced(installer: &Client) -> Vec<(String, String, Vec<String>, Value)> {
+    installer
+        .execute("select rowcast.sequence()", &[])
+        .await
+        .unwrap();
+    installer
+        .query(
+            "select coalesce(r.table_name, e.table_name, ''), e.op, l.topics, coalesce(e.data, 'null') \
+             from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id \
+             left join rowcast.routings r on r.id = l.routing_id order by l.pos",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_user_types_cast_to_json_runs_with_the_writers_rights_never_rowcasts() {
+    let db = TestDb::migrated().await;
+    let owner = Role::new(&db, "caster", "select rowcast.grant_admin('{role}');").await;
+    let client = owner.client().await;
+    client
+        .batch_execute(
+            "create table proof (who text, super boolean);
+             create type mood as enum ('ok', 'bad');
+             create function mood_json(m mood) returns json language plpgsql as $$
+             begin
+                 insert into public.proof select current_user, r.rolsuper from pg_roles r where r.rolname = current_user;
+                 return to_json(m::text);
+             end $$;
+             create cast (mood as json) with function mood_json(mood);
+             create table mine (id int primary key, m mood);
+             select rowcast.watch('mine');
+             insert into mine values (1, 'ok');
+             update mine set m = 'bad';",
+        )
+        .await
+        .unwrap();
+    let installer = db.client().await;
+    let log = sequenced(&installer).await;
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(
+        log[0].3,
+        json!({"id": 1, "m": "ok"}),
+        "the cast still shapes the row"
+    );
+    let proof: Vec<(String, bool)> = installer
+        .query("select who, super from proof", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(!proof.is_empty(), "the cast ran");
+    assert!(
+        proof.iter().all(|(who, sup)| who == &owner.name && !sup),
+        "user code ran with other rights: {proof:?}"
+    );
+    // The service's side (sequencing, reading the log) never ran it.
+    let calls = proof.len();
+    installer
+        .query("select * from rowcast.sequence_step_changes(10, 10)", &[])
+        .await
+        .unwrap();
+    let after: i64 = installer
+        .query_one("select count(*) from proof", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after as usize, calls);
+    drop(client);
+    owner.drop_all().await;
+}
+
+#[tokio::test]
+async fn a_tenant_admin_reads_and_changes_nothing_of_another_tenant() {
+    let db = TestDb::migrated().await;
+    let a = Role::new(&db, "tenant_a", "select rowcast.grant_admin('{role}');").await;
+    let b = Role::new(&db, "tenant_b", "select rowcast.grant_admin('{role}');").await;
+    let as_b = b.client().await;
+    as_b.batch_execute(
+        "create table b_people (id int primary key, client_id int, ssn text);
+         select rowcast.watch('b_people', routes => '{\"client_id\": \"user\"}', exclude => array['ssn']);
+         insert into b_people values (1, 7, '123-45-6789');
+         create table b_notes (id int primary key, body text);
+         select rowcast.watch('b_notes');
+         insert into b_notes values (1, 'private');",
+    )
+    .await
+    .unwrap();
+    let as_a = a.client().await;
+    as_a.batch_execute(
+        "create table a_things (id int primary key); select rowcast.watch('a_things');
+         insert into a_things values (1);",
+    )
+    .await
+    .unwrap();
+    let installer = db.client().await;
+    let before = sequenced(&installer).await;
+    assert_eq!(before.len(), 3);
+
+    for sql in [
+        "select * from rowcast.events",
+        "select * from rowcast.log",
+        "select * from rowcast.routings",
+        "select * from rowcast.mappings",
+        "select * from rowcast.sequencer",
+        "update rowcast.routings set route_topics = '{user}'",
+        "delete from rowcast.routings",
+        "insert into rowcast.routings (table_name, topic, key_columns, route_columns, route_topics) \
+         values ('b_notes', 'x', '{}', '{body}', '{user}')",
+        "insert into rowcast.mappings (relid, kind, fields) values ('b_notes'::regclass, 'booking', '{}')",
+        "select rowcast.sequence()",
+        "select * from rowcast.sequence_step_changes(10, 10)",
+        "select rowcast.prune(0, '0s', 10)",
+    ] {
+        let message = denied(as_a.execute(sql, &[]).await, sql);
+        assert!(message.contains("permission denied"), "{sql}: {message}");
+    }
+    for sql in [
+        "select rowcast.watch('b_notes', routes => '{\"body\": \"user\"}')",
+        "select rowcast.watch('b_people')",
+        "select rowcast.unwatch('b_people')",
+        "drop trigger rowcast_capture on b_people",
+        "select rowcast.arm_triggers('b_people', 1, 'notify', '{}')",
+    ] {
+        let message = denied(as_a.execute(sql, &[]).await, sql);
+        assert!(
+            message.contains("owner") || message.contains("permission denied"),
+            "{sql}: {message}"
+        );
+    }
+    // A registration of B's table made by A is inert: B's trigger does not name it.
+    as_a.execute(
+        "select rowcast.register('b_people', routes => '{\"ssn\": \"user\"}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    // A forged event for B's table is refused by the log's policy.
+    let message = denied(
+        as_a.execute(
+            "insert into rowcast.events (relid, op, data, routing_id) \
+             values ('b_people'::regclass, 'INSERT', '{\"client_id\": 7}', 1)",
+            &[],
+        )
+        .await,
+        "a forged event",
+    );
+    assert!(message.contains("row-level security"), "{message}");
+
+    // A sees its own tables and events only.
+    let watched: Vec<String> = as_a
+        .query("select \"table\"::text from rowcast.watched", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(watched, vec!["a_things".to_string()]);
+    let captured: Vec<String> = as_a
+        .query("select table_name from rowcast.captured", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(captured, vec!["a_things".to_string()]);
+
+    // B's capture is as B set it: ssn excluded, routed by client_id.
+    as_b.execute("update b_people set client_id = 8", &[])
+        .await
+        .unwrap();
+    let after = sequenced(&installer).await;
+    let last = after.last().unwrap();
+    assert_eq!(last.0, "b_people");
+    assert_eq!(last.2, vec!["b_people", "b_people:1", "user:8", "user:7"]);
+    assert!(last.3.get("ssn").is_none(), "{last:?}");
+    let b_sees: i64 = as_b
+        .query_one("select count(*) from rowcast.captured", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(b_sees, 3);
+    drop((as_a, as_b));
+    a.drop_all().await;
+    b.drop_all().await;
+}
+
+#[tokio::test]
+async fn a_hand_made_capture_trigger_cannot_publish_as_another_table() {
+    let db = TestDb::demo().await;
+    let app = TestApp::start(&db).await;
+    let mut ws = app.ws().await;
+    ws.subscribe(&["bookings", "user:7"], None).await;
+    let attacker = Role::new(&db, "forger", "select rowcast.grant_admin('{role}');").await;
+    let installer = db.client().await;
+    let (reg, relid): (i32, String) = {
+        let row = installer
+            .query_one(
+                "select registration, \"table\"::oid::text from rowcast.watched \
+                 where \"table\" = 'bookings'::regclass",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let as_attacker = attacker.client().await;
+    as_attacker
+        .batch_execute(&format!(
+            "create table mine (id int primary key, client_id int, status text);
+             create trigger rowcast_capture after insert or update or delete on mine
+                 for each row execute function rowcast.capture('{reg}', '{relid}', 'notify');
+             insert into mine values (1, 7, 'CONFIRMED');"
+        ))
+        .await
+        .expect("the attacker's own table accepts its own trigger");
+    // The version 4 form of the attack (relid, name, registration, mapping, wake) only
+    // breaks the attacker's own writes.
+    as_attacker
+        .batch_execute(&format!(
+            "create table other (id int primary key, client_id int);
+             create trigger rowcast_capture after insert on other
+                 for each row execute function rowcast.capture('{relid}', 'bookings', '{reg}', '', 'notify');"
+        ))
+        .await
+        .unwrap();
+    assert!(
+        as_attacker
+            .execute("insert into other values (1, 7)", &[])
+            .await
+            .is_err()
+    );
+    let problem: String = installer
+        .query_one(
+            "select problem from rowcast.watched where \"table\" = 'mine'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(problem.contains("another table"), "{problem}");
+
+    // The next real booking is the first thing the subscriber sees.
+    installer
+        .query_one(crate::pipeline::NEW_BOOKING, &[&7i64, &3i64])
+        .await
+        .unwrap();
+    let events = ws.events(1).await;
+    assert_eq!(events[0]["table"], "bookings");
+    assert_eq!(events[0]["pos"], 2, "the forged event had position 1");
+    ws.expect_silence(Duration::from_millis(300)).await;
+    let forged: Vec<String> = installer
+        .query_one("select topics from rowcast.log where pos = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(forged.is_empty(), "{forged:?}");
+    app.stop().await;
+    drop(as_attacker);
+    attacker.drop_all().await;
+}
+
+#[tokio::test]
+async fn writers_cause_events_only_for_operations_they_may_do() {
+    let db = TestDb::migrated().await;
+    let installer = db.client().await;
+    installer
+        .batch_execute(
+            "create table t (id int primary key, a text, b text);
+             select rowcast.watch('t');
+             insert into t values (1, 'x', 'y');",
+        )
+        .await
+        .unwrap();
+    let writer = Role::new(
+        &db,
+        "colwriter",
+        "grant select on t to {role}; grant update (a) on t to {role};",
+    )
+    .await;
+    let client = writer.client().await;
+    client
+        .execute("update t set a = 'z' where id = 1", &[])
+        .await
+        .expect("a column-level privilege is enough to write, and so to capture");
+    for op in ["INSERT", "DELETE", "TRUNCATE"] {
+        let sql = format!(
+            "insert into rowcast.events (relid, op, data) values ('t'::regclass, '{op}', '{{}}')"
+        );
+        let message = denied(client.execute(&sql, &[]).await, op);
+        assert!(message.contains("row-level security"), "{op}: {message}");
+    }
+    for sql in [
+        "insert into rowcast.events (relid, op, data, topics) values ('t'::regclass, 'UPDATE', '{}', '{user:7}')",
+        "insert into rowcast.events (relid, op, data, txid) values ('t'::regclass, 'UPDATE', '{}', '1')",
+        "insert into rowcast.events (relid, op, data, table_name) values ('t'::regclass, 'UPDATE', '{}', 'bookings')",
+    ] {
+        let message = denied(client.execute(sql, &[]).await, sql);
+        assert!(message.contains("permission denied"), "{sql}: {message}");
+    }
+    let log = sequenced(&installer).await;
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].3, json!({"id": 1, "a": "z", "b": "y"}));
+    drop(client);
+    writer.drop_all().await;
+}
+
+#[tokio::test]
+async fn writes_through_a_partitioned_table_and_cascades_are_captured_as_the_watched_table() {
+    let db = TestDb::migrated().await;
+    let installer = db.client().await;
+    installer
+        .batch_execute(
+            "create table parents (id int primary key);
+             create table kids (id int, parent_id int references parents on delete cascade,
+                                region text, primary key (id, region)) partition by list (region);
+             create table kids_eu partition of kids for values in ('eu');
+             create table kids_us (region text not null, parent_id int, id int not null);
+             alter table kids attach partition kids_us for values in ('us');
+             select rowcast.watch('kids', routes => '{\"parent_id\": \"parent\"}');
+             insert into parents values (1);",
+        )
+        .await
+        .unwrap();
+    let writer = Role::new(
+        &db,
+        "kidwriter",
+        "grant select, insert, update, delete on kids to {role}; grant select, delete on parents to {role};",
+    )
+    .await;
+    let client = writer.client().await;
+    client
+        .batch_execute(
+            "insert into kids values (1, 1, 'eu'), (2, 1, 'us');
+             update kids set region = 'us' where id = 1;
+             delete from parents where id = 1;",
+        )
+        .await
+        .expect("a writer with rights on the partitioned table only");
+    let log = sequenced(&installer).await;
+    let summary: Vec<(String, String)> = log.iter().map(|e| (e.0.clone(), e.1.clone())).collect();
+    assert_eq!(
+        summary,
+        [
+            ("kids", "INSERT"),
+            ("kids", "INSERT"),
+            ("kids", "DELETE"),
+            ("kids", "INSERT"),
+            ("kids", "DELETE"),
+            ("kids", "DELETE"),
+        ]
+        .map(|(t, o)| (t.to_string(), o.to_string()))
+    );
+    // A partition with other column numbers still routes by name.
+    assert_eq!(log[1].2, vec!["kids", "kids:2:us", "parent:1"]);
+    drop(client);
+    writer.drop_all().await;
+}
+
+#[tokio::test]
+async fn a_renamed_excluded_column_stays_excluded_even_when_another_takes_its_name() {
+    let db = TestDb::migrated().await;
+    let installer = db.client().await;
+    installer
+        .batch_execute(
+            "create table cards (id int primary key, holder text, card text);
+             select rowcast.watch('cards', exclude => array['card']);
+             begin;
+             insert into cards values (1, 'ann', '4111-1');
+             alter table cards rename column card to card_number;
+             insert into cards values (2, 'bob', '4111-2');
+             commit;
+             alter table cards rename column holder to card;
+             insert into cards values (3, 'cyd', '4111-3');
+             update cards set card_number = '4111-4' where id = 3;
+             update cards set card = 'dee' where id = 3;",
+        )
+        .await
+        .unwrap();
+    let log = sequenced(&installer).await;
+    let rows: Vec<Value> = log.iter().map(|e| e.3.clone()).collect();
+    assert_eq!(
+        rows,
+        vec![
+            json!({"id": 1, "holder": "ann"}),
+            json!({"id": 2, "holder": "bob"}),
+            json!({"id": 3, "card": "cyd"}),
+            json!({"id": 3, "card": "dee"}),
+        ],
+        "the update of only the excluded column yields nothing"
+    );
+    let stored: i64 = installer
+        .query_one(
+            "select count(*) from rowcast.events where data::text like '%4111%' or old::text like '%4111%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "a card number reached the log");
+    let exclude: Vec<String> = installer
+        .query_one(
+            "select exclude from rowcast.watched where \"table\" = 'cards'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(exclude, vec!["card_number"]);
+}
+
+#[tokio::test]
+async fn a_table_named_like_a_routed_topic_publishes_on_its_own_escaped_topic() {
+    let db = TestDb::migrated().await;
+    let installer = db.client().await;
+    installer
+        .batch_execute(
+            r#"create table "user:7" (id int primary key);
+               create schema "b.c";
+               create table "b.c"."d,e f" (id int primary key);
+               create table orders (id int primary key, client_id int);
+               select rowcast.watch('"user:7"');
+               select rowcast.watch('"b.c"."d,e f"');
+               select rowcast.watch('orders', routes => '{"client_id": "user"}');"#,
+        )
+        .await
+        .unwrap();
+    let app = TestApp::start(&db).await;
+    let mut user7 = app.ws().await;
+    user7.subscribe(&["user:7"], None).await;
+    let mut table = app.ws().await;
+    table.subscribe(&["user%3A7"], None).await;
+    installer
+        .batch_execute(
+            r#"insert into "user:7" values (1); insert into "b.c"."d,e f" values (1);
+               insert into orders values (1, 7);"#,
+        )
+        .await
+        .unwrap();
+    let got = user7.events(1).await;
+    assert_eq!(got[0]["table"], "orders", "user:7 gets only routed events");
+    let got = table.events(1).await;
+    assert_eq!(got[0]["table"], "user:7");
+    assert_eq!(got[0]["topics"], json!(["user%3A7", "user%3A7:1"]));
+    let topics: Vec<String> = installer
+        .query_one("select topics from rowcast.log where pos = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(topics, vec!["b%2Ec.d%2Ce%20f", "b%2Ec.d%2Ce%20f:1"]);
+    user7.expect_silence(Duration::from_millis(200)).await;
+
+    for (sql, what) in [
+        ("select rowcast.watch('orders', topic => 'user:8')", "topic"),
+        (
+            "select rowcast.watch('orders', routes => '{\"client_id\": \"a:b\"}')",
+            "routes",
+        ),
+        (
+            "select rowcast.watch('orders', routes => '{\"client_id\": \"*\"}')",
+            "routes",
+        ),
+    ] {
+        let message = denied(installer.execute(sql, &[]).await, sql);
+        assert!(
+            message.contains(what) && message.contains("colons"),
+            "{message}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn renaming_a_routed_column_a_mapped_column_or_the_table_keeps_delivery_as_it_was() {
+    let db = TestDb::demo().await;
+    let app = TestApp::start(&db).await;
+    let mut ws = app.ws().await;
+    ws.subscribe(&["user:7"], None).await;
+    let installer = db.client().await;
+    installer
+        .batch_execute(
+            "alter table bookings rename column client_id to customer_id;
+             alter table bookings rename column status to state;
+             alter table bookings rename to reservations;",
+        )
+        .await
+        .unwrap();
+    let problems = rowcast::capture::registry::problems(&installer)
+        .await
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    installer
+        .batch_execute(
+            "insert into reservations (id, customer_id, provider_id, starts_at, ends_at, price)
+                 values (1, 7, 3, '2026-11-22T10:00:00Z', '2026-11-22T11:00:00Z', 10);
+             update reservations set state = 'CONFIRMED' where id = 1;",
+        )
+        .await
+        .unwrap();
+    let events = ws.events(2).await;
+    assert_eq!(events[0]["event"], "booking.created");
+    assert_eq!(events[1]["event"], "booking.accepted");
+    assert_eq!(events[0]["table"], "reservations");
+    assert_eq!(events[0]["topics"][0], "reservations");
+    assert!(
+        events[0]["topics"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("user:7"))
+    );
+    let routes: Value = installer
+        .query_one(
+            "select routes from rowcast.watched where table_name = 'reservations'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        routes,
+        json!({"customer_id": "user", "provider_id": "provider"})
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_routing_column_is_shown_logged_once_and_counted() {
+    let db = TestDb::demo().await;
+    let installer = db.client().await;
+    installer
+        .batch_execute("alter table payouts drop column provider_id")
+        .await
+        .unwrap();
+    let problem: String = installer
+        .query_one(
+            "select problem from rowcast.watched where table_name = 'payouts'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        problem.contains(r#"routing column "provider_id" was dropped"#),
+        "{problem}"
+    );
+    let service = ServiceProcess::start(&db.url, None).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", service.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("rowcast_registration_problems 1"),
+        "{metrics}"
+    );
+    let log = service.log();
+    assert_eq!(
+        log.matches("registration no longer fits the table").count(),
+        1,
+        "{log}"
+    );
+    service.terminate().await;
+}
