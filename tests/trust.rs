@@ -383,11 +383,11 @@ async fn writes_through_a_partitioned_table_and_cascades_are_captured_as_the_wat
         .batch_execute(
             "create table parents (id int primary key);
              create table kids (id int, parent_id int references parents on delete cascade,
-                                region text, primary key (id, region)) partition by list (region);
+                                region text, secret text, primary key (id, region)) partition by list (region);
              create table kids_eu partition of kids for values in ('eu');
-             create table kids_us (region text not null, parent_id int, id int not null);
+             create table kids_us (secret text, region text not null, parent_id int, id int not null);
              alter table kids attach partition kids_us for values in ('us');
-             select rowcast.watch('kids', routes => '{\"parent_id\": \"parent\"}');
+             select rowcast.watch('kids', routes => '{\"parent_id\": \"parent\"}', exclude => array['secret']);
              insert into parents values (1);",
         )
         .await
@@ -401,7 +401,7 @@ async fn writes_through_a_partitioned_table_and_cascades_are_captured_as_the_wat
     let client = writer.client().await;
     client
         .batch_execute(
-            "insert into kids values (1, 1, 'eu'), (2, 1, 'us');
+            "insert into kids values (1, 1, 'eu', 's1'), (2, 1, 'us', 's2');
              update kids set region = 'us' where id = 1;
              delete from parents where id = 1;",
         )
@@ -421,8 +421,10 @@ async fn writes_through_a_partitioned_table_and_cascades_are_captured_as_the_wat
         ]
         .map(|(t, o)| (t.to_string(), o.to_string()))
     );
-    // A partition with other column numbers still routes by name.
+    // A partition with other column numbers still routes and excludes by name.
     assert_eq!(log[1].2, vec!["kids", "kids:2:us", "parent:1"]);
+    assert_eq!(log[1].3, json!({"id": 2, "parent_id": 1, "region": "us"}));
+    assert!(log.iter().all(|e| e.3.get("secret").is_none()), "{log:?}");
     drop(client);
     writer.drop_all().await;
 }
@@ -631,4 +633,65 @@ async fn a_dropped_routing_column_is_shown_logged_once_and_counted() {
         "{log}"
     );
     service.terminate().await;
+}
+
+#[tokio::test]
+async fn installed_by_a_database_owner_renames_are_reported_and_exclusions_still_hold() {
+    let db = TestDb::empty().await;
+    let owner = Role::new(&db, "dbowner", "").await;
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "alter database {} owner to {}",
+            db.name, owner.name
+        ))
+        .await
+        .unwrap();
+    let mut client = owner.client().await;
+    rowcast::migrate::migrate(&mut client)
+        .await
+        .expect("a database owner may install rowcast");
+    client
+        .batch_execute(
+            "create table orders (id int primary key, client_id int, card text);
+             select rowcast.watch('orders', routes => '{\"client_id\": \"user\"}', exclude => array['card']);
+             alter table orders rename column client_id to customer_id;
+             alter table orders rename column card to card_no;
+             insert into orders values (1, 7, '4111');",
+        )
+        .await
+        .unwrap();
+    let problems = rowcast::capture::registry::problems(&client).await.unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0]
+            .problem
+            .contains(r#"routing column "client_id" was renamed to "customer_id""#),
+        "{problems:?}"
+    );
+    let log = sequenced(&client).await;
+    assert_eq!(log[0].3, json!({"id": 1, "customer_id": 7}));
+    // Watching again follows the rename.
+    client
+        .batch_execute(
+            "select rowcast.watch('orders', routes => '{\"customer_id\": \"user\"}', exclude => array['card_no']);
+             update orders set customer_id = 8;",
+        )
+        .await
+        .unwrap();
+    assert!(
+        rowcast::capture::registry::problems(&client)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let log = sequenced(&client).await;
+    assert_eq!(log[1].2, vec!["orders", "orders:1", "user:8", "user:7"]);
+    drop(client);
+    connect(&owner.admin_url)
+        .await
+        .batch_execute(&format!("alter database {} owner to postgres", db.name))
+        .await
+        .unwrap();
+    owner.drop_all().await;
 }
