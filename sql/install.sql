@@ -1866,29 +1866,51 @@ alter table rowcast.routings
     add column topic_default  boolean not null default false,
     add column key_attnums    int2[],
     add column route_attnums  int2[],
-    add column mapping_id     int references rowcast.mappings (id);
+    add column exclude_columns text[],
+    add column exclude_attnums int2[],
+    add column mapping_id     int references rowcast.mappings (id),
+    add column armed_at       timestamptz;
+-- No uniqueness on content: an identical registration in another open transaction must
+-- never make watch() wait. register() reuses an armed identical one when it finds it.
 alter table rowcast.routings drop constraint routings_content;
-alter table rowcast.routings add constraint routings_content unique nulls not distinct
-    (relid, table_name, table_topic, topic, topic_default, key_columns, key_attnums,
-     route_columns, route_attnums, route_topics, mapping_id);
+create index routings_relid on rowcast.routings (relid);
+comment on column rowcast.routings.armed_at is
+    'when a capture trigger of the table first named this registration (rowcast.confirm); the sequencer uses armed registrations only';
+
+-- Registrations are immutable, except that one may be armed once.
+create function rowcast.routings_immutable() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if tg_op = 'UPDATE' and old.armed_at is null and new.armed_at is not null
+       and (to_jsonb(old) - 'armed_at') = (to_jsonb(new) - 'armed_at') then
+        return new;
+    end if;
+    raise exception 'rowcast.routings rows are immutable: events refer to them'
+        using errcode = 'object_in_use';
+end
+$$;
+drop trigger routings_immutable on rowcast.routings;
 
 comment on table rowcast.routings is
     'rowcast registrations: immutable; the table, its topics (column numbers and the names they had), its domain mapping. A table''s capture trigger names its current one';
 
 -- Registrations made before version 5 belong to the table they were made for: the one
 -- watched with them, or the one whose events name them.
-alter table rowcast.routings disable trigger routings_immutable;
 update rowcast.routings r set relid = w.relid from rowcast.watches w where w.routing_id = r.id;
 update rowcast.routings r set relid = s.relid
 from (select distinct on (e.routing_id) e.routing_id, e.relid from rowcast.events e
       where e.routing_id is not null order by e.routing_id, e.id desc) s
 where s.routing_id = r.id and r.relid is null;
-alter table rowcast.routings enable trigger routings_immutable;
+-- Registrations of version 4 were all made by watch(): those in use are armed.
+update rowcast.routings r set armed_at = r.created_at where r.relid is not null;
+create trigger routings_immutable before update or delete on rowcast.routings
+    for each row execute function rowcast.routings_immutable();
 
 alter table rowcast.mappings add column attnums jsonb;
 alter table rowcast.mappings drop constraint mappings_relid_kind_fields_key;
-alter table rowcast.mappings add constraint mappings_content unique nulls not distinct
-    (relid, kind, fields, attnums);
+create index mappings_relid on rowcast.mappings (relid);
 comment on column rowcast.mappings.attnums is 'field -> column number (version 5 and later)';
 
 -- ── The log ──────────────────────────────────────────────────────────────────────────
@@ -1905,8 +1927,13 @@ comment on column rowcast.events.relid is 'the table the change was made to (the
 
 -- Writers append their own changes, nothing else: only these columns, and only for a
 -- table and an operation the writer may write (the owner of rowcast.events, the
--- installer, is not subject to the policy). Everyone may read nothing; the service's
--- grant gives it select, and `readers` lets that select see every row.
+-- installer, is not subject to the policy). PostgreSQL lets some writes through without
+-- the writer holding the privilege itself (through a view or a rule of the table's
+-- owner, a foreign key's cascade, a row moving between partitions); such a write holds
+-- the table's RowExclusiveLock in the writer's own session, which only a session that
+-- was let write the table can hold, so that is the last test (it reads pg_locks, and
+-- only then). Everyone may read nothing; the service's grant gives it select, and
+-- `readers` lets that select see every row.
 alter table rowcast.events enable row level security;
 create policy writers_append_their_own_changes on rowcast.events for insert to public
 with check (
@@ -1925,6 +1952,14 @@ with check (
                          when 'DELETE' then pg_catalog.has_table_privilege(a.relid, 'DELETE')
                          when 'TRUNCATE' then pg_catalog.has_table_privilege(a.relid, 'TRUNCATE')
                      end)
+    or exists (select from pg_catalog.pg_locks l
+               where l.locktype operator(pg_catalog.=) 'relation'
+                 and l.database operator(pg_catalog.=) (select d.oid from pg_catalog.pg_database d
+                                                        where d.datname operator(pg_catalog.=) pg_catalog.current_database())
+                 and l.relation operator(pg_catalog.=) events.relid
+                 and l.pid operator(pg_catalog.=) pg_catalog.pg_backend_pid()
+                 and l.mode operator(pg_catalog.=) any (array['RowExclusiveLock', 'AccessExclusiveLock'])
+                 and l.granted)
 );
 create policy readers on rowcast.events for select using (true);
 
@@ -1955,18 +1990,24 @@ $$;
 
 -- ── Topics ───────────────────────────────────────────────────────────────────────────
 
--- A name as it appears in a table topic: '%', ':', '.', ',', '*' and white space are
--- percent-encoded, so a table topic never holds the separator of row and routed topics
--- and a schema-qualified topic splits at its one '.'.
+-- A name as it appears in a table topic: '%', ':', '.', ',', '*', control characters and
+-- white space (ASCII or Unicode) are percent-encoded, byte by byte in UTF-8, so a table
+-- topic never holds the separator of row and routed topics, a schema-qualified topic
+-- splits at its one '.', and two names never give one topic. A topic prefix is valid
+-- when escaping leaves it as it is.
 create function rowcast.topic_escape(name text) returns text
 language sql
 immutable strict
 set search_path = pg_catalog, pg_temp
 as $$
-    select coalesce(string_agg(case when s.c ~ '[%:.,*[:space:]]'
-                                    then '%' || lpad(upper(to_hex(ascii(s.c))), 2, '0')
-                                    else s.c end, '' order by s.i), '')
-    from regexp_split_to_table(name, '') with ordinality as s(c, i)
+    select coalesce(string_agg(
+               case when s.c in ('%', ':', '.', ',', '*') or ascii(s.c) <= 32 or ascii(s.c) between 127 and 160
+                         or ascii(s.c) in (5760, 8232, 8233, 8239, 8287, 12288, 65279)
+                         or ascii(s.c) between 8192 and 8202
+                    then (select string_agg('%' || lpad(upper(to_hex(get_byte(b.v, i))), 2, '0'), '' order by i)
+                          from (select convert_to(s.c, 'UTF8') as v) b, generate_series(0, length(b.v) - 1) i)
+                    else s.c end, '' order by s.n), '')
+    from regexp_split_to_table(name, '') with ordinality as s(c, n)
 $$;
 
 -- The table topic of a table: its name, `schema.table` outside public, escaped.
@@ -2138,9 +2179,10 @@ grant execute on function rowcast.request_wake() to public;
 -- ── Sequencing ───────────────────────────────────────────────────────────────────────
 
 -- As in version 3, except that an event's registration is used only when it belongs to
--- the event's table (or a partitioned table above it), and is recorded in the log.
--- An event that names another table's registration (a hand-made trigger) gets no topics:
--- it is positioned, and delivered to nobody.
+-- the event's table (or a partitioned table above it) and a capture trigger of that
+-- table named it (armed), and is recorded in the log. Any other event (a hand-made
+-- trigger, an append by hand) gets no topics: it is positioned, delivered to nobody,
+-- and its row is not read back (rowcast.sequence_step_changes, the service's log read).
 create or replace function rowcast.sequence_step(batch_limit integer default 10000,
                                                  out sequenced bigint, out in_progress boolean)
 language plpgsql
@@ -2208,6 +2250,7 @@ begin
         from batch b
         left join rowcast.routings r
           on r.id = b.routing_id
+         and r.armed_at is not null
          and (r.relid = b.relid
               or r.relid in (select a.relid from pg_partition_ancestors(b.relid) a))
         returning pos, event_id
@@ -2252,7 +2295,9 @@ begin
         return query
             select l.pos, coalesce(r.table_name, e.table_name, ''), e.op, l.topics,
                    to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                   e.data::text, e.old::text, coalesce(r.mapping_id, e.mapping_id), null::bigint, null::boolean
+                   case when r.id is not null or e.topics is not null or e.table_name is not null then e.data::text end,
+                   case when r.id is not null or e.topics is not null or e.table_name is not null then e.old::text end,
+                   coalesce(r.mapping_id, e.mapping_id), null::bigint, null::boolean
             from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id
             left join rowcast.routings r on r.id = l.routing_id
             where l.pos > upto - step.sequenced and l.pos <= upto
@@ -2300,6 +2345,7 @@ language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
 as $$
+#variable_conflict use_variable
 declare
     rel        record;
     shown      text;
@@ -2315,6 +2361,7 @@ declare
     m_nums     jsonb;
     m_id       int;
     problem    text;
+    bad_names  text[];
 begin
     select c.relkind, c.relname, c.relispartition, n.nspname into rel
     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
@@ -2341,8 +2388,8 @@ begin
     t_topic := rowcast.table_topic(tbl);
     t_default := topic is null;
     topic := coalesce(topic, t_topic);
-    if topic = '' or topic ~ '[\s,:*]' then
-        raise exception 'rowcast.watch: topic prefix % must be non-empty and contain no spaces, commas, colons or *', quote_literal(topic)
+    if topic = '' or (not t_default and topic is distinct from rowcast.topic_escape(topic)) then
+        raise exception 'rowcast.watch: topic prefix % must be non-empty and contain no spaces, commas, colons, dots, %% or *', quote_literal(topic)
             using errcode = 'invalid_parameter_value';
     end if;
 
@@ -2352,9 +2399,10 @@ begin
             using errcode = 'invalid_parameter_value';
     end if;
     select e.key into bad from jsonb_each(routes) e
-    where jsonb_typeof(e.value) <> 'string' or e.value #>> '{}' = '' or e.value #>> '{}' ~ '[\s,:*]' limit 1;
+    where jsonb_typeof(e.value) <> 'string' or e.value #>> '{}' = ''
+       or e.value #>> '{}' is distinct from rowcast.topic_escape(e.value #>> '{}') limit 1;
     if bad is not null then
-        raise exception 'rowcast.watch: routes: the topic prefix for column "%" must be a non-empty string without spaces, commas, colons or *', bad
+        raise exception 'rowcast.watch: routes: the topic prefix for column "%" must be a non-empty string without spaces, commas, colons, dots, %% or *', bad
             using errcode = 'invalid_parameter_value';
     end if;
     select coalesce(array_agg(e.key order by e.key), '{}'), coalesce(array_agg(e.value #>> '{}' order by e.key), '{}')
@@ -2409,12 +2457,13 @@ begin
         select coalesce(jsonb_object_agg(f.key, a.attnum), '{}') into m_nums
         from jsonb_each_text(m_fields) f
         join pg_catalog.pg_attribute a on a.attrelid = tbl and a.attname = f.value and a.attnum > 0 and not a.attisdropped;
-        insert into rowcast.mappings as m (relid, kind, fields, attnums) values (tbl, domain, m_fields, m_nums)
-        on conflict on constraint mappings_content do nothing
-        returning m.id into m_id;
+        select m.id into m_id from rowcast.mappings m
+        where m.relid = tbl and m.kind = domain and m.fields = m_fields and m.attnums = m_nums
+          and exists (select from rowcast.routings r where r.mapping_id = m.id and r.armed_at is not null)
+        order by m.id limit 1;
         if m_id is null then
-            select m.id into m_id from rowcast.mappings m
-            where m.relid = tbl and m.kind = domain and m.fields = m_fields and m.attnums = m_nums;
+            insert into rowcast.mappings as m (relid, kind, fields, attnums) values (tbl, domain, m_fields, m_nums)
+            returning m.id into m_id;
         end if;
     end if;
 
@@ -2434,24 +2483,65 @@ begin
             using errcode = 'invalid_parameter_value';
     end if;
 
-    insert into rowcast.routings as r (relid, table_name, table_topic, topic, topic_default, key_columns, key_attnums,
-                                       route_columns, route_attnums, route_topics, mapping_id)
-    values (tbl, shown, t_topic, topic, t_default, keys, key_nums, r_cols, r_nums, r_topics, m_id)
-    on conflict on constraint routings_content do nothing
-    returning r.id into routing_id;
-    if routing_id is null then
-        select r.id into routing_id from rowcast.routings r
-        where r.relid = tbl and r.table_name = shown and r.table_topic = t_topic and r.topic = register.topic
-          and r.topic_default = t_default and r.key_columns = keys and r.key_attnums = key_nums
-          and r.route_columns = r_cols and r.route_attnums = r_nums and r.route_topics = r_topics
-          and r.mapping_id is not distinct from m_id;
+    -- One table topic, one table: a watched table that was renamed without its
+    -- registration following (see rowcast.watched) still publishes on its old name.
+    select rowcast.shown_name(w.tgrelid::regclass) into bad
+    from pg_catalog.pg_trigger w
+    join rowcast.routings o on o.id::text = (rowcast.capture_args(w.tgrelid))[1] and o.relid = w.tgrelid
+    where w.tgname = 'rowcast_capture' and w.tgparentid = 0 and w.tgrelid <> tbl
+      and w.tgfoid = 'rowcast.capture()'::regprocedure
+      and o.table_topic = t_topic
+    limit 1;
+    if bad is not null then
+        raise exception 'rowcast.watch: table % would publish on topic %, which watched table % still uses (it was renamed; run rowcast.watch on it first)',
+            tbl, t_topic, bad using errcode = 'duplicate_object';
     end if;
+
     select coalesce(array_agg(x order by x), '{}') into exclude_attnums from unnest(exclude_attnums) x;
+    select coalesce(array_agg(a.attname::text order by a.attnum), '{}') into bad_names
+    from pg_catalog.pg_attribute a where a.attrelid = tbl and a.attnum = any (exclude_attnums);
+
+    select r.id into routing_id from rowcast.routings r
+    where r.relid = tbl and r.armed_at is not null
+      and r.table_name = shown and r.table_topic = t_topic and r.topic = register.topic
+      and r.topic_default = t_default and r.key_columns = keys and r.key_attnums = key_nums
+      and r.route_columns = r_cols and r.route_attnums = r_nums and r.route_topics = r_topics
+      and r.exclude_columns = bad_names and r.exclude_attnums = exclude_attnums
+      and r.mapping_id is not distinct from m_id
+    order by r.id limit 1;
+    if routing_id is null then
+        insert into rowcast.routings as r (relid, table_name, table_topic, topic, topic_default, key_columns, key_attnums,
+                                           route_columns, route_attnums, route_topics, exclude_columns,
+                                           exclude_attnums, mapping_id)
+        values (tbl, shown, t_topic, topic, t_default, keys, key_nums, r_cols, r_nums, r_topics, bad_names,
+                exclude_attnums, m_id)
+        returning r.id into routing_id;
+    end if;
 end
 $$;
 
--- Installs (or replaces) a table's capture triggers naming a registration. Runs with the
--- caller's rights: creating a trigger needs the table's ownership.
+-- Arms the registration a table's capture trigger names: from now on the sequencer
+-- accepts it for the table's events. Anyone may call it: it only records what the
+-- trigger says, and only the table's owner (or the installer) can make a trigger say it.
+create function rowcast.confirm(tbl regclass) returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    args text[];
+begin
+    args := rowcast.capture_args(tbl);
+    if args is null or cardinality(args) < 2 or args[1] !~ '^[0-9]{1,9}$' or args[2] is distinct from tbl::oid::text then
+        return;
+    end if;
+    update rowcast.routings r set armed_at = clock_timestamp()
+    where r.id = args[1]::int and r.relid = tbl and r.armed_at is null;
+end
+$$;
+
+-- Installs (or replaces) a table's capture triggers naming a registration, and arms it.
+-- Runs with the caller's rights: creating a trigger needs the table's ownership.
 create function rowcast.arm_triggers(tbl regclass, routing_id int, wake text, exclude_attnums int2[])
 returns void
 language plpgsql
@@ -2468,6 +2558,7 @@ begin
                    'for each row execute function rowcast.capture(%s)', tbl, args);
     execute format('create or replace trigger rowcast_capture_truncate after truncate on %s '
                    'for each statement execute function rowcast.capture_truncate(%s)', tbl, args);
+    perform rowcast.confirm(tbl);
 end
 $$;
 
@@ -2523,10 +2614,9 @@ $$;
 
 -- What a schema change (or a hand-made trigger) broke in a table's registration, in
 -- words; null when nothing. `args` are the table's capture trigger arguments.
-create function rowcast.registration_problem(tbl oid, args text[]) returns text
+create function rowcast.problem_of(tbl oid, args text[]) returns text
 language plpgsql
 stable
-security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -2546,12 +2636,24 @@ begin
     if not found or r.relid is distinct from tbl or args[2] is distinct from tbl::text then
         return 'the capture trigger names a registration of another table: its events are delivered to nobody; run rowcast.watch again';
     end if;
+    if r.armed_at is null then
+        return 'the capture trigger names a registration that was never armed: its events are delivered to nobody; run rowcast.watch again';
+    end if;
     if exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture' and t.tgenabled = 'D') then
         return 'the capture trigger is disabled: changes are not captured';
     end if;
     if r.table_name is distinct from rowcast.shown_name(tbl) then
         return format('the table was renamed from %s: events still name it so; run rowcast.watch again', r.table_name);
     end if;
+    for i in 1 .. coalesce(cardinality(r.exclude_columns), 0) loop
+        if not exists (select from pg_catalog.pg_attribute a
+                       where a.attrelid = tbl and a.attnum = r.exclude_attnums[i] and not a.attisdropped)
+           and exists (select from pg_catalog.pg_attribute a
+                       where a.attrelid = tbl and a.attname = r.exclude_columns[i] and not a.attisdropped) then
+            return format('excluded column "%s" was dropped and a new column "%s" added: the new one is NOT excluded; run rowcast.watch again',
+                          r.exclude_columns[i], r.exclude_columns[i]);
+        end if;
+    end loop;
     for i in 1 .. coalesce(cardinality(r.route_attnums), 0) loop
         select a.attname into now_name from pg_catalog.pg_attribute a
         where a.attrelid = tbl and a.attnum = r.route_attnums[i] and not a.attisdropped;
@@ -2595,11 +2697,34 @@ begin
             return problem;
         end if;
     end if;
+    for i in 1 .. coalesce(cardinality(r.exclude_columns), 0) loop
+        select a.attname into now_name from pg_catalog.pg_attribute a
+        where a.attrelid = tbl and a.attnum = r.exclude_attnums[i] and not a.attisdropped;
+        if now_name <> r.exclude_columns[i] then
+            return format('excluded column "%s" is now "%s": it is still excluded; run rowcast.watch again to record its name',
+                          r.exclude_columns[i], now_name);
+        end if;
+    end loop;
     if not exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture_truncate') then
         return 'the TRUNCATE trigger is missing: truncations are not captured; run rowcast.watch again';
     end if;
     return null;
 end
+$$;
+
+-- rowcast.problem_of() for rowcast.watched: only for whoever may see the table's
+-- registration, a member of its owner (by the session's login role, since this function
+-- runs as its definer) or the service; null for anyone else.
+create function rowcast.registration_problem(tbl oid, args text[]) returns text
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select case when pg_catalog.pg_has_role(session_user, c.relowner, 'MEMBER')
+                  or pg_catalog.has_table_privilege(session_user, 'rowcast.routings', 'SELECT')
+                then rowcast.problem_of(tbl, args) end
+    from pg_catalog.pg_class c where c.oid = tbl
 $$;
 
 -- Follows a watched table through ALTER TABLE: when it or its columns were renamed (or
@@ -2627,7 +2752,7 @@ begin
         return;
     end if;
     select * into r from rowcast.routings x where x.id = args[1]::int and x.relid = tbl;
-    if not found or rowcast.registration_problem(tbl, args) is null then
+    if not found or rowcast.problem_of(tbl, args) is null then
         return;
     end if;
     if exists (select from unnest(r.route_attnums) n
@@ -2640,6 +2765,13 @@ begin
     join pg_catalog.pg_attribute a on a.attrelid = tbl and a.attnum = x.n;
     select coalesce(array_agg(a.attname::text), '{}') into exclude
     from unnest(args[4:]) x join pg_catalog.pg_attribute a on a.attrelid = tbl and a.attnum = x::int2 and not a.attisdropped;
+    -- A column dropped and added again under an excluded name (a type change the way
+    -- some migration tools make it) stays excluded.
+    select exclude || coalesce(array_agg(x.name), '{}') into exclude
+    from unnest(r.exclude_columns, r.exclude_attnums) as x(name, n)
+    where not exists (select from pg_catalog.pg_attribute a where a.attrelid = tbl and a.attnum = x.n and not a.attisdropped)
+      and exists (select from pg_catalog.pg_attribute a where a.attrelid = tbl and a.attname = x.name and not a.attisdropped)
+      and not x.name = any (exclude);
     if r.mapping_id is not null then
         select * into m from rowcast.mappings x where x.id = r.mapping_id;
         if m.attnums is null then
@@ -2687,7 +2819,8 @@ do $$
 begin
     if (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) then
         create event trigger rowcast_follow_ddl on ddl_command_end
-            when tag in ('ALTER TABLE', 'ALTER SCHEMA')
+            when tag in ('ALTER TABLE', 'ALTER SCHEMA', 'ALTER INDEX', 'ALTER VIEW',
+                         'ALTER MATERIALIZED VIEW', 'ALTER FOREIGN TABLE')
             execute function rowcast.follow_ddl();
     else
         raise notice 'rowcast: installed without superuser rights, so renames are not followed automatically: '
@@ -2834,7 +2967,7 @@ revoke execute on all functions in schema rowcast from public;
 grant execute on function rowcast.request_wake() to public;
 -- What rowcast.watched calls with the caller's rights (the catalog and the registration's
 -- problem only), and the names watch() reports.
-grant execute on function rowcast.capture_args(oid), rowcast.registration_problem(oid, text[]),
+grant execute on function rowcast.capture_args(oid), rowcast.registration_problem(oid, text[]), rowcast.confirm(regclass),
     rowcast.shown_name(regclass), rowcast.table_topic(regclass), rowcast.topic_escape(text) to public;
 
 -- Roles that held the version 1-4 admin grant get the new one, and service roles the view.
@@ -2858,5 +2991,5 @@ begin
 end
 $$;
 
-insert into rowcast.schema_history (version, name, applied_on, checksum) values (5, 'trust', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '2312025363565278812');
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (5, 'trust', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '12250037753805584181');
 commit;

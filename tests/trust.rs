@@ -198,13 +198,35 @@ async fn a_tenant_admin_reads_and_changes_nothing_of_another_tenant() {
             "{sql}: {message}"
         );
     }
-    // A registration of B's table made by A is inert: B's trigger does not name it.
-    as_a.execute(
-        "select rowcast.register('b_people', routes => '{\"ssn\": \"user\"}')",
-        &[],
+    // A registration of B's table made by A is inert: B's trigger does not name it, so
+    // not even a writer of B's table can use it.
+    let squat: i32 = as_a
+        .query_one(
+            "select routing_id from rowcast.register('b_people', topic => 'user', routes => '{\"ssn\": \"leak\"}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    as_b.execute(
+        "insert into rowcast.events (relid, op, data, routing_id) \
+         values ('b_people'::regclass, 'INSERT', '{\"id\": 9, \"ssn\": \"x\"}', $1)",
+        &[&squat],
     )
     .await
     .unwrap();
+    let problem: Option<String> = as_a
+        .query_one(
+            "select rowcast.registration_problem('b_people'::regclass, array['1', 'b_people'::regclass::oid::text, 'notify'])",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        problem, None,
+        "another tenant's registration is not described"
+    );
     // A forged event for B's table is refused by the log's policy.
     let message = denied(
         as_a.execute(
@@ -240,6 +262,7 @@ async fn a_tenant_admin_reads_and_changes_nothing_of_another_tenant() {
         .await
         .unwrap();
     let after = sequenced(&installer).await;
+    assert_eq!(after[3].2, Vec::<String>::new(), "{after:?}");
     let last = after.last().unwrap();
     assert_eq!(last.0, "b_people");
     assert_eq!(last.2, vec!["b_people", "b_people:1", "user:8", "user:7"]);
@@ -249,7 +272,7 @@ async fn a_tenant_admin_reads_and_changes_nothing_of_another_tenant() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(b_sees, 3);
+    assert_eq!(b_sees, 4);
     drop((as_a, as_b));
     a.drop_all().await;
     b.drop_all().await;
@@ -388,6 +411,9 @@ async fn writes_through_a_partitioned_table_and_cascades_are_captured_as_the_wat
              create table kids_us (secret text, region text not null, parent_id int, id int not null);
              alter table kids attach partition kids_us for values in ('us');
              select rowcast.watch('kids', routes => '{\"parent_id\": \"parent\"}', exclude => array['secret']);
+             create table notes (id int primary key, parent_id int references parents on delete cascade);
+             select rowcast.watch('notes');
+             create view notes_v as select * from notes;
              insert into parents values (1);",
         )
         .await
@@ -395,18 +421,29 @@ async fn writes_through_a_partitioned_table_and_cascades_are_captured_as_the_wat
     let writer = Role::new(
         &db,
         "kidwriter",
-        "grant select, insert, update, delete on kids to {role}; grant select, delete on parents to {role};",
+        "grant select, insert, update, delete on kids to {role}; grant select, delete on parents to {role};
+         grant select, insert on notes_v to {role};",
     )
     .await;
     let client = writer.client().await;
     client
         .batch_execute(
             "insert into kids values (1, 1, 'eu', 's1'), (2, 1, 'us', 's2');
-             update kids set region = 'us' where id = 1;
-             delete from parents where id = 1;",
+             insert into notes_v values (1, 1);",
         )
         .await
-        .expect("a writer with rights on the partitioned table only");
+        .expect("a writer with rights on the partitioned table and the view only");
+    let mover = Role::new(&db, "kidmover", "grant select, update on kids to {role};").await;
+    mover
+        .client()
+        .await
+        .execute("update kids set region = 'us' where id = 1", &[])
+        .await
+        .expect("a row moved between partitions by a writer with only update");
+    client
+        .execute("delete from parents where id = 1", &[])
+        .await
+        .expect("a cascade into a watched table the writer has no rights on");
     let log = sequenced(&installer).await;
     let summary: Vec<(String, String)> = log.iter().map(|e| (e.0.clone(), e.1.clone())).collect();
     assert_eq!(
@@ -414,10 +451,12 @@ async fn writes_through_a_partitioned_table_and_cascades_are_captured_as_the_wat
         [
             ("kids", "INSERT"),
             ("kids", "INSERT"),
+            ("notes", "INSERT"),
             ("kids", "DELETE"),
             ("kids", "INSERT"),
             ("kids", "DELETE"),
             ("kids", "DELETE"),
+            ("notes", "DELETE"),
         ]
         .map(|(t, o)| (t.to_string(), o.to_string()))
     );
@@ -427,6 +466,7 @@ async fn writes_through_a_partitioned_table_and_cascades_are_captured_as_the_wat
     assert!(log.iter().all(|e| e.3.get("secret").is_none()), "{log:?}");
     drop(client);
     writer.drop_all().await;
+    mover.drop_all().await;
 }
 
 #[tokio::test]
@@ -445,7 +485,10 @@ async fn a_renamed_excluded_column_stays_excluded_even_when_another_takes_its_na
              alter table cards rename column holder to card;
              insert into cards values (3, 'cyd', '4111-3');
              update cards set card_number = '4111-4' where id = 3;
-             update cards set card = 'dee' where id = 3;",
+             update cards set card = 'dee' where id = 3;
+             alter table cards drop column card_number;
+             alter table cards add column card_number text;
+             insert into cards values (4, 'eve', '4111-5');",
         )
         .await
         .unwrap();
@@ -458,6 +501,7 @@ async fn a_renamed_excluded_column_stays_excluded_even_when_another_takes_its_na
             json!({"id": 2, "holder": "bob"}),
             json!({"id": 3, "card": "cyd"}),
             json!({"id": 3, "card": "dee"}),
+            json!({"id": 4, "card": "eve"}),
         ],
         "the update of only the excluded column yields nothing"
     );
@@ -522,14 +566,65 @@ async fn a_table_named_like_a_routed_topic_publishes_on_its_own_escaped_topic() 
     assert_eq!(topics, vec!["b%2Ec.d%2Ce%20f", "b%2Ec.d%2Ce%20f:1"]);
     user7.expect_silence(Duration::from_millis(200)).await;
 
+    // A table renamed the way the event trigger did not see it still holds its topic.
+    installer
+        .batch_execute("alter index orders rename to purchases")
+        .await
+        .unwrap();
+    let name: String = installer
+        .query_one(
+            "select table_name from rowcast.watched where \"table\" = 'purchases'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        name, "purchases",
+        "ALTER INDEX ... RENAME on a table is followed"
+    );
+    // Renamed without the event trigger: the old name's topic is still in use.
+    installer
+        .batch_execute(
+            "alter event trigger rowcast_follow_ddl disable;
+             alter table purchases rename to orders_v2;
+             alter event trigger rowcast_follow_ddl enable;
+             create table purchases (id int primary key);",
+        )
+        .await
+        .unwrap();
+    let message = denied(
+        installer
+            .execute("select rowcast.watch('purchases')", &[])
+            .await,
+        "a table topic still in use",
+    );
+    assert!(
+        message.contains("which watched table orders_v2 still uses"),
+        "{message}"
+    );
+    let escaped: String = installer
+        .query_one(
+            "select rowcast.topic_escape('a' || chr(8192) || 'b c')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(escaped, "a%E2%80%80b%20c");
+
     for (sql, what) in [
-        ("select rowcast.watch('orders', topic => 'user:8')", "topic"),
         (
-            "select rowcast.watch('orders', routes => '{\"client_id\": \"a:b\"}')",
+            "select rowcast.watch('orders_v2', topic => 'user:8')",
+            "topic",
+        ),
+        ("select rowcast.watch('orders_v2', topic => 'b.c')", "topic"),
+        (
+            "select rowcast.watch('orders_v2', routes => '{\"client_id\": \"a:b\"}')",
             "routes",
         ),
         (
-            "select rowcast.watch('orders', routes => '{\"client_id\": \"*\"}')",
+            "select rowcast.watch('orders_v2', routes => '{\"client_id\": \"*\"}')",
             "routes",
         ),
     ] {
