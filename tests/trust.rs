@@ -790,3 +790,60 @@ async fn installed_by_a_database_owner_renames_are_reported_and_exclusions_still
         .unwrap();
     owner.drop_all().await;
 }
+
+#[tokio::test]
+async fn a_prisma_shaped_table_keeps_its_topics_and_exclusions_through_an_orm_migration() {
+    let db = TestDb::migrated().await;
+    let installer = db.client().await;
+    installer
+        .batch_execute(
+            r#"create type "BookingStatus" as enum ('pending', 'accepted', 'awaiting_host');
+               create table "Booking" ("id" text primary key, "userId" int, "status" "BookingStatus",
+                                       "cardToken" text, "startTime" timestamp(3));
+               select rowcast.watch('"Booking"', routes => '{"userId": "user"}', exclude => array['cardToken']);"#,
+        )
+        .await
+        .unwrap();
+    let app = TestApp::start(&db).await;
+    let mut ws = app.ws().await;
+    ws.subscribe(&["user:7"], None).await;
+    installer
+        .batch_execute(
+            r#"insert into "Booking" values ('ck1', 7, 'pending', 'tok_1', '2026-12-02 10:00:00.123');
+               begin;
+               alter table "Booking" rename column "userId" to "ownerId";
+               alter table "Booking" rename column "cardToken" to "paymentToken";
+               alter table "Booking" rename to "Reservation";
+               commit;
+               update "Reservation" set "status" = 'awaiting_host', "paymentToken" = 'tok_2' where "id" = 'ck1';"#,
+        )
+        .await
+        .unwrap();
+    let events = ws.events(2).await;
+    assert_eq!(events[0]["table"], "Booking");
+    assert_eq!(
+        events[0]["data"],
+        json!({"id": "ck1", "userId": 7, "status": "pending", "startTime": "2026-12-02T10:00:00.123"})
+    );
+    assert_eq!(events[1]["table"], "Reservation");
+    assert_eq!(
+        events[1]["topics"],
+        json!(["Reservation", "Reservation:ck1", "user:7"])
+    );
+    assert_eq!(
+        events[1]["data"],
+        json!({"id": "ck1", "ownerId": 7, "status": "awaiting_host", "startTime": "2026-12-02T10:00:00.123"})
+    );
+    assert_eq!(events[1]["old"], json!({"status": "pending"}));
+    let watched = installer
+        .query_one(
+            "select routes, exclude, problem from rowcast.watched where table_name = 'Reservation'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(watched.get::<_, Value>(0), json!({"ownerId": "user"}));
+    assert_eq!(watched.get::<_, Vec<String>>(1), vec!["paymentToken"]);
+    assert_eq!(watched.get::<_, Option<String>>(2), None);
+    app.stop().await;
+}
