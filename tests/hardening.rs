@@ -3,13 +3,16 @@
 //! `since` beyond the head never reported as the head, and operator endpoints kept off the
 //! public listener.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 
-use crate::support::{TestApp, TestDb, WAIT, test_config};
+use crate::pipeline::NEW_BOOKING;
+use crate::support::{TestApp, TestDb, WAIT, sse, test_config};
 
 const SECRET: &str = "a-hardening-test-secret-long-enough";
 
@@ -207,4 +210,217 @@ async fn rowcast_serve_with_a_public_key_but_no_algorithm_exits_with_the_reason(
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("auth.algorithm"), "{stderr}");
     assert!(!stderr.contains("rowcast listening"), "{stderr}");
+}
+
+// ---- item 9: idle and half-sent connections are dropped, and every one counts per IP ---
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: rowcast\r\n\r\n";
+
+/// Reads one HTTP/1.1 response (headers and a `Content-Length` body) within [`WAIT`].
+async fn read_response(stream: &mut TcpStream) -> (u16, String, String) {
+    let read = async {
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).await.expect("reading a response");
+            assert_eq!(n, 1, "the connection closed before a response: {raw:?}");
+            raw.push(byte[0]);
+        }
+        let head = String::from_utf8(raw).unwrap();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().unwrap())
+            })
+            .expect("a content-length");
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await.unwrap();
+        (status, head, String::from_utf8(body).unwrap())
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("no response within the wait")
+}
+
+/// How long after the call the server closed the connection (nothing else may arrive).
+async fn closed_after(stream: &mut TcpStream) -> Duration {
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .expect("the server must close the connection within the wait");
+    match read {
+        Ok(0) | Err(_) => started.elapsed(),
+        Ok(n) => panic!(
+            "expected the connection to close, got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+    }
+}
+
+async fn healthz_on(stream: &mut TcpStream) {
+    stream.write_all(HEALTHZ).await.unwrap();
+    let (status, _, body) = read_response(stream).await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_that_sends_nothing_more_is_closed_after_the_idle_timeout() {
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    config.limits.idle_timeout = Duration::from_millis(500);
+    config.limits.handshake_timeout = Duration::from_secs(5);
+    let app = TestApp::start_with(config).await;
+
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    // Kept alive: two requests on one connection, each answered.
+    healthz_on(&mut stream).await;
+    healthz_on(&mut stream).await;
+    let closed = closed_after(&mut stream).await;
+    assert!(
+        closed >= Duration::from_millis(400),
+        "closed after {closed:?}, before the idle timeout"
+    );
+    assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_half_sent_second_request_on_a_kept_alive_connection_is_dropped() {
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    // Far longer than the test's waits: only the header timeout can close it.
+    config.limits.idle_timeout = Duration::from_secs(600);
+    config.limits.handshake_timeout = Duration::from_millis(500);
+    let app = TestApp::start_with(config).await;
+
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    healthz_on(&mut stream).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: rowcast\r\n")
+        .await
+        .unwrap();
+    let closed = closed_after(&mut stream).await;
+    assert!(closed < Duration::from_secs(3), "closed after {closed:?}");
+
+    // The same for a request trickling in byte by byte, slower than the header timeout.
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    healthz_on(&mut stream).await;
+    let trickle = async {
+        for byte in b"GET /healthz HTTP/1.1\r\n" {
+            if stream.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, trickle).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+        .await
+        .expect("a trickled request must be dropped");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "got {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idle_http_connections_count_toward_max_connections_per_ip() {
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    config.limits.max_connections_per_ip = 3;
+    config.limits.idle_timeout = Duration::from_secs(600);
+    config.limits.handshake_timeout = Duration::from_secs(1);
+    let app = TestApp::start_with(config).await;
+
+    // Three plain HTTP connections, answered once each and then idle: no session among them.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        healthz_on(&mut stream).await;
+        idle.push(stream);
+    }
+    // A fourth is refused with 429 and closed.
+    let mut fourth = TcpStream::connect(app.addr).await.unwrap();
+    fourth
+        .write_all(b"GET /events?topics=bookings HTTP/1.1\r\nHost: rowcast\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, body) = read_response(&mut fourth).await;
+    assert_eq!(status, 429, "{head}{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "too_many_connections");
+    closed_after(&mut fourth).await;
+    // So is a WebSocket upgrade.
+    match tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr)),
+    )
+    .await
+    .unwrap()
+    {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status().as_u16(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    // And one beyond the limit that sends nothing is closed, not held.
+    let mut silent = TcpStream::connect(app.addr).await.unwrap();
+    closed_after(&mut silent).await;
+
+    // The idle ones are still served; closing one frees its slot.
+    healthz_on(&mut idle[0]).await;
+    drop(idle.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(HEALTHZ).await.unwrap();
+        let (status, _, _) = read_response(&mut stream).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a closed connection's slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sse_streams_and_websocket_sessions_outlive_the_idle_and_header_timeouts() {
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    config.limits.idle_timeout = Duration::from_millis(300);
+    config.limits.handshake_timeout = Duration::from_millis(300);
+    let app = TestApp::start_with(config).await;
+
+    let mut stream = sse::open(app.addr, "topics=bookings", None)
+        .await
+        .expect("an sse stream");
+    assert_eq!(stream.next().await.event.as_deref(), Some("subscribed"));
+    let mut ws = app.ws().await;
+    ws.subscribe(&["bookings"], None).await;
+    // Several idle and header timeouts pass without a byte on either (the SSE keep-alive
+    // and the WebSocket ping are 15 s and 20 s away).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    db.client()
+        .await
+        .query_one(NEW_BOOKING, &[&7i64, &3i64])
+        .await
+        .unwrap();
+    assert_eq!(ws.events(1).await[0]["event"], "booking.created");
+    assert_eq!(stream.events(1).await[0]["event"], "booking.created");
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.recv().await["type"], "pong");
+    app.stop().await;
 }

@@ -1,7 +1,10 @@
-//! Admission: what a request must pass before it becomes a session. The Origin
-//! allow-list (cross-site WebSocket hijacking), the connection limits (total and per
-//! IP), and the token ([`super::auth`]). A refusal is an HTTP error with a JSON body,
-//! sent before any upgrade, and counted.
+//! Admission: what a connection and a request must pass. Every TCP connection counts
+//! toward `max_connections_per_ip` from accept to close ([`Connections::admit`], called
+//! by [`super::listen`]), whatever it carries: a WebSocket, an SSE stream, or plain
+//! HTTP kept alive between polls. A session must then pass the Origin allow-list
+//! (cross-site WebSocket hijacking), the token ([`super::auth`]) and the replica's
+//! session limit (`max_connections`). A refusal is an HTTP error with a JSON body, sent
+//! before any upgrade, and counted.
 //!
 //! Also the per-session subscribe rate limit ([`RateLimit`]).
 
@@ -25,15 +28,24 @@ use super::auth::{AuthError, Principal, token_of};
 pub struct LimitsConfig {
     /// Most open sessions (WebSocket and SSE) on this replica.
     pub max_connections: usize,
-    /// Most open sessions from one IP address.
+    /// Most open TCP connections from one IP address, of any kind (WebSocket, SSE, plain
+    /// HTTP kept alive), counted from accept to close. A connection beyond it is answered
+    /// `429` and closed.
     pub max_connections_per_ip: usize,
     /// Sustained `subscribe`/`unsubscribe` messages per second per session.
     pub subscribe_rate: f64,
     /// Burst of `subscribe`/`unsubscribe` messages allowed above the rate.
     pub subscribe_burst: f64,
-    /// Time a client has to send its first request after connecting.
+    /// Time a client has to send a request's headers: its first request after
+    /// connecting, and any further request on a kept-alive connection from its first
+    /// byte. A connection that takes longer is closed.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: std::time::Duration,
+    /// How long a kept-alive HTTP connection may stay idle between a response and the
+    /// next request before it is closed. WebSocket sessions and SSE streams are not idle
+    /// while they are open (they have their own heartbeats).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: std::time::Duration,
     /// Origins allowed to open sessions from a browser (`https://app.example.com`);
     /// empty allows any. Requests without an Origin header (non-browser clients) pass.
     pub allowed_origins: Vec<String>,
@@ -47,33 +59,42 @@ impl Default for LimitsConfig {
             subscribe_rate: 10.0,
             subscribe_burst: 50.0,
             handshake_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(30),
             allowed_origins: Vec::new(),
         }
     }
 }
 
-/// Counts open sessions, in total and per IP.
+/// Counts open sessions on this replica, and open connections per IP.
 #[derive(Debug, Default)]
 pub struct Connections {
-    total: AtomicUsize,
+    sessions: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One open session's share of the connection counts; released on drop.
+/// One open session's share of `max_connections`; released on drop.
 #[derive(Debug)]
 pub struct Permit {
     connections: Arc<Connections>,
-    ip: IpAddr,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.connections.total.fetch_sub(1, Ordering::Relaxed);
-        let mut per_ip = self
-            .connections
-            .per_ip
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        self.connections.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One open connection's share of `max_connections_per_ip`; released on drop (when the
+/// connection closes).
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    connections: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut per_ip = self.connections.lock_per_ip();
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -86,31 +107,60 @@ impl Drop for Permit {
 impl Connections {
     /// Open sessions now.
     pub fn open(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
+        self.sessions.load(Ordering::Relaxed)
     }
 
-    fn acquire(self: &Arc<Self>, ip: IpAddr, limits: &LimitsConfig) -> Result<Permit, Refusal> {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if self.total.load(Ordering::Relaxed) >= limits.max_connections {
-            return Err(Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_connections",
-                "this server has reached its connection limit; retry later or use another replica",
-            ));
-        }
-        if per_ip.get(&ip).copied().unwrap_or(0) >= limits.max_connections_per_ip {
+    /// Open connections from `ip` now.
+    pub fn from_ip(&self, ip: IpAddr) -> usize {
+        self.lock_per_ip().get(&ip).copied().unwrap_or(0)
+    }
+
+    fn lock_per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a new connection from `ip`, or refuses it (429) when that address already
+    /// has `max_connections_per_ip` open.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        limits: &LimitsConfig,
+    ) -> Result<ConnectionPermit, Refusal> {
+        let mut per_ip = self.lock_per_ip();
+        let open = per_ip.entry(ip).or_insert(0);
+        if *open >= limits.max_connections_per_ip {
+            if *open == 0 {
+                per_ip.remove(&ip);
+            }
             return Err(Refusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_connections",
                 "too many connections from this address",
             ));
         }
-        *per_ip.entry(ip).or_insert(0) += 1;
-        self.total.fetch_add(1, Ordering::Relaxed);
-        Ok(Permit {
+        *open += 1;
+        Ok(ConnectionPermit {
             connections: self.clone(),
             ip,
         })
+    }
+
+    fn acquire_session(self: &Arc<Self>, limits: &LimitsConfig) -> Result<Permit, Refusal> {
+        let admitted = self
+            .sessions
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limits.max_connections).then_some(n + 1)
+            });
+        match admitted {
+            Ok(_) => Ok(Permit {
+                connections: self.clone(),
+            }),
+            Err(_) => Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "this server has reached its connection limit; retry later or use another replica",
+            )),
+        }
     }
 }
 
@@ -177,16 +227,16 @@ pub fn authenticate(
     }
 }
 
-/// Admits a session: Origin, token, then a connection permit.
+/// Admits a session: Origin, token, then a session permit. (Its connection was counted
+/// against its address when it was accepted.)
 pub fn admit_session(
     ctx: &AppContext,
     headers: &HeaderMap,
     query_token: Option<&str>,
-    ip: IpAddr,
 ) -> Result<(Principal, Permit), Refusal> {
     check_origin(&ctx.limits, headers)?;
     let principal = authenticate(ctx, headers, query_token)?;
-    let permit = ctx.connections.acquire(ip, &ctx.limits)?;
+    let permit = ctx.connections.acquire_session(&ctx.limits)?;
     Ok((principal, permit))
 }
 
@@ -252,26 +302,45 @@ mod tests {
     }
 
     #[test]
-    fn permits_count_per_ip_and_release_on_drop() {
+    fn connections_count_per_ip_and_release_on_drop() {
         let connections = Arc::new(Connections::default());
         let limits = LimitsConfig {
             max_connections_per_ip: 2,
             ..LimitsConfig::default()
         };
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let a = connections.acquire(ip, &limits).unwrap();
-        let _b = connections.acquire(ip, &limits).unwrap();
+        let a = connections.admit(ip, &limits).unwrap();
+        let _b = connections.admit(ip, &limits).unwrap();
         assert_eq!(
-            connections.acquire(ip, &limits).unwrap_err().status(),
+            connections.admit(ip, &limits).unwrap_err().status(),
             StatusCode::TOO_MANY_REQUESTS
         );
+        assert_eq!(connections.from_ip(ip), 2);
         assert!(
             connections
-                .acquire("10.0.0.2".parse().unwrap(), &limits)
+                .admit("10.0.0.2".parse().unwrap(), &limits)
                 .is_ok()
         );
         drop(a);
-        assert!(connections.acquire(ip, &limits).is_ok());
+        assert_eq!(connections.from_ip(ip), 1);
+        assert!(connections.admit(ip, &limits).is_ok());
+    }
+
+    #[test]
+    fn sessions_count_toward_the_replica_limit_and_release_on_drop() {
+        let connections = Arc::new(Connections::default());
+        let limits = LimitsConfig {
+            max_connections: 1,
+            ..LimitsConfig::default()
+        };
+        let a = connections.acquire_session(&limits).unwrap();
+        assert_eq!(
+            connections.acquire_session(&limits).unwrap_err().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(connections.open(), 1);
+        drop(a);
+        assert!(connections.acquire_session(&limits).is_ok());
     }
 
     #[test]

@@ -1,39 +1,76 @@
-//! The listening socket. Every accepted connection gets a handshake deadline: a client
-//! must finish sending its first request (the WebSocket upgrade, an SSE or HTTP request)
-//! within `limits.handshake_timeout`, or the connection is dropped, so slow or silent
-//! sockets cannot pile up. The deadline ends with the server's first write (the response
-//! or the `101 Switching Protocols`); an established session is not limited by it.
+//! The listening socket, and the deadlines every connection lives under.
+//!
+//! Each accepted connection is first counted against its address
+//! (`limits.max_connections_per_ip`, [`super::admission::Connections::admit`]); one
+//! beyond the limit gets `429` for its request and is closed. Then, in HTTP terms:
+//!
+//! - a request's headers must arrive within `limits.handshake_timeout`: from accept for
+//!   the first request, from its first byte for a later one on a kept-alive connection;
+//! - between a response and the next request, a kept-alive connection may stay idle for
+//!   `limits.idle_timeout`;
+//! - while a request is being answered (an SSE stream, for as long as it is open) and
+//!   after an upgrade (a WebSocket session), no deadline applies: sessions have their own
+//!   heartbeats and write timeouts.
+//!
+//! The deadlines are enforced by the stream's reads ([`Deadlined`]): a read after a
+//! deadline fails and hyper closes the connection. What the stream cannot see, where a
+//! request begins and where its response ends, the connection's service ([`Serve`])
+//! tells it through the connection's shared [`Connection`] state: it wraps every
+//! response's body, whose end (or drop) starts the idle time.
 //!
 //! Each connection's socket is a shared [`Wire`]: handlers find it in [`Peer`], so a
 //! WebSocket session can let the hub write events to it directly.
+//!
+//! An idle WebSocket session's memory counts (BENCHMARKS.md): once upgraded, a
+//! connection keeps only its socket and its share of the per-address count; the request
+//! state is freed, and an upgrade's response is not wrapped.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::extract::Request;
+use axum::extract::connect_info::ConnectInfo;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
 use axum::serve::{IncomingStream, Listener};
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
 
+use super::admission::{ConnectionPermit, Connections, LimitsConfig, Refusal};
 use super::wire::{Conn, Wire};
 
-/// A TCP listener whose connections carry a handshake deadline.
+/// A TCP listener whose connections are counted per IP and carry deadlines.
 #[derive(Debug)]
 pub struct HandshakeListener {
     inner: TcpListener,
-    timeout: Duration,
+    limits: Arc<LimitsConfig>,
+    connections: Arc<Connections>,
 }
 
 impl HandshakeListener {
-    /// Wraps a bound listener.
-    pub fn new(inner: TcpListener, timeout: Duration) -> HandshakeListener {
-        HandshakeListener { inner, timeout }
+    /// Wraps a bound listener; its connections count in `connections`.
+    pub fn new(
+        inner: TcpListener,
+        limits: Arc<LimitsConfig>,
+        connections: Arc<Connections>,
+    ) -> HandshakeListener {
+        HandshakeListener {
+            inner,
+            limits,
+            connections,
+        }
     }
 }
 
@@ -46,9 +83,29 @@ impl Listener for HandshakeListener {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    let deadline = Some(Box::pin(tokio::time::sleep(self.timeout)));
-                    let conn = Conn::new(Wire::new(stream));
-                    return (Deadlined { conn, deadline }, addr);
+                    let permit = self.connections.admit(addr.ip(), &self.limits).ok();
+                    let http = Http {
+                        header_timeout: self.limits.handshake_timeout,
+                        idle_timeout: self.limits.idle_timeout,
+                        deadline: Some(Box::pin(tokio::time::sleep(self.limits.handshake_timeout))),
+                        phase: Phase::Headers,
+                        in_flight: 0,
+                        read_in_flight: false,
+                        upgraded: false,
+                        ended: 0,
+                        seen: 0,
+                    };
+                    let connection = Arc::new(Connection {
+                        refused: permit.is_none(),
+                        reader: AtomicWaker::new(),
+                        http: Mutex::new(http),
+                    });
+                    let io = Deadlined {
+                        conn: Conn::new(Wire::new(stream)),
+                        _permit: permit,
+                        http: Some(connection),
+                    };
+                    return (io, addr);
                 }
                 // Out of file descriptors or a connection reset before accept: wait a
                 // little rather than spin, then go on accepting.
@@ -65,30 +122,328 @@ impl Listener for HandshakeListener {
     }
 }
 
-/// The peer's address and the connection's socket, for handlers (`ConnectInfo<Peer>`).
+/// The peer's address, the connection's socket and its request state, for handlers
+/// (`ConnectInfo<Peer>`).
 #[derive(Debug, Clone)]
-pub struct Peer(pub SocketAddr, pub Arc<Wire>);
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The connection's socket.
+    pub wire: Arc<Wire>,
+    /// What the connection is doing, shared with its stream's deadlines.
+    pub connection: Arc<Connection>,
+}
 
-impl Connected<IncomingStream<'_, HandshakeListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, HandshakeListener>) -> Self {
-        Peer(*stream.remote_addr(), stream.io().conn.wire().clone())
+/// Serves a router on the connections of a [`HandshakeListener`] (the make-service of
+/// `axum::serve`): every request gets its [`Peer`] as `ConnectInfo<Peer>`, and the
+/// connection's stream learns where each request begins and where its response ends.
+/// A connection over its address's limit gets `429` and `Connection: close` for its
+/// request.
+#[derive(Debug, Clone)]
+pub struct Serve {
+    router: Router,
+}
+
+impl Serve {
+    /// Serves `router`.
+    pub fn new(router: Router) -> Serve {
+        Serve { router }
     }
 }
 
-/// A TCP stream that fails its reads once the handshake deadline passes, until the
-/// server has written something.
+impl Service<IncomingStream<'_, HandshakeListener>> for Serve {
+    type Response = PerConnection;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<PerConnection, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'_, HandshakeListener>) -> Self::Future {
+        let io = stream.io();
+        let peer = Peer {
+            addr: *stream.remote_addr(),
+            wire: io.conn.wire().clone(),
+            connection: io
+                .http
+                .clone()
+                .expect("a connection is upgraded only after a request"),
+        };
+        std::future::ready(Ok(PerConnection {
+            router: self.router.clone(),
+            peer,
+        }))
+    }
+}
+
+/// One connection's service ([`Serve`]).
+#[derive(Debug, Clone)]
+pub struct PerConnection {
+    router: Router,
+    peer: Peer,
+}
+
+impl Service<Request> for PerConnection {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Answer {
+        let connection = self.peer.connection.clone();
+        if connection.refused {
+            tracing::debug!(peer = %self.peer.addr, "connection over the per-address limit: refused");
+            return Answer(None);
+        }
+        let connect = request.method() == Method::CONNECT;
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(self.peer.clone()));
+        connection.begin();
+        Answer(Some(Routed {
+            inner: self.router.call(request),
+            connection: Some(connection),
+            connect,
+        }))
+    }
+}
+
+/// The response future of [`PerConnection`].
+pub struct Answer(Option<Routed>);
+
+/// A request the router is answering (an [`Answer`] without one is a refusal: the
+/// connection is over its address's limit).
+struct Routed {
+    inner: RouteFuture<Infallible>,
+    /// Whose request ends with the response's body; taken when the response is ready.
+    connection: Option<Arc<Connection>>,
+    /// A `CONNECT` request (an HTTP/2 WebSocket), upgraded by a 2xx.
+    connect: bool,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer").finish_non_exhaustive()
+    }
+}
+
+impl Future for Answer {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(Routed {
+            inner,
+            connection,
+            connect,
+        }) = &mut self.0
+        else {
+            let mut response = Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "too many connections from this address",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Poll::Ready(Ok(response));
+        };
+        let connect = *connect;
+        let Ok(response) = std::task::ready!(Pin::new(inner).poll(cx));
+        let Some(connection) = connection.take() else {
+            return Poll::Ready(Ok(response));
+        };
+        let status = response.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
+            // No more HTTP on this connection: its request state goes with the next read.
+            connection.lock().upgraded = true;
+            connection.end();
+            return Poll::Ready(Ok(response));
+        }
+        let (parts, body) = response.into_parts();
+        let body = Body::new(InFlight { body, connection });
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        // Dropped before its response (the client went away): the request is over.
+        if let Some(Routed {
+            connection: Some(connection),
+            ..
+        }) = &mut self.0
+        {
+            connection.end();
+        }
+    }
+}
+
+/// One connection's request state, shared by its stream ([`Deadlined`]) and its service
+/// ([`PerConnection`]).
+#[derive(Debug)]
+pub struct Connection {
+    /// The connection was over its address's limit: every request on it is refused
+    /// (`429`) and the connection closed.
+    refused: bool,
+    /// The stream's reader, woken when a response ends so that the idle time starts.
+    reader: AtomicWaker,
+    http: Mutex<Http>,
+}
+
+/// Where a connection is between requests, and its deadline.
+#[derive(Debug)]
+struct Http {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+    phase: Phase,
+    /// Requests being answered (HTTP/1 answers one at a time).
+    in_flight: u32,
+    /// Bytes arrived while a request was being answered: the next request has begun.
+    read_in_flight: bool,
+    /// The connection was upgraded (WebSocket): no more HTTP deadlines.
+    upgraded: bool,
+    /// Counts (wrapping) the times the connection went back to waiting for a request.
+    ended: u32,
+    /// `ended` when the stream last looked.
+    seen: u32,
+}
+
+/// Which deadline a connection's reads are under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A request's headers are arriving (or the first request is awaited).
+    Headers,
+    /// A request is being answered, or the connection was upgraded: no deadline.
+    Busy,
+    /// Kept alive between a response and the next request.
+    Idle,
+}
+
+impl Connection {
+    fn lock(&self) -> MutexGuard<'_, Http> {
+        self.http.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request's headers have been read: no deadline until its response ends.
+    fn begin(&self) {
+        let mut http = self.lock();
+        http.in_flight += 1;
+        http.read_in_flight = false;
+    }
+
+    /// A response has ended (or was dropped): the connection waits for the next request.
+    fn end(&self) {
+        {
+            let mut http = self.lock();
+            http.in_flight = http.in_flight.saturating_sub(1);
+            if http.in_flight == 0 {
+                http.ended = http.ended.wrapping_add(1);
+            }
+        }
+        self.reader.wake();
+    }
+}
+
+impl Http {
+    fn arm(&mut self, phase: Phase, timeout: Duration) {
+        self.phase = phase;
+        let at = Instant::now() + timeout;
+        match self.deadline.as_mut() {
+            Some(deadline) => deadline.as_mut().reset(at),
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// Brings the phase up to date; fails if the phase's deadline has passed.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.upgraded || self.in_flight > 0 {
+            self.phase = Phase::Busy;
+            self.deadline = None;
+            return Ok(());
+        }
+        if self.ended != self.seen {
+            // A response ended: idle, unless the next request had begun during it.
+            self.seen = self.ended;
+            if self.read_in_flight {
+                self.arm(Phase::Headers, self.header_timeout);
+            } else {
+                self.arm(Phase::Idle, self.idle_timeout);
+            }
+        }
+        if let Some(deadline) = self.deadline.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            let (code, message) = match self.phase {
+                Phase::Idle => ("idle_timeout", "the connection was idle for too long"),
+                _ => (
+                    "handshake_timeout",
+                    "the client did not complete its request in time",
+                ),
+            };
+            metrics::counter!(crate::metrics::REFUSALS, "code" => code).increment(1);
+            return Err(io::Error::new(io::ErrorKind::TimedOut, message));
+        }
+        Ok(())
+    }
+
+    /// Bytes arrived.
+    fn read_some(&mut self) {
+        match self.phase {
+            Phase::Busy => self.read_in_flight = true,
+            // The next request has begun: its headers have the header timeout.
+            Phase::Idle => self.arm(Phase::Headers, self.header_timeout),
+            Phase::Headers => {}
+        }
+    }
+}
+
+/// A response body that ends its request when it ends or is dropped.
+struct InFlight {
+    body: Body,
+    connection: Arc<Connection>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.connection.end();
+    }
+}
+
+impl HttpBody for InFlight {
+    type Data = <Body as HttpBody>::Data;
+    type Error = <Body as HttpBody>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A TCP stream whose reads fail once the deadline of its connection's phase has
+/// passed: headers not complete within `handshake_timeout`, or idle for `idle_timeout`
+/// (see the module docs). It holds its connection's share of the per-address count.
 #[derive(Debug)]
 pub struct Deadlined {
     conn: Conn,
-    deadline: Option<Pin<Box<Sleep>>>,
-}
-
-impl Deadlined {
-    fn disarm_after(&mut self, written: &Poll<io::Result<usize>>) {
-        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
-            self.deadline = None;
-        }
-    }
+    _permit: Option<ConnectionPermit>,
+    /// The connection's request state; `None` once it was upgraded.
+    http: Option<Arc<Connection>>,
 }
 
 impl AsyncRead for Deadlined {
@@ -97,16 +452,27 @@ impl AsyncRead for Deadlined {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let Some(deadline) = self.deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            metrics::counter!(crate::metrics::REFUSALS, "code" => "handshake_timeout").increment(1);
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client did not complete its request in time",
-            )));
+        let this = &mut *self;
+        let Some(connection) = this.http.as_ref() else {
+            // Upgraded: reads pass straight through.
+            return Pin::new(&mut this.conn).poll_read(cx, buf);
+        };
+        connection.reader.register(cx.waker());
+        let mut http = connection.lock();
+        if http.upgraded {
+            drop(http);
+            this.http = None;
+            return Pin::new(&mut this.conn).poll_read(cx, buf);
         }
-        Pin::new(&mut self.conn).poll_read(cx, buf)
+        if let Err(err) = http.check(cx) {
+            return Poll::Ready(Err(err));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.conn).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            http.read_some();
+        }
+        read
     }
 }
 
@@ -116,9 +482,7 @@ impl AsyncWrite for Deadlined {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.conn).poll_write(cx, buf);
-        self.disarm_after(&written);
-        written
+        Pin::new(&mut self.conn).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -258,13 +258,11 @@ impl Application {
             linked.cancelled().await;
             stop.cancel();
         });
-        let listener = listen::HandshakeListener::new(listener, ctx.limits.handshake_timeout);
-        let serving = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<listen::Peer>(),
-        )
-        .with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned())
-        .into_future();
+        let listener =
+            listen::HandshakeListener::new(listener, ctx.limits.clone(), ctx.connections.clone());
+        let serving = axum::serve(listener, listen::Serve::new(app))
+            .with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned())
+            .into_future();
         // Graceful shutdown waits for every open response, and an SSE response whose
         // client stopped reading is never polled again, so it would wait forever: give
         // open connections `shutdown_timeout`, then leave them.

@@ -18,18 +18,18 @@ use std::convert::Infallible;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream;
 
+use super::AppContext;
 use super::admission::{self, Permit};
 use super::protocol::Outgoing;
 use super::query::{self, HttpError, Params};
 use super::replay::{self, Replay, Step};
-use super::{AppContext, listen};
 use crate::hub::{Membership, Published};
 
 /// The header a reconnecting `EventSource` sends.
@@ -42,13 +42,11 @@ pub fn router() -> Router<AppContext> {
 
 async fn open(
     State(ctx): State<AppContext>,
-    ConnectInfo(listen::Peer(peer, _)): ConnectInfo<listen::Peer>,
     headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, HttpError> {
     let Query(params) = params.map_err(HttpError::from_rejection)?;
-    let (principal, permit) =
-        admission::admit_session(&ctx, &headers, params.token.as_deref(), peer.ip())?;
+    let (principal, permit) = admission::admit_session(&ctx, &headers, params.token.as_deref())?;
     let topics = query::topics(params.topics.as_deref(), ctx.session.max_topics)?;
     query::check_allowed(&principal, &topics)?;
     let since = resume_position(&headers, params.since.as_deref())?;

@@ -76,7 +76,7 @@ struct WsQuery {
 async fn upgrade(
     ws: WebSocketUpgrade,
     State(ctx): State<AppContext>,
-    ConnectInfo(listen::Peer(peer, wire)): ConnectInfo<listen::Peer>,
+    ConnectInfo(listen::Peer { wire, .. }): ConnectInfo<listen::Peer>,
     headers: HeaderMap,
     Query(query): Query<WsQuery>,
 ) -> Response {
@@ -88,11 +88,11 @@ async fn upgrade(
         )
         .into_response();
     }
-    let (principal, permit) =
-        match admission::admit_session(&ctx, &headers, query.token.as_deref(), peer.ip()) {
-            Ok(admitted) => admitted,
-            Err(refusal) => return refusal.into_response(),
-        };
+    let (principal, permit) = match admission::admit_session(&ctx, &headers, query.token.as_deref())
+    {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(),
+    };
     let max = ctx.session.max_frame;
     // Per-session memory: the read buffer is zero-filled to its capacity on every read,
     // so all of it is resident for every idle session. Client frames are small; a larger
