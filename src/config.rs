@@ -188,6 +188,11 @@ pub struct SessionConfig {
     pub replay_page: i64,
     /// Interval of SSE keep-alive comments (`: keepalive`) on an otherwise quiet stream.
     pub sse_keepalive: Duration,
+    /// How long an HTTP poll (`/events`) whose `since` is ahead of this replica's head
+    /// waits for the replica to catch up; if it has not by then, the answer has no events
+    /// and this replica's real head (never the client's `since`).
+    #[serde(with = "humantime_serde")]
+    pub catch_up_wait: Duration,
 }
 
 impl Default for SessionConfig {
@@ -201,6 +206,7 @@ impl Default for SessionConfig {
             max_topics: 256,
             replay_page: 1000,
             sse_keepalive: Duration::from_secs(15),
+            catch_up_wait: Duration::from_secs(1),
         }
     }
 }

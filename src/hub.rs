@@ -69,6 +69,8 @@ pub struct Hub {
     writers: Box<[Writer]>,
     /// Whether the writers run: if not, sessions write their own queues.
     writing: AtomicBool,
+    /// Notified whenever the head moves ([`Hub::wait_for_head`]).
+    advanced: Notify,
 }
 
 /// A fan-out writer's inbox: queues that received events since it last ran.
@@ -177,6 +179,7 @@ impl Hub {
             feed_live: AtomicBool::new(false),
             writers: (0..writer_count()).map(|_| Writer::default()).collect(),
             writing: AtomicBool::new(false),
+            advanced: Notify::new(),
         })
     }
 
@@ -237,6 +240,23 @@ impl Hub {
     /// Last position published.
     pub fn head(&self) -> i64 {
         self.lock().head
+    }
+
+    /// Waits until the head reaches `pos`, for at most `limit`, and returns the head then
+    /// (below `pos` if the wait ran out).
+    pub async fn wait_for_head(&self, pos: i64, limit: std::time::Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Registered before the head is read, so a publish in between is not missed.
+            let advanced = self.advanced.notified();
+            let head = self.head();
+            if head >= pos {
+                return head;
+            }
+            if tokio::time::timeout_at(deadline, advanced).await.is_err() {
+                return self.head();
+            }
+        }
     }
 
     /// Number of sessions.
@@ -411,6 +431,8 @@ impl Hub {
                 unindex(by_topic, id, &sub.topics);
             }
         }
+        drop(guard);
+        self.advanced.notify_waiters();
     }
 }
 

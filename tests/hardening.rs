@@ -424,3 +424,105 @@ async fn sse_streams_and_websocket_sessions_outlive_the_idle_and_header_timeouts
     assert_eq!(ws.recv().await["type"], "pong");
     app.stop().await;
 }
+
+// ---- item 10: a `since` beyond the head is never reported as the head -------------------
+
+#[tokio::test]
+async fn a_since_beyond_the_head_is_never_reported_as_the_head_on_http_sse_or_ws() {
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    config.session.catch_up_wait = Duration::from_millis(300);
+    let app = TestApp::start_with(config).await;
+    let writer = db.client().await;
+    for i in 0..6i64 {
+        writer.query_one(NEW_BOOKING, &[&i, &1i64]).await.unwrap();
+    }
+    app.wait_head(6).await;
+    let huge = i64::MAX;
+
+    // HTTP: after the catch-up wait, no events and the replica's real head.
+    let started = tokio::time::Instant::now();
+    let (status, page) =
+        sse::get_json(app.addr, &format!("/events?topics=bookings&since={huge}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page, json!({"events": [], "head": 6, "more": false}));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "answered before the catch-up wait"
+    );
+
+    // SSE, by ?since and by Last-Event-ID: `subscribed` carries the real head.
+    let mut by_since = sse::open(app.addr, &format!("topics=bookings&since={huge}"), None)
+        .await
+        .expect("an sse stream");
+    let mut by_id = sse::open(app.addr, "topics=bookings", Some(&huge.to_string()))
+        .await
+        .expect("an sse stream");
+    for stream in [&mut by_since, &mut by_id] {
+        let subscribed = stream.next().await;
+        assert_eq!(subscribed.event.as_deref(), Some("subscribed"));
+        assert_eq!(subscribed.json()["head"], 6);
+    }
+
+    // WebSocket: `subscribed.head` is the real head too.
+    let mut ws = app.ws().await;
+    let subscribed = ws.subscribe(&["bookings"], Some(huge)).await;
+    assert_eq!(subscribed["head"], 6);
+
+    // Position 7 is at or below the client's position: the session waits for the
+    // replica to pass it (it never will here) and sends nothing, as the protocol says.
+    writer
+        .query_one(NEW_BOOKING, &[&7i64, &1i64])
+        .await
+        .unwrap();
+    app.wait_head(7).await;
+    ws.expect_silence(Duration::from_millis(300)).await;
+    for stream in [&mut by_since, &mut by_id] {
+        if let Some(block) = stream.block_within(Duration::from_millis(300)).await {
+            assert!(block.comment.is_some(), "unexpected {block:?}");
+        }
+    }
+    let (_, page) = sse::get_json(app.addr, &format!("/events?topics=bookings&since={huge}")).await;
+    assert_eq!(page["head"], 7);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_http_poll_ahead_of_the_replica_waits_for_it_to_catch_up() {
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    config.session.catch_up_wait = WAIT / 2;
+    let app = TestApp::start_with(config).await;
+    let writer = db.client().await;
+    for i in 0..3i64 {
+        writer.query_one(NEW_BOOKING, &[&i, &1i64]).await.unwrap();
+    }
+    app.wait_head(3).await;
+
+    // A client that saw position 4 elsewhere polls this replica, which is at 3; positions
+    // 4 and 5 are committed while it waits.
+    let url = db.url.clone();
+    let later = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut client = crate::support::connect(&url).await;
+        let tx = client.transaction().await.unwrap();
+        for i in 4..6i64 {
+            tx.query_one(NEW_BOOKING, &[&i, &1i64]).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    });
+    let started = tokio::time::Instant::now();
+    let (status, page) = sse::get_json(app.addr, "/events?topics=bookings&since=4").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "it did not wait"
+    );
+    let head = page["head"].as_i64().unwrap();
+    assert!((4..=5).contains(&head), "{page}");
+    let positions = crate::support::positions(page["events"].as_array().unwrap());
+    let expected: Vec<i64> = (5..=head).collect();
+    assert_eq!(positions, expected, "{page}");
+    later.await.unwrap();
+    app.stop().await;
+}

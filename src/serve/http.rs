@@ -4,12 +4,19 @@
 //! The answer is `{"events":[...],"head":H,"more":B}`: the events on the topics with
 //! `pos > N`, in order, at most `M` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]),
 //! each the very frame the WebSocket sends (copied byte for byte, not re-encoded). `head`
-//! is the last position read (never below `N`): the last event's when the page is full,
-//! this replica's head at the time of the read when the page reached it, or the end of
-//! what one request reads of the log ([`replay::read_page`]) far behind the head on a
-//! rare topic. `more` is true when the page stopped before this replica's head: poll
-//! again at once. The next call passes `head` as `since`, so paging walks the log with
-//! nothing missed and nothing twice.
+//! is the last position read: the last event's when the page is full, this replica's
+//! head at the time of the read when the page reached it, or the end of what one request
+//! reads of the log ([`replay::read_page`]) far behind the head on a rare topic. `more` is
+//! true when the page stopped before this replica's head: poll again at once. The next
+//! call passes `head` as `since`, so paging walks the log with nothing missed and nothing
+//! twice.
+//!
+//! `head` is never beyond this replica's head. A `since` ahead of it (a client that
+//! polled a replica further along, or a made-up number) waits up to
+//! `session.catch_up_wait` for this replica to get there, and is then answered as usual;
+//! if the replica has not caught up by then, the answer has no events and this
+//! replica's real head (a client keeps the larger of its `since` and `head`, as
+//! `rowcast.js` does, so it does not go back over what it has).
 //!
 //! `since` defaults to 0, everything still retained; a `since` older than retention is
 //! answered 410 with `{"type":"reset","reason":"since_too_old","head":H}`: the client
@@ -65,7 +72,13 @@ async fn poll(
 
     // Everything up to the hub's head has been read by this replica's tailer, so it is
     // all in the log: a read bounded by it is complete.
-    let head = ctx.hub.head();
+    let mut head = ctx.hub.head();
+    if since > head {
+        head = tokio::select! {
+            head = ctx.hub.wait_for_head(since, ctx.session.catch_up_wait) => head,
+            _ = ctx.shutdown.cancelled() => ctx.hub.head(),
+        };
+    }
     let too_old = |pruned| HttpError::SinceTooOld {
         head: replay::reset_head(&ctx.hub, pruned),
     };
@@ -75,7 +88,11 @@ async fn poll(
         Err(ReadError::Db(err)) => return Err(err.into()),
     };
     if after >= head {
-        return Ok(page(&[], after.max(head), false));
+        // Nothing to read. `after` beyond the head is either a `since` this replica has
+        // not reached (reported as its real head, never echoed) or, for `since = 0`, a
+        // retention mark past the head (where the log continues).
+        let reported = if since > head { head } else { after.max(head) };
+        return Ok(page(&[], reported, false));
     }
     let read = match replay::read_page(&ctx.pool, &ctx.mappings, &topics, after, head, limit).await
     {
