@@ -35,6 +35,11 @@ pub struct Config {
     pub database_url: String,
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
+    /// Address of the operator listener, serving `/healthz`, `/readyz`, `/metrics` and
+    /// `/api/stats` without a token (bind it to loopback or a private network). When set,
+    /// the public listener serves only `/healthz` of these; when unset, it serves them
+    /// all, behind a token with `auth.operator_role` when authentication is on.
+    pub metrics_listen: Option<SocketAddr>,
     /// Connections in the pool for short queries (replay reads, readiness, stats).
     pub pool_size: usize,
     /// Log filter (`info`, `rowcast=debug`, ...).
@@ -77,6 +82,7 @@ impl Default for Config {
         Config {
             database_url: String::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_listen: None,
             pool_size: 16,
             log: "info".into(),
             log_format: LogFormat::Human,
@@ -246,6 +252,32 @@ mod tests {
         std::fs::write(&file, "sesion = 1\n").unwrap();
         let err = Config::load(Some(&file)).unwrap_err().to_string();
         assert!(err.contains("sesion"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_operator_listener_and_the_new_limits_are_read_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("rowcast-config-ops-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rowcast.toml");
+        let defaults = Config::default();
+        assert_eq!(defaults.metrics_listen, None);
+        assert_eq!(defaults.limits.idle_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.session.catch_up_wait, Duration::from_secs(1));
+        assert_eq!(defaults.auth.operator_role, "admin");
+        std::fs::write(
+            &file,
+            "metrics_listen = \"127.0.0.1:9090\"\n[limits]\nidle_timeout = \"5s\"\n[session]\ncatch_up_wait = \"250ms\"\n[auth]\noperator_role = \"ops\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(config.limits.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.session.catch_up_wait, Duration::from_millis(250));
+        assert_eq!(config.auth.operator_role, "ops");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -103,6 +103,10 @@ struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080, or `ROWCAST_LISTEN`).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address of the operator listener for /healthz, /readyz, /metrics and /api/stats
+    /// (or `ROWCAST_METRICS_LISTEN`); keep it private.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Install or upgrade the schema before serving (needs a role that may).
     #[arg(long, env = "ROWCAST_MIGRATE")]
     migrate: bool,
@@ -240,6 +244,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(listen) = args.metrics_listen {
+        config.metrics_listen = Some(listen);
     }
     if args.json_logs {
         config.log_format = LogFormat::Json;

@@ -526,3 +526,146 @@ async fn an_http_poll_ahead_of_the_replica_waits_for_it_to_catch_up() {
     later.await.unwrap();
     app.stop().await;
 }
+
+// ---- item 11: operator endpoints off the public listener -------------------------------
+
+/// The service with an operator listener: its two addresses, and a way to stop it.
+struct WithOperator {
+    public: std::net::SocketAddr,
+    operator: std::net::SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl WithOperator {
+    async fn start(mut config: rowcast::Config) -> WithOperator {
+        config.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let app = rowcast::Application::build(config)
+            .await
+            .expect("starting rowcast");
+        let public = app.local_addr();
+        let operator = app.metrics_addr().expect("an operator listener");
+        assert_ne!(public, operator);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let token = shutdown.clone();
+        let handle = tokio::spawn(async move {
+            app.run(token).await.expect("rowcast stopped with an error");
+        });
+        WithOperator {
+            public,
+            operator,
+            shutdown,
+            handle,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.handle)
+            .await
+            .expect("rowcast did not stop in time")
+            .unwrap();
+    }
+}
+
+fn auth_on(config: &mut rowcast::Config) {
+    config.auth.algorithm = Some("HS256".into());
+    config.auth.secret = Some(SECRET.into());
+}
+
+/// Polls `/readyz` until it answers 200 (bounded).
+async fn wait_ready(addr: std::net::SocketAddr, token: Option<&str>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = get_with(addr, "/readyz", token).await;
+        if status == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_an_operator_listener_metrics_stats_and_readiness_leave_the_public_one() {
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    auth_on(&mut config);
+    let app = WithOperator::start(config).await;
+    let admin = hs256(&json!({"sub": "1", "role": "admin", "exp": now() + 600}));
+
+    // The operator listener serves them, without a token.
+    wait_ready(app.operator, None).await;
+    let (status, metrics) = get_with(app.operator, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("# TYPE rowcast_"), "{metrics}");
+    let (status, stats) = get_with(app.operator, "/api/stats", None).await;
+    assert_eq!(status, 200, "{stats}");
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["feed_live"], true);
+    assert_eq!(get_with(app.operator, "/healthz", None).await.0, 200);
+    // ... and nothing of the public API.
+    assert_eq!(
+        get_with(app.operator, "/events?topics=user:1", None)
+            .await
+            .0,
+        404
+    );
+
+    // The public listener does not serve them at all, not even to an admin token; it
+    // keeps /healthz (cheap, says nothing) and its API.
+    for path in ["/metrics", "/api/stats", "/readyz"] {
+        assert_eq!(get_with(app.public, path, None).await.0, 404, "{path}");
+        assert_eq!(
+            get_with(app.public, path, Some(&admin)).await.0,
+            404,
+            "{path} with an admin token"
+        );
+    }
+    assert_eq!(get_with(app.public, "/healthz", None).await.0, 200);
+    assert_eq!(
+        get_with(app.public, "/events?topics=bookings", Some(&admin))
+            .await
+            .0,
+        200
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_auth_on_and_no_operator_listener_operator_endpoints_need_an_operator_token() {
+    let db = TestDb::demo().await;
+    let mut config = test_config(&db.url);
+    auth_on(&mut config);
+    let app = TestApp::start_with(config).await;
+    let admin = hs256(&json!({"sub": "1", "role": "admin", "exp": now() + 600}));
+    let user = hs256(&json!({"sub": "7", "exp": now() + 600}));
+    let expired = hs256(&json!({"sub": "1", "role": "admin", "exp": now() - 600}));
+
+    wait_ready(app.addr, Some(&admin)).await;
+    for path in ["/metrics", "/api/stats", "/readyz"] {
+        let (status, body) = get_with(app.addr, path, None).await;
+        assert_eq!(status, 401, "{path} without a token: {body}");
+        assert_eq!(
+            get_with(app.addr, path, Some(&expired)).await.0,
+            401,
+            "{path} with an expired token"
+        );
+        let (status, body) = get_with(app.addr, path, Some(&user)).await;
+        assert_eq!(status, 403, "{path} for a user token: {body}");
+        assert!(body.contains("metrics_listen"), "{body}");
+        assert_eq!(
+            get_with(app.addr, path, Some(&admin)).await.0,
+            200,
+            "{path} with an admin token"
+        );
+        let (status, _) = get_with(app.addr, &format!("{path}?token={admin}"), None).await;
+        assert_eq!(status, 200, "{path} with ?token=");
+    }
+    // Liveness stays open: it costs nothing and says nothing.
+    assert_eq!(get_with(app.addr, "/healthz", None).await.0, 200);
+    app.stop().await;
+}

@@ -227,6 +227,29 @@ pub fn authenticate(
     }
 }
 
+/// Admits a request for an operator endpoint (`/readyz`, `/metrics`, `/api/stats`) on the
+/// public listener: anyone when authentication is off, else a valid token with the
+/// operator role (`auth.operator_role`): `401` without one, `403` for another role.
+pub fn admit_operator(
+    ctx: &AppContext,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<(), Refusal> {
+    let Some(auth) = &ctx.auth else {
+        return Ok(());
+    };
+    let token = token_of(headers, query_token).ok_or(AuthError::Missing)?;
+    if auth.is_operator(token)? {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this endpoint is for operators: send a token with the operator role, or use the operator listener (metrics_listen)",
+        ))
+    }
+}
+
 /// Admits a session: Origin, token, then a session permit. (Its connection was counted
 /// against its address when it was accepted.)
 pub fn admit_session(

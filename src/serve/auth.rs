@@ -53,6 +53,9 @@ pub struct AuthConfig {
     /// Policy rules; when empty: role `admin` may subscribe to anything, everyone to
     /// `user:{sub}`.
     pub allow: Vec<Rule>,
+    /// The role whose tokens may read `/readyz`, `/metrics` and `/api/stats` on the
+    /// public listener (when no `metrics_listen` address serves them instead).
+    pub operator_role: String,
 }
 
 impl Default for AuthConfig {
@@ -67,6 +70,7 @@ impl Default for AuthConfig {
             leeway: Duration::from_secs(30),
             role_claim: "role".into(),
             allow: Vec::new(),
+            operator_role: "admin".into(),
         }
     }
 }
@@ -251,6 +255,7 @@ pub struct Auth {
     validation: Validation,
     rules: Vec<Rule>,
     role_claim: String,
+    operator_role: String,
 }
 
 impl std::fmt::Debug for Auth {
@@ -352,11 +357,46 @@ impl Auth {
             validation,
             rules,
             role_claim: config.role_claim.clone(),
+            operator_role: config.operator_role.clone(),
         }))
     }
 
     /// Verifies a token and computes what its bearer may subscribe to.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let (claims, roles) = self.decode(token)?;
+        let sub = claim_text(claims.get("sub")).ok_or(AuthError::NoSubject)?;
+        let exp = claims.get("exp").and_then(Value::as_i64);
+        let mut allowed = Vec::new();
+        for rule in &self.rules {
+            if let Some(role) = &rule.role
+                && !roles.contains(role)
+            {
+                continue;
+            }
+            for template in &rule.topics {
+                if let Some(pattern) = expand(template, &claims) {
+                    allowed.push(pattern);
+                }
+            }
+        }
+        Ok(Principal { sub, exp, allowed })
+    }
+
+    /// The role whose tokens may read the operator endpoints (`auth.operator_role`).
+    pub fn operator_role(&self) -> &str {
+        &self.operator_role
+    }
+
+    /// Verifies a token and says whether it carries the operator role
+    /// (`auth.operator_role`), which may read the operator endpoints.
+    pub fn is_operator(&self, token: &str) -> Result<bool, AuthError> {
+        let (claims, roles) = self.decode(token)?;
+        claim_text(claims.get("sub")).ok_or(AuthError::NoSubject)?;
+        Ok(roles.contains(&self.operator_role))
+    }
+
+    /// Checks a token's signature and claims; returns its claims and roles.
+    fn decode(&self, token: &str) -> Result<(Map<String, Value>, Vec<String>), AuthError> {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|err| match err.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -373,8 +413,6 @@ impl Auth {
             _ => AuthError::Invalid,
         })?;
         let claims = data.claims;
-        let sub = claim_text(claims.get("sub")).ok_or(AuthError::NoSubject)?;
-        let exp = claims.get("exp").and_then(Value::as_i64);
         let roles: Vec<String> = match claims.get(&self.role_claim) {
             Some(Value::String(role)) => vec![role.clone()],
             Some(Value::Array(items)) => items
@@ -383,20 +421,7 @@ impl Auth {
                 .collect(),
             _ => Vec::new(),
         };
-        let mut allowed = Vec::new();
-        for rule in &self.rules {
-            if let Some(role) = &rule.role
-                && !roles.contains(role)
-            {
-                continue;
-            }
-            for template in &rule.topics {
-                if let Some(pattern) = expand(template, &claims) {
-                    allowed.push(pattern);
-                }
-            }
-        }
-        Ok(Principal { sub, exp, allowed })
+        Ok((claims, roles))
     }
 }
 
@@ -766,5 +791,25 @@ mod tests {
             ..AuthConfig::default()
         };
         assert!(both.algorithm_in_use().is_err());
+    }
+
+    #[test]
+    fn only_tokens_with_the_operator_role_are_operators() {
+        let auth = auth(vec![]);
+        let admin = token(json!({"sub": "1", "role": ["viewer", "admin"], "exp": future()}));
+        let user = token(json!({"sub": "7", "exp": future()}));
+        assert!(auth.is_operator(&admin).unwrap());
+        assert!(!auth.is_operator(&user).unwrap());
+        assert_eq!(auth.is_operator("garbage").unwrap_err(), AuthError::Invalid);
+        let ops = Auth::from_config(&AuthConfig {
+            secret: Some(SECRET.into()),
+            operator_role: "ops".into(),
+            ..AuthConfig::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert!(!ops.is_operator(&admin).unwrap());
+        let op = token(json!({"sub": "2", "role": "ops", "exp": future()}));
+        assert!(ops.is_operator(&op).unwrap());
     }
 }

@@ -2,21 +2,28 @@
 //! the tailer is connected, and the lag is below the threshold), `/metrics`
 //! (Prometheus text) and `/api/stats` (JSON).
 //!
+//! Where they are served ([`super::Application::run`]): all of them on the operator
+//! listener when `metrics_listen` is set, and then only `/healthz` on the public one;
+//! otherwise all on the public listener, the last three behind [`require_operator`]
+//! (a token with the operator role) when authentication is on.
+//!
 //! [`monitor`] samples the database side (sequenced position, NOTIFY-queue usage)
 //! on an interval, so scrapes and probes cost no query of their own but `/readyz`'s.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::AppContext;
+use super::{AppContext, admission};
 use crate::capture::registry;
 use crate::db::{self, DbError};
 use crate::hub::Hub;
@@ -47,13 +54,44 @@ impl DbStats {
     }
 }
 
-/// Routes of this module.
+/// Routes of this module: every operator endpoint, unguarded (the operator listener).
 pub fn router() -> Router<AppContext> {
+    liveness().merge(operator())
+}
+
+/// `/healthz` alone: it costs nothing and says nothing, so every listener serves it.
+pub fn liveness() -> Router<AppContext> {
+    Router::new().route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// `/readyz` (a query per call), `/metrics` and `/api/stats`, unguarded.
+pub fn operator() -> Router<AppContext> {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
         .route("/api/stats", get(stats))
+}
+
+/// The `?token=` of an operator request (Prometheus can also send `Authorization`).
+#[derive(Debug, Deserialize)]
+pub struct OperatorQuery {
+    token: Option<String>,
+}
+
+/// Middleware for the operator endpoints on the public listener: a token with the
+/// operator role when authentication is on ([`admission::admit_operator`]).
+pub async fn require_operator(
+    State(ctx): State<AppContext>,
+    headers: HeaderMap,
+    query: Result<Query<OperatorQuery>, QueryRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let token = query.ok().and_then(|Query(q)| q.token);
+    match admission::admit_operator(&ctx, &headers, token.as_deref()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 async fn sample(pool: &deadpool_postgres::Pool) -> Result<(i64, f64), DbError> {

@@ -4,8 +4,10 @@
 //! transport resumes through [`replay`]; [`query`] holds what SSE and polling share.
 //!
 //! [`Application::build`] connects, checks the schema and binds (port 0 works, for
-//! tests); [`Application::run`] serves until a shutdown token is cancelled, then closes
-//! every session with 1001 and waits for the tasks to finish.
+//! tests): the public listener and, if `metrics_listen` is set, the operator listener
+//! (see [`health`] for which endpoints each serves); [`Application::run`] serves until a
+//! shutdown token is cancelled, then closes every session with 1001 and waits for the
+//! tasks to finish.
 
 pub mod admission;
 pub mod auth;
@@ -104,6 +106,8 @@ pub struct AppContext {
 /// A bound, ready-to-run service.
 pub struct Application {
     listener: TcpListener,
+    /// The operator listener (`metrics_listen`), if configured.
+    operator: Option<TcpListener>,
     ctx: AppContext,
     pg: tokio_postgres::Config,
     config: Config,
@@ -163,13 +167,16 @@ impl Application {
         // rows are delivered as row.* events).
         registry::PROBLEMS.check(&client).await?;
         drop(client);
-        let listener =
-            TcpListener::bind(config.listen)
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServeError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+                .map_err(|source| ServeError::Bind { addr, source })
+        };
+        let listener = bind(config.listen).await?;
+        let operator = match config.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let ctx = AppContext {
             hub: Hub::new(head),
             pool,
@@ -185,6 +192,7 @@ impl Application {
         };
         Ok(Application {
             listener,
+            operator,
             ctx,
             pg,
             config,
@@ -198,6 +206,15 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The address the operator listener bound, if `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.operator.as_ref().map(|listener| {
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
+        })
+    }
+
     /// The hub (for tests and stats).
     pub fn hub(&self) -> Arc<Hub> {
         self.ctx.hub.clone()
@@ -208,6 +225,7 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
         let Application {
             listener,
+            operator,
             ctx,
             pg,
             config,
@@ -243,15 +261,48 @@ impl Application {
         ));
         tasks.close();
 
+        // The operator endpoints: on their own listener if there is one, else here,
+        // behind an operator token when authentication is on.
+        let operator_routes = match (&operator, &ctx.auth) {
+            (Some(_), _) => Router::new(),
+            (None, None) => health::operator(),
+            (None, Some(auth)) => {
+                tracing::info!(
+                    role = %auth.operator_role(),
+                    "/readyz, /metrics and /api/stats need a token with the operator role on the public listener; set metrics_listen to serve them on a private address instead"
+                );
+                health::operator().route_layer(axum::middleware::from_fn_with_state(
+                    ctx.clone(),
+                    health::require_operator,
+                ))
+            }
+        };
         let app = Router::new()
             .merge(ws::router())
             .merge(sse::router())
             .merge(http::router())
-            .merge(health::router())
+            .merge(health::liveness())
+            .merge(operator_routes)
             .merge(web::router())
             .layer(cors(&ctx.limits))
             .with_state(ctx.clone());
         tracing::info!(addr = %listener.local_addr()?, "rowcast listening");
+        let operator = match operator {
+            Some(listener) => {
+                tracing::info!(addr = %listener.local_addr()?, "rowcast operator endpoints listening");
+                let app = health::router().with_state(ctx.clone());
+                let listener = listen::HandshakeListener::new(
+                    listener,
+                    ctx.limits.clone(),
+                    ctx.connections.clone(),
+                );
+                let serving = axum::serve(listener, listen::Serve::new(app))
+                    .with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned())
+                    .into_future();
+                Some(tokio::spawn(serving))
+            }
+            None => None,
+        };
         let stop = ctx.shutdown.clone();
         let linked = shutdown.clone();
         tokio::spawn(async move {
@@ -283,6 +334,9 @@ impl Application {
         let all = async {
             ctx.sessions.wait().await;
             tasks.wait().await;
+            if let Some(operator) = operator {
+                let _ = operator.await;
+            }
         };
         if tokio::time::timeout(config.shutdown_timeout, all)
             .await
