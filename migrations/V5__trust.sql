@@ -36,13 +36,16 @@ alter table rowcast.routings
     add column exclude_columns text[],
     add column exclude_attnums int2[],
     add column mapping_id     int references rowcast.mappings (id),
-    add column armed_at       timestamptz;
+    add column armed_at       timestamptz,
+    add column disarmed_at    timestamptz;
 -- No uniqueness on content: an identical registration in another open transaction must
 -- never make watch() wait. register() reuses an armed identical one when it finds it.
 alter table rowcast.routings drop constraint routings_content;
 create index routings_relid on rowcast.routings (relid);
 comment on column rowcast.routings.armed_at is
     'when a capture trigger of the table first named this registration (rowcast.confirm); the sequencer uses armed registrations only';
+comment on column rowcast.routings.disarmed_at is
+    'when the table''s capture trigger stopped naming it (a newer registration, or unwatch): events captured later are not routed by it';
 
 -- Registrations are immutable, except that one may be armed once.
 create function rowcast.routings_immutable() returns trigger
@@ -50,8 +53,10 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if tg_op = 'UPDATE' and old.armed_at is null and new.armed_at is not null
-       and (to_jsonb(old) - 'armed_at') = (to_jsonb(new) - 'armed_at') then
+    if tg_op = 'UPDATE'
+       and (old.armed_at is not distinct from new.armed_at or old.armed_at is null)
+       and (old.disarmed_at is not distinct from new.disarmed_at or old.disarmed_at is null)
+       and (to_jsonb(old) - '{armed_at,disarmed_at}'::text[]) = (to_jsonb(new) - '{armed_at,disarmed_at}'::text[]) then
         return new;
     end if;
     raise exception 'rowcast.routings rows are immutable: events refer to them'
@@ -72,6 +77,8 @@ from (select distinct on (e.routing_id) e.routing_id, e.relid from rowcast.event
 where s.routing_id = r.id and r.relid is null;
 -- Registrations of version 4 were all made by watch(): those in use are armed.
 update rowcast.routings r set armed_at = r.created_at where r.relid is not null;
+update rowcast.routings r set disarmed_at = clock_timestamp()
+where r.relid is not null and not exists (select from rowcast.watches w where w.routing_id = r.id);
 create trigger routings_immutable before update or delete on rowcast.routings
     for each row execute function rowcast.routings_immutable();
 
@@ -96,11 +103,12 @@ comment on column rowcast.events.relid is 'the table the change was made to (the
 -- table and an operation the writer may write (the owner of rowcast.events, the
 -- installer, is not subject to the policy). PostgreSQL lets some writes through without
 -- the writer holding the privilege itself (through a view or a rule of the table's
--- owner, a foreign key's cascade, a row moving between partitions); such a write holds
--- the table's RowExclusiveLock in the writer's own session, which only a session that
--- was let write the table can hold, so that is the last test (it reads pg_locks, and
--- only then). Everyone may read nothing; the service's grant gives it select, and
--- `readers` lets that select see every row.
+-- owner, a foreign key's cascade, a row moving between partitions); such a write has
+-- inserted, updated or deleted rows of the table in the writer's own transaction, which
+-- PostgreSQL counts (pg_stat_get_xact_tuples_*), so that is the last test, per
+-- operation: a lock alone proves nothing (a statement that is only parsed takes one).
+-- Everyone may read nothing; the service's grant gives it select, and `readers` lets
+-- that select see every row.
 alter table rowcast.events enable row level security;
 create policy writers_append_their_own_changes on rowcast.events for insert to public
 with check (
@@ -119,14 +127,11 @@ with check (
                          when 'DELETE' then pg_catalog.has_table_privilege(a.relid, 'DELETE')
                          when 'TRUNCATE' then pg_catalog.has_table_privilege(a.relid, 'TRUNCATE')
                      end)
-    or exists (select from pg_catalog.pg_locks l
-               where l.locktype operator(pg_catalog.=) 'relation'
-                 and l.database operator(pg_catalog.=) (select d.oid from pg_catalog.pg_database d
-                                                        where d.datname operator(pg_catalog.=) pg_catalog.current_database())
-                 and l.relation operator(pg_catalog.=) events.relid
-                 and l.pid operator(pg_catalog.=) pg_catalog.pg_backend_pid()
-                 and l.mode operator(pg_catalog.=) any (array['RowExclusiveLock', 'AccessExclusiveLock'])
-                 and l.granted)
+    or case events.op
+           when 'INSERT' then pg_catalog.pg_stat_get_xact_tuples_inserted(events.relid) operator(pg_catalog.>) 0
+           when 'UPDATE' then pg_catalog.pg_stat_get_xact_tuples_updated(events.relid) operator(pg_catalog.>) 0
+           when 'DELETE' then pg_catalog.pg_stat_get_xact_tuples_deleted(events.relid) operator(pg_catalog.>) 0
+       end
 );
 create policy readers on rowcast.events for select using (true);
 
@@ -278,6 +283,7 @@ create or replace function rowcast.capture() returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set timezone = 'UTC'
+set row_security = on
 as $$
 declare
     new_row jsonb;
@@ -331,6 +337,7 @@ create or replace function rowcast.capture_truncate() returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp
 set timezone = 'UTC'
+set row_security = on
 as $$
 begin
     insert into rowcast.events (relid, op, routing_id) values (tg_relid, 'TRUNCATE', tg_argv[0]::int);
@@ -395,18 +402,28 @@ begin
     in_progress := st.pass_snap is not null or exists (select from pg_snapshot_xip(target));
 
     with batch as (
-        select e.id, e.txid, e.relid, e.table_name, e.op, e.topics, e.routing_id, e.data, e.old from rowcast.events e
+        select e.id, e.txid, e.relid, e.table_name, e.op, e.topics, e.routing_id, e.data, e.old, e.ts from rowcast.events e
         where e.txid >= pg_snapshot_xmax(st.snap)
           and e.txid < pg_snapshot_xmax(target)
           and pg_visible_in_snapshot(e.txid, target)
           and e.id + 0 > st.pass_id
         union all
-        select e.id, e.txid, e.relid, e.table_name, e.op, e.topics, e.routing_id, e.data, e.old from rowcast.events e
+        select e.id, e.txid, e.relid, e.table_name, e.op, e.topics, e.routing_id, e.data, e.old, e.ts from rowcast.events e
         where e.txid = any (array(select pg_snapshot_xip(st.snap)))
           and pg_visible_in_snapshot(e.txid, target)
           and e.id + 0 > st.pass_id
         order by id
         limit batch_limit
+    ), current_regs as (
+        -- Once per registration in the batch: a registration still in use whose table
+        -- was renamed (and not re-registered: see rowcast.watched) routes nothing, so
+        -- that no table publishes on a name it no longer has. One replaced since routes
+        -- what was captured before it was replaced, under the names of that time.
+        select r.id from rowcast.routings r
+        where r.id in (select distinct b.routing_id from batch b)
+          and r.armed_at is not null
+          and (r.disarmed_at is not null
+               or r.table_name = coalesce(rowcast.shown_name(r.relid::regclass), r.table_name))
     ), ins as (
         insert into rowcast.log (pos, event_id, txid, topics, routing_id)
         select st.last_pos + row_number() over (order by b.id), b.id, b.txid,
@@ -417,7 +434,8 @@ begin
         from batch b
         left join rowcast.routings r
           on r.id = b.routing_id
-         and r.armed_at is not null
+         and r.id in (select c.id from current_regs c)
+         and (r.disarmed_at is null or b.ts < r.disarmed_at)
          and (r.relid = b.relid
               or r.relid in (select a.relid from pg_partition_ancestors(b.relid) a))
         returning pos, event_id
@@ -487,8 +505,9 @@ set search_path = pg_catalog, pg_temp
 as $$
     select (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1:t.tgnargs]
     from pg_catalog.pg_trigger t
-    where t.tgrelid = tbl and t.tgname = 'rowcast_capture' and t.tgparentid = 0
-      and t.tgfoid = 'rowcast.capture()'::regprocedure
+    where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+    order by t.tgname = 'rowcast_capture' desc, t.tgname
+    limit 1
 $$;
 
 -- Records a registration: validates the settings against the table, resolves names to
@@ -650,20 +669,6 @@ begin
             using errcode = 'invalid_parameter_value';
     end if;
 
-    -- One table topic, one table: a watched table that was renamed without its
-    -- registration following (see rowcast.watched) still publishes on its old name.
-    select rowcast.shown_name(w.tgrelid::regclass) into bad
-    from pg_catalog.pg_trigger w
-    join rowcast.routings o on o.id::text = (rowcast.capture_args(w.tgrelid))[1] and o.relid = w.tgrelid
-    where w.tgname = 'rowcast_capture' and w.tgparentid = 0 and w.tgrelid <> tbl
-      and w.tgfoid = 'rowcast.capture()'::regprocedure
-      and o.table_topic = t_topic
-    limit 1;
-    if bad is not null then
-        raise exception 'rowcast.watch: table % would publish on topic %, which watched table % still uses (it was renamed; run rowcast.watch on it first)',
-            tbl, t_topic, bad using errcode = 'duplicate_object';
-    end if;
-
     select coalesce(array_agg(x order by x), '{}') into exclude_attnums from unnest(exclude_attnums) x;
     select coalesce(array_agg(a.attname::text order by a.attnum), '{}') into bad_names
     from pg_catalog.pg_attribute a where a.attrelid = tbl and a.attnum = any (exclude_attnums);
@@ -687,9 +692,10 @@ begin
 end
 $$;
 
--- Arms the registration a table's capture trigger names: from now on the sequencer
--- accepts it for the table's events. Anyone may call it: it only records what the
--- trigger says, and only the table's owner (or the installer) can make a trigger say it.
+-- Arms the registration a table's capture trigger names (from now on the sequencer
+-- accepts it for the table's events) and disarms every other one of the table (events
+-- captured from now on are not routed by them). Anyone may call it: it only records what
+-- the trigger says, and only the table's owner (or the installer) can make a trigger say it.
 create function rowcast.confirm(tbl regclass) returns void
 language plpgsql
 security definer
@@ -699,6 +705,14 @@ declare
     args text[];
 begin
     args := rowcast.capture_args(tbl);
+    if exists (select from pg_catalog.pg_trigger t
+               where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+                 and (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1] is distinct from args[1]) then
+        args := null;  -- two capture triggers naming different registrations: neither is trusted
+    end if;
+    update rowcast.routings r set disarmed_at = clock_timestamp()
+    where r.relid = tbl and r.armed_at is not null and r.disarmed_at is null
+      and (args is null or r.id::text is distinct from args[1]);
     if args is null or cardinality(args) < 2 or args[1] !~ '^[0-9]{1,9}$' or args[2] is distinct from tbl::oid::text then
         return;
     end if;
@@ -775,6 +789,7 @@ begin
     end if;
     execute format('drop trigger if exists rowcast_capture on %s', tbl);
     execute format('drop trigger if exists rowcast_capture_truncate on %s', tbl);
+    perform rowcast.confirm(tbl);
     return was;
 end
 $$;
@@ -806,12 +821,29 @@ begin
     if r.armed_at is null then
         return 'the capture trigger names a registration that was never armed: its events are delivered to nobody; run rowcast.watch again';
     end if;
-    if exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture' and t.tgenabled = 'D') then
+    if (select count(distinct (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1])
+        from pg_catalog.pg_trigger t
+        where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure) > 1 then
+        return 'two capture triggers name different registrations: their events are delivered to nobody; run rowcast.watch again';
+    end if;
+    if exists (select from pg_catalog.pg_trigger t
+               where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+                 and t.tgenabled = 'D') then
         return 'the capture trigger is disabled: changes are not captured';
     end if;
     if r.table_name is distinct from rowcast.shown_name(tbl) then
-        return format('the table was renamed from %s: events still name it so; run rowcast.watch again', r.table_name);
+        return format('the table was renamed from %s and its registration did not follow: its events are delivered to nobody until rowcast.watch is run again',
+                      r.table_name);
     end if;
+    for i in 1 .. coalesce(cardinality(r.exclude_columns), 0) loop
+        if not exists (select from pg_catalog.pg_attribute a
+                       where a.attrelid = tbl and (a.attnum = r.exclude_attnums[i] or a.attname = r.exclude_columns[i])
+                         and not a.attisdropped) then
+            return format('excluded column "%s" was dropped: the registration is kept as it is (renames are not followed) '
+                          'so that a column added again under that name stays excluded; run rowcast.watch again to let it go',
+                          r.exclude_columns[i]);
+        end if;
+    end loop;
     for i in 1 .. coalesce(cardinality(r.exclude_columns), 0) loop
         if not exists (select from pg_catalog.pg_attribute a
                        where a.attrelid = tbl and a.attnum = r.exclude_attnums[i] and not a.attisdropped)
@@ -927,6 +959,14 @@ begin
                                  where a.attrelid = tbl and a.attnum = n and not a.attisdropped)) then
         return;
     end if;
+    -- An excluded column dropped and not added again: keep the registration (and the
+    -- name it excludes) until it is, or until watch() is run again.
+    if exists (select from unnest(r.exclude_columns, r.exclude_attnums) as x(name, n)
+               where not exists (select from pg_catalog.pg_attribute a
+                                 where a.attrelid = tbl and (a.attnum = x.n or a.attname = x.name)
+                                   and not a.attisdropped)) then
+        return;
+    end if;
     select coalesce(jsonb_object_agg(a.attname, r.route_topics[x.ord]), '{}') into routes
     from unnest(r.route_attnums) with ordinality as x(n, ord)
     join pg_catalog.pg_attribute a on a.attrelid = tbl and a.attnum = x.n;
@@ -971,7 +1011,7 @@ begin
         select distinct w.tgrelid
         from pg_catalog.pg_event_trigger_ddl_commands() d
         join pg_catalog.pg_trigger w
-          on w.tgname = 'rowcast_capture' and w.tgparentid = 0
+          on w.tgparentid = 0
          and w.tgfoid = 'rowcast.capture()'::regprocedure
          and (   (d.classid = 'pg_catalog.pg_class'::regclass and w.tgrelid = d.objid)
               or (d.classid = 'pg_catalog.pg_namespace'::regclass
@@ -1062,15 +1102,15 @@ select t.tgrelid::regclass as "table",
        problem.p as problem,
        r.id as registration,
        r.created_at as registered_at
-from pg_catalog.pg_trigger t
+from (select distinct on (x.tgrelid) x.* from pg_catalog.pg_trigger x
+      where x.tgparentid = 0 and x.tgfoid = 'rowcast.capture()'::regprocedure
+      order by x.tgrelid, x.tgname = 'rowcast_capture' desc, x.tgname) t
 join pg_catalog.pg_class c on c.oid = t.tgrelid
 cross join lateral (select rowcast.capture_args(t.tgrelid) as a) args
 cross join lateral (select rowcast.registration_problem(t.tgrelid, args.a) as p) problem
 left join rowcast.routings r on args.a[1] ~ '^[0-9]{1,9}$' and r.id = args.a[1]::int and r.relid = t.tgrelid
 left join rowcast.mappings m on m.id = r.mapping_id
-where t.tgname = 'rowcast_capture' and t.tgparentid = 0
-  and t.tgfoid = 'rowcast.capture()'::regprocedure
-  and (pg_catalog.pg_has_role(c.relowner, 'USAGE')
+where (pg_catalog.pg_has_role(c.relowner, 'USAGE')
        or pg_catalog.has_table_privilege('rowcast.routings', 'SELECT'));
 
 comment on view rowcast.watched is

@@ -85,7 +85,7 @@ pub async fn watch(client: &Client, spec: &WatchSpec) -> Result<String, AdminErr
     let columns = pairs("--column", &spec.columns)?;
     let row = client
         .query_one(
-            "select rowcast.watch($1::text::regclass, topic => $2, routes => $3, exclude => $4, \
+            "select rowcast.watch($1::text, topic => $2, routes => $3, exclude => $4, \
              domain => $5, columns => $6, wake => coalesce($7, 'notify'))",
             &[
                 &spec.table,
@@ -104,7 +104,7 @@ pub async fn watch(client: &Client, spec: &WatchSpec) -> Result<String, AdminErr
 /// Stops watching a table. Returns whether it was watched.
 pub async fn unwatch(client: &Client, table: &str) -> Result<bool, AdminError> {
     Ok(client
-        .query_one("select rowcast.unwatch($1::text::regclass)", &[&table])
+        .query_one("select rowcast.unwatch($1::text)", &[&table])
         .await?
         .get(0))
 }

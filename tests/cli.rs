@@ -240,3 +240,77 @@ async fn status_reports_a_running_services_connected_clients() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn mixed_case_tables_are_named_as_the_app_spells_them_and_the_printed_name_pastes_back() {
+    let db = TestDb::migrated().await;
+    db.client()
+        .await
+        .batch_execute(
+            r#"create table "Jobs" (id bigint primary key, "ownerId" bigint);
+               create schema billing;
+               create table billing."Invoice" (id bigint primary key);"#,
+        )
+        .await
+        .unwrap();
+    let url = db.url.as_str();
+    for (name, printed) in [
+        ("Jobs", "watching Jobs"),
+        ("billing.Invoice", "watching billing.Invoice"),
+    ] {
+        let out = rowcast(&["watch", "--admin-url", url, name]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(printed), "{}", text(&out));
+        let pasted = printed.trim_start_matches("watching ");
+        let out = rowcast(&["unwatch", "--admin-url", url, pasted]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(!text(&out).contains("was not watched"), "{}", text(&out));
+    }
+    let client = db.client().await;
+    for spelled in ["Jobs", "\"Jobs\"", "public.Jobs", "jobs", "JOBS"] {
+        let shown: String = client
+            .query_one("select rowcast.watch($1::text)", &[&spelled])
+            .await
+            .unwrap_or_else(|e| panic!("{spelled}: {e}"))
+            .get(0);
+        assert_eq!(shown, "Jobs", "{spelled}");
+    }
+    client
+        .batch_execute(r#"create table jobs (id int primary key)"#)
+        .await
+        .unwrap();
+    let shown: String = client
+        .query_one("select rowcast.watch('jobs')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "jobs", "SQL's own reading wins");
+    client
+        .batch_execute(
+            r#"create table "Abc" (id int primary key); create table "ABC" (id int primary key);"#,
+        )
+        .await
+        .unwrap();
+    let err = client
+        .execute("select rowcast.watch('Jobs2')", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("does not exist"),
+        "{err}"
+    );
+    let err = client
+        .execute("select rowcast.watch('aBc')", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .message()
+            .contains("quote the one you mean"),
+        "{err}"
+    );
+}

@@ -488,7 +488,11 @@ async fn a_renamed_excluded_column_stays_excluded_even_when_another_takes_its_na
              update cards set card = 'dee' where id = 3;
              alter table cards drop column card_number;
              alter table cards add column card_number text;
-             insert into cards values (4, 'eve', '4111-5');",
+             insert into cards values (4, 'eve', '4111-5');
+             alter table cards drop column card_number, add column note text;
+             alter table cards rename to wallets;
+             alter table wallets add column card_number text;
+             insert into wallets values (5, 'fay', 'n', '4111-6');",
         )
         .await
         .unwrap();
@@ -502,6 +506,7 @@ async fn a_renamed_excluded_column_stays_excluded_even_when_another_takes_its_na
             json!({"id": 3, "card": "cyd"}),
             json!({"id": 3, "card": "dee"}),
             json!({"id": 4, "card": "eve"}),
+            json!({"id": 5, "card": "fay", "note": "n"}),
         ],
         "the update of only the excluded column yields nothing"
     );
@@ -516,7 +521,7 @@ async fn a_renamed_excluded_column_stays_excluded_even_when_another_takes_its_na
     assert_eq!(stored, 0, "a card number reached the log");
     let exclude: Vec<String> = installer
         .query_one(
-            "select exclude from rowcast.watched where \"table\" = 'cards'::regclass",
+            "select exclude from rowcast.watched where \"table\" = 'wallets'::regclass",
             &[],
         )
         .await
@@ -583,26 +588,44 @@ async fn a_table_named_like_a_routed_topic_publishes_on_its_own_escaped_topic() 
         name, "purchases",
         "ALTER INDEX ... RENAME on a table is followed"
     );
-    // Renamed without the event trigger: the old name's topic is still in use.
+    // Renamed without the event trigger: the table never publishes on its old name,
+    // which another table may take.
     installer
         .batch_execute(
             "alter event trigger rowcast_follow_ddl disable;
              alter table purchases rename to orders_v2;
              alter event trigger rowcast_follow_ddl enable;
-             create table purchases (id int primary key);",
+             create table purchases (id int primary key);
+             select rowcast.watch('purchases');
+             insert into orders_v2 values (2, 7);
+             insert into purchases values (1);",
         )
         .await
         .unwrap();
-    let message = denied(
-        installer
-            .execute("select rowcast.watch('purchases')", &[])
-            .await,
-        "a table topic still in use",
+    db.wait_sequenced(5).await;
+    let topics: Vec<Vec<String>> = installer
+        .query(
+            "select topics from rowcast.log where pos > 3 order by pos",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        topics,
+        vec![vec![], vec!["purchases".to_string(), "purchases:1".into()]]
     );
-    assert!(
-        message.contains("which watched table orders_v2 still uses"),
-        "{message}"
-    );
+    let problem: String = installer
+        .query_one(
+            "select problem from rowcast.watched where \"table\" = 'orders_v2'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(problem.contains("delivered to nobody"), "{problem}");
     let escaped: String = installer
         .query_one(
             "select rowcast.topic_escape('a' || chr(8192) || 'b c')",
@@ -846,4 +869,91 @@ async fn a_prisma_shaped_table_keeps_its_topics_and_exclusions_through_an_orm_mi
     assert_eq!(watched.get::<_, Vec<String>>(1), vec!["paymentToken"]);
     assert_eq!(watched.get::<_, Option<String>>(2), None);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn no_lock_or_old_registration_lets_a_role_forge_what_it_did_not_write() {
+    let db = TestDb::migrated().await;
+    let installer = db.client().await;
+    installer
+        .batch_execute(
+            "create table accounts (id int primary key, client_id int);
+             select rowcast.watch('accounts', routes => '{\"client_id\": \"user\"}');
+             insert into accounts values (1, 7);",
+        )
+        .await
+        .unwrap();
+    let old_reg: String = installer
+        .query_one(
+            "select (rowcast.capture_args('accounts'::regclass))[1]",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    installer
+        .batch_execute("select rowcast.watch('accounts')")
+        .await
+        .unwrap();
+    let mallory = Role::new(&db, "mallory", "").await;
+    let inserter = Role::new(&db, "inserter", "grant insert on accounts to {role};").await;
+    let forge = |op: &str, reg: &str| {
+        format!(
+            "insert into rowcast.events (relid, op, data, routing_id) \
+             values ('accounts'::regclass, '{op}', '{{\"id\": 1, \"client_id\": 9}}', {reg})"
+        )
+    };
+    let as_mallory = mallory.client().await;
+    as_mallory
+        .batch_execute("begin; prepare p as delete from accounts;")
+        .await
+        .expect("preparing takes the table's lock without the right to run it");
+    let message = denied(
+        as_mallory.execute(&forge("DELETE", &old_reg), &[]).await,
+        "an event under a parse-time lock",
+    );
+    assert!(message.contains("row-level security"), "{message}");
+    let as_inserter = inserter.client().await;
+    as_inserter
+        .batch_execute(
+            "begin; lock table accounts in row exclusive mode; insert into accounts values (2, 8);",
+        )
+        .await
+        .unwrap();
+    for op in ["DELETE", "UPDATE"] {
+        let message = denied(
+            as_inserter.execute(&forge(op, &old_reg), &[]).await,
+            "an operation the role did not do",
+        );
+        assert!(message.contains("row-level security"), "{op}: {message}");
+        as_inserter
+            .batch_execute("rollback; begin; insert into accounts values (2, 8);")
+            .await
+            .unwrap();
+    }
+    // A registration the table's trigger no longer names routes nothing captured since.
+    as_inserter
+        .execute(&forge("INSERT", &old_reg), &[])
+        .await
+        .expect("an insert event by a role that inserted");
+    as_inserter.batch_execute("commit").await.unwrap();
+    // Writes work under row_security = off, as pg_dump's restore sets it.
+    as_inserter
+        .batch_execute("set row_security = off; insert into accounts values (3, 9);")
+        .await
+        .expect("a restore-style write");
+    let log = sequenced(&installer).await;
+    let topics: Vec<Vec<String>> = log.iter().map(|e| e.2.clone()).collect();
+    assert_eq!(
+        topics,
+        vec![
+            vec!["accounts".to_string(), "accounts:1".into(), "user:7".into()],
+            vec!["accounts".to_string(), "accounts:2".into()],
+            vec![],
+            vec!["accounts".to_string(), "accounts:3".into()],
+        ]
+    );
+    drop((as_mallory, as_inserter));
+    mallory.drop_all().await;
+    inserter.drop_all().await;
 }
