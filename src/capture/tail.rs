@@ -167,12 +167,11 @@ pub fn publishable(change: &Change, mappings: &Mappings) -> Arc<Published> {
         change,
         mapping.as_ref().map(Option::as_deref).map_err(Clone::clone),
     );
-    let mapping = mapping.ok().flatten();
     Arc::new(Published {
         pos: change.pos,
         event: event.name(),
         topics: change.topics.clone(),
-        frame: events::frame(change, &event, mapping.as_deref()).into(),
+        frame: events::frame(change, &event).into(),
     })
 }
 

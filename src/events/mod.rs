@@ -5,8 +5,8 @@
 //! [`attendance`], [`booking`] or [`course`], built through `TryFrom` of the change read
 //! by field ([`fields::Captured`]), or a generic [`RowEvent`]. It is serialised once, by
 //! [`frame`], into the `event` message of the wire protocol; every session receives the
-//! same bytes. A typed event's `data` and `old` use the domain's field names; generic
-//! events carry the row exactly as captured. `docs/events.md` lists every event.
+//! same bytes. `data` and `old` are always the app's row exactly as captured, under its
+//! own column names. `docs/events.md` lists every event.
 
 pub mod attendance;
 pub mod booking;
@@ -16,7 +16,6 @@ pub mod generic;
 pub mod mapping;
 
 use serde::Serialize;
-use serde::ser::SerializeMap;
 use serde_json::value::RawValue;
 
 use crate::capture::log::{Change, Op};
@@ -129,51 +128,15 @@ struct WireEvent<'a> {
     topics: &'a [String],
     ts: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<WireRow<'a>>,
+    data: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    old: Option<WireRow<'a>>,
-}
-
-/// A row on the wire: as captured (byte for byte), or with mapped columns renamed to
-/// their fields (the values still byte for byte).
-enum WireRow<'a> {
-    Captured(&'a RawValue),
-    Renamed(fields::Entries<'a>, &'a Mapping),
-}
-
-impl Serialize for WireRow<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            WireRow::Captured(raw) => raw.serialize(serializer),
-            WireRow::Renamed(entries, mapping) => {
-                let mut map = serializer.serialize_map(Some(entries.len()))?;
-                for (column, value) in entries {
-                    let key = mapping.field_of(column).unwrap_or(column);
-                    map.serialize_entry(key, value)?;
-                }
-                map.end()
-            }
-        }
-    }
-}
-
-impl<'a> WireRow<'a> {
-    fn of(raw: Option<&'a RawValue>, rename: Option<&'a Mapping>) -> Option<WireRow<'a>> {
-        let raw = raw?;
-        Some(
-            match rename.and_then(|m| Some((fields::entries(raw).ok()?, m))) {
-                Some((entries, mapping)) => WireRow::Renamed(entries, mapping),
-                None => WireRow::Captured(raw),
-            },
-        )
-    }
+    old: Option<&'a RawValue>,
 }
 
 /// Serialises a change as the wire protocol's `event` message, once for all sessions.
-/// A typed event's rows use the field names of `mapping` (the one `event` was derived
-/// with); a generic event's rows are sent exactly as captured.
-pub fn frame(change: &Change, event: &Event, mapping: Option<&Mapping>) -> String {
-    let rename = mapping.filter(|m| event.is_typed() && m.renames());
+/// `data` and `old` are the app's rows exactly as captured, under the app's own column
+/// names, whatever the event's domain.
+pub fn frame(change: &Change, event: &Event) -> String {
     let wire = WireEvent {
         kind: "event",
         pos: change.pos,
@@ -182,8 +145,8 @@ pub fn frame(change: &Change, event: &Event, mapping: Option<&Mapping>) -> Strin
         op: change.op.as_str(),
         topics: &change.topics,
         ts: &change.ts,
-        data: WireRow::of(change.data.as_deref(), rename),
-        old: WireRow::of(change.old.as_deref(), rename),
+        data: change.data.as_deref(),
+        old: change.old.as_deref(),
     };
     // Serialising borrowed strings and already-valid JSON cannot fail.
     serde_json::to_string(&wire).expect("an event frame always serialises")
@@ -249,7 +212,7 @@ mod tests {
             Some(r#"{"id": 9007199254740993, "amount": 12345678901234567890.123}"#),
             Some(r#"{"status": "PENDING"}"#),
         );
-        let text = frame(&c, &Event::of(&c, Ok(None)), None);
+        let text = frame(&c, &Event::of(&c, Ok(None)));
         assert_eq!(
             text,
             r#"{"type":"event","pos":9007199254740993,"event":"row.updated","table":"bookings","op":"UPDATE","topics":["bookings","booking:1"],"ts":"2026-11-22T10:00:00.123Z","data":{"id": 9007199254740993, "amount": 12345678901234567890.123},"old":{"status": "PENDING"}}"#
@@ -270,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn a_typed_frame_renames_mapped_columns_and_keeps_values_exact() {
+    fn a_typed_frame_keeps_the_apps_column_names_and_values_exact() {
         let mut c = change(
             Op::Update,
             Some(
@@ -288,8 +251,8 @@ mod tests {
         assert_eq!(done.course.id.as_json(), "9007199254740993");
         assert_eq!(done.previous.as_ref().unwrap().as_str(), "SCHEDULED");
         assert_eq!(
-            frame(&c, &event, Some(&mapping)),
-            r#"{"type":"event","pos":9007199254740993,"event":"course.completed","table":"course_requests","op":"UPDATE","topics":["bookings","booking:1"],"ts":"2026-11-22T10:00:00.123Z","data":{"id":9007199254740993,"fee":12345678901234567890.12,"status":"DONE","scheduled_for":"2026-12-01","instructor_id":5},"old":{"status":"SCHEDULED"}}"#
+            frame(&c, &event),
+            r#"{"type":"event","pos":9007199254740993,"event":"course.completed","table":"course_requests","op":"UPDATE","topics":["bookings","booking:1"],"ts":"2026-11-22T10:00:00.123Z","data":{"id": 9007199254740993, "fee": 12345678901234567890.12, "state": "DONE", "starts_on": "2026-12-01", "teacher_id": 5},"old":{"state": "SCHEDULED"}}"#
         );
     }
 
@@ -303,7 +266,7 @@ mod tests {
         let mapping = Mapping::identity(1, Kind::Booking);
         let event = Event::of(&c, Ok(Some(&mapping)));
         assert_eq!(event.name(), "booking.accepted");
-        let text = frame(&c, &event, Some(&mapping));
+        let text = frame(&c, &event);
         assert!(
             text.ends_with(r#""data":{"id": 1, "status": "CONFIRMED", "client_id": 7},"old":{"status": "PENDING"}}"#),
             "{text}"
@@ -322,7 +285,7 @@ mod tests {
         let mapping = course_requests();
         let event = Event::of(&c, Ok(Some(&mapping)));
         assert_eq!(event, Event::Row(RowEvent::Updated));
-        let text = frame(&c, &event, Some(&mapping));
+        let text = frame(&c, &event);
         assert!(text.contains(r#""data":{"id": 1, "state": "X"}"#), "{text}");
         // A mapping the service could not load: the same.
         let event = Event::of(&c, Err(MapError::UnknownMapping(9)));
@@ -420,24 +383,9 @@ mod tests {
         Some(Mapping::identity(1, kind))
     }
 
-    /// The captured row an example's row was sent for: fields back to their columns.
-    fn captured_row(raw: Option<&RawValue>, mapping: Option<&Mapping>) -> Option<Box<RawValue>> {
-        let raw = raw?;
-        let text = match mapping.filter(|m| m.renames()) {
-            None => raw.get().to_string(),
-            Some(mapping) => {
-                let entries = fields::entries(raw).unwrap();
-                let body: Vec<String> = entries
-                    .iter()
-                    .map(|(key, value)| {
-                        let column = mapping.column(key).unwrap_or(key);
-                        format!("\"{column}\": {}", value.get())
-                    })
-                    .collect();
-                format!("{{{}}}", body.join(", "))
-            }
-        };
-        Some(RawValue::from_string(text).unwrap())
+    /// An example's row, as captured.
+    fn captured_row(raw: Option<&RawValue>) -> Option<Box<RawValue>> {
+        raw.map(|r| RawValue::from_string(r.get().to_string()).unwrap())
     }
 
     #[test]
@@ -455,13 +403,13 @@ mod tests {
                 op: Op::parse(&example.op).unwrap(),
                 topics: example.topics.clone(),
                 ts: example.ts.clone(),
-                data: captured_row(example.data, mapping.as_ref()),
-                old: captured_row(example.old, mapping.as_ref()),
+                data: captured_row(example.data),
+                old: captured_row(example.old),
                 mapping_id: mapping.as_ref().map(|m| m.id),
             };
             let event = Event::of(&change, Ok(mapping.as_ref()));
             assert_eq!(event.name(), example.event, "{text}");
-            assert_eq!(frame(&change, &event, mapping.as_ref()), text);
+            assert_eq!(frame(&change, &event), text);
             seen.insert(example.event.clone());
         }
         let all: std::collections::BTreeSet<String> = Event::names().map(String::from).collect();
@@ -480,7 +428,7 @@ mod tests {
     #[test]
     fn truncate_frame_has_no_row() {
         let c = change(Op::Truncate, None, None);
-        let text = frame(&c, &Event::of(&c, Ok(None)), None);
+        let text = frame(&c, &Event::of(&c, Ok(None)));
         assert!(text.contains(r#""event":"table.truncated""#));
         assert!(!text.contains("data"));
     }
