@@ -9,7 +9,8 @@
 --     row-level security policy admits an event only for a table and an operation the
 --     writer may write. The event's table is the trigger's own (tg_relid), never an
 --     argument; the sequencer accepts the registration an event names only when it is a
---     registration of that table (or of a partitioned table above it).
+--     registration of that table (or of a partitioned table above it) that the table's
+--     capture trigger named (armed) and had not replaced when the event was captured.
 --   * The registry refers to columns by number. Excluded columns are trigger arguments
 --     by attnum and are named at capture time, so a renamed column stays excluded.
 --     Registrations (rowcast.routings) are immutable rows holding both the attnums and
@@ -47,7 +48,7 @@ comment on column rowcast.routings.armed_at is
 comment on column rowcast.routings.disarmed_at is
     'when the table''s capture trigger stopped naming it (a newer registration, or unwatch): events captured later are not routed by it';
 
--- Registrations are immutable, except that one may be armed once.
+-- Registrations are immutable, except that each may be armed once and disarmed once.
 create function rowcast.routings_immutable() returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp

@@ -1842,7 +1842,8 @@ insert into rowcast.schema_history (version, name, applied_on, checksum) values 
 --     row-level security policy admits an event only for a table and an operation the
 --     writer may write. The event's table is the trigger's own (tg_relid), never an
 --     argument; the sequencer accepts the registration an event names only when it is a
---     registration of that table (or of a partitioned table above it).
+--     registration of that table (or of a partitioned table above it) that the table's
+--     capture trigger named (armed) and had not replaced when the event was captured.
 --   * The registry refers to columns by number. Excluded columns are trigger arguments
 --     by attnum and are named at capture time, so a renamed column stays excluded.
 --     Registrations (rowcast.routings) are immutable rows holding both the attnums and
@@ -1880,7 +1881,7 @@ comment on column rowcast.routings.armed_at is
 comment on column rowcast.routings.disarmed_at is
     'when the table''s capture trigger stopped naming it (a newer registration, or unwatch): events captured later are not routed by it';
 
--- Registrations are immutable, except that one may be armed once.
+-- Registrations are immutable, except that each may be armed once and disarmed once.
 create function rowcast.routings_immutable() returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -3031,7 +3032,7 @@ begin
 end
 $$;
 
-insert into rowcast.schema_history (version, name, applied_on, checksum) values (5, 'trust', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '4171700325995621883');
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (5, 'trust', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '3954854411500834473');
 
 -- migration V6__table_names_as_apps_spell_them
 -- Schema version 6: table arguments as applications spell them.

@@ -291,25 +291,12 @@ impl Mapping {
         Mapping::new(id, kind, kind.fields().iter().map(|f| (f.name, f.name)))
     }
 
-    /// Whether some field is held by a column of another name (typed events rename it).
-    pub fn renames(&self) -> bool {
-        self.fields.iter().any(|(field, column)| field != column)
-    }
-
     /// The column holding `field`.
     pub fn column(&self, field: &str) -> Option<&str> {
         self.fields
             .iter()
             .find(|(name, _)| *name == field)
             .map(|(_, column)| column.as_str())
-    }
-
-    /// The field name a column is renamed to in typed events, if it holds a field.
-    pub fn field_of(&self, column: &str) -> Option<&'static str> {
-        self.fields
-            .iter()
-            .find(|(_, col)| col == column)
-            .map(|(name, _)| *name)
     }
 
     /// Reads a `rowcast.mappings` row.
