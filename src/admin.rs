@@ -56,6 +56,30 @@ pub struct WatchSpec {
     /// `notify` (wake the sequencer at commit) or `poll` (no NOTIFY from writers).
     #[arg(long, value_parser = ["notify", "poll"])]
     pub wake: Option<String>,
+    /// An event rule, tried in order before the domain's: `WHEN => EVENT`, e.g.
+    /// `--rule 'timecompleted set => course.completed'` (repeatable; docs/events.md).
+    #[arg(long = "rule", value_name = "WHEN => EVENT")]
+    pub rules: Vec<String>,
+}
+
+/// The `rules` argument of `rowcast.watch` from `--rule WHEN => EVENT` options (`null`
+/// when there are none, so that `watch` keeps the domain's preset alone).
+fn rules(items: &[String]) -> Result<Option<serde_json::Value>, AdminError> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    items
+        .iter()
+        .map(|item| match item.rsplit_once("=>") {
+            Some((when, event)) if !when.trim().is_empty() && !event.trim().is_empty() => {
+                Ok(serde_json::json!({"when": when.trim(), "event": event.trim()}))
+            }
+            _ => Err(AdminError::Usage(format!(
+                "--rule {item:?} must look like 'WHEN => EVENT', e.g. 'status -> accepted => booking.accepted'"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|rules| Some(serde_json::Value::Array(rules)))
 }
 
 fn pairs(what: &str, items: &[String]) -> Result<serde_json::Value, AdminError> {
@@ -83,10 +107,11 @@ fn pairs(what: &str, items: &[String]) -> Result<serde_json::Value, AdminError> 
 pub async fn watch(client: &Client, spec: &WatchSpec) -> Result<String, AdminError> {
     let routes = pairs("--route", &spec.routes)?;
     let columns = pairs("--column", &spec.columns)?;
+    let rules = rules(&spec.rules)?;
     let row = client
         .query_one(
             "select rowcast.watch($1::text, topic => $2, routes => $3, exclude => $4, \
-             domain => $5, columns => $6, wake => coalesce($7, 'notify'))",
+             domain => $5, columns => $6, wake => coalesce($7, 'notify'), rules => $8)",
             &[
                 &spec.table,
                 &spec.topic,
@@ -95,6 +120,7 @@ pub async fn watch(client: &Client, spec: &WatchSpec) -> Result<String, AdminErr
                 &spec.domain,
                 &columns,
                 &spec.wake,
+                &rules,
             ],
         )
         .await?;

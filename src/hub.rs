@@ -48,8 +48,8 @@ use crate::serve::wire::Wire;
 pub struct Published {
     /// Position in the log.
     pub pos: i64,
-    /// The event's name (`row.updated`), for transports that label frames (SSE).
-    pub event: &'static str,
+    /// The event (its name, `row.updated`), for transports that label frames (SSE).
+    pub event: crate::events::Event,
     /// Topics the event is published on.
     pub topics: Vec<String>,
     /// The `event` message, serialised once.
@@ -737,7 +737,7 @@ mod tests {
     fn event(pos: i64, topics: &[&str]) -> Arc<Published> {
         Arc::new(Published {
             pos,
-            event: "row.updated",
+            event: crate::events::Event::Row(crate::capture::log::Op::Update),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             frame: Utf8Bytes::from(format!("frame {pos}")),
         })

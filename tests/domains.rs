@@ -532,7 +532,7 @@ async fn domains_watch_refuses_bad_mappings_with_the_table_and_column() {
     let message = refused("select rowcast.watch('course_requests', domain => 'course')").await;
     assert_eq!(
         message,
-        r#"rowcast.watch: domain course needs field "instructor_id": table public.course_requests has no column "instructor_id" (map it with columns => '{"instructor_id": "your_column"}')"#
+        r#"rowcast.watch: domain course needs field "status": table public.course_requests has no column "status" (map it with columns => '{"status": "your_column"}', or give your own rule for course.completed)"#
     );
     let message = refused(
         r#"select rowcast.watch('course_requests', domain => 'course',

@@ -169,9 +169,9 @@ pub fn publishable(change: &Change, mappings: &Mappings) -> Arc<Published> {
     );
     Arc::new(Published {
         pos: change.pos,
-        event: event.name(),
-        topics: change.topics.clone(),
         frame: events::frame(change, &event).into(),
+        event,
+        topics: change.topics.clone(),
     })
 }
 

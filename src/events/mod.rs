@@ -1,117 +1,75 @@
 //! Events: what a captured change means, and the one wire frame every subscriber gets.
 //!
-//! A [`Change`] read from the log, with the [`Mapping`] it was captured with (if its
-//! table has a domain), becomes an [`Event`]: a typed domain event of
-//! [`attendance`], [`booking`] or [`course`], built through `TryFrom` of the change read
-//! by field ([`fields::Captured`]), or a generic [`RowEvent`]. It is serialised once, by
-//! [`frame`], into the `event` message of the wire protocol; every session receives the
-//! same bytes. `data` and `old` are always the app's row exactly as captured, under its
-//! own column names. `docs/events.md` lists every event.
+//! A [`Change`] read from the log, with the event rules its table was watched with
+//! ([`Mapping`], from [`rules`]), becomes an [`Event`]: the name of the first rule that
+//! holds, or a generic `row.*` name. It is serialised once, by [`frame`], into the
+//! `event` message of the wire protocol; every session receives the same bytes. `data`
+//! and `old` are always the app's row exactly as captured, under its own column names.
+//! `docs/events.md` lists the rule language and the presets.
 
-pub mod attendance;
-pub mod booking;
-pub mod course;
-pub mod fields;
-pub mod generic;
 pub mod mapping;
+pub mod rules;
+
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::capture::log::{Change, Op};
 
-pub use attendance::AttendanceEvent;
-pub use booking::BookingEvent;
-pub use course::CourseEvent;
-pub use generic::RowEvent;
-pub use mapping::{Kind, MapError, Mapping, Mappings};
+pub use mapping::{MapError, Mapping, Mappings};
+pub use rules::{Rule, When};
 
-use fields::Captured;
-use mapping::Domain;
-
-/// A typed event derived from a change.
+/// The event of a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A change to a meeting, an attendance row or a court card.
-    Attendance(AttendanceEvent),
-    /// A change to a booking, a payment or a payout.
-    Booking(BookingEvent),
-    /// A change to a course.
-    Course(CourseEvent),
-    /// A change to a table without a domain, or a row its mapping cannot read:
+    /// A rule of the table's registration named it (`booking.accepted`).
+    Named(Arc<str>),
+    /// No rule named it, the table has none, or its row could not be read through them:
     /// `row.inserted`, `row.updated`, `row.deleted`.
-    Row(RowEvent),
+    Row(Op),
     /// The table was truncated: `table.truncated`.
     TableTruncated,
 }
 
-impl TryFrom<&Captured<'_>> for Event {
-    type Error = MapError;
-
-    fn try_from(c: &Captured<'_>) -> Result<Event, MapError> {
-        Ok(match c.kind.domain() {
-            Domain::Attendance => Event::Attendance(c.try_into()?),
-            Domain::Booking => Event::Booking(c.try_into()?),
-            Domain::Course => Event::Course(c.try_into()?),
-        })
-    }
-}
-
 impl Event {
-    /// Every event name, generic ones included.
-    pub fn names() -> impl Iterator<Item = &'static str> {
-        AttendanceEvent::NAMES
-            .iter()
-            .chain(BookingEvent::NAMES)
-            .chain(CourseEvent::NAMES)
-            .chain(RowEvent::NAMES)
-            .chain(&["table.truncated"])
-            .copied()
-    }
+    /// The generic event names.
+    pub const GENERIC: [&'static str; 4] = [
+        "row.inserted",
+        "row.updated",
+        "row.deleted",
+        "table.truncated",
+    ];
 
     /// Derives the event of a change captured with `mapping`. Never fails: a change
-    /// without a domain is a generic row event, and so is a row the mapping cannot
-    /// read, which is counted and logged ([`mapping::unmapped_rows`]).
+    /// without rules, or that no rule names, is a generic row event, and so is a row the
+    /// rules cannot read, which is counted and logged ([`mapping::unmapped_rows`]).
     pub fn of(change: &Change, mapping: Result<Option<&Mapping>, MapError>) -> Event {
-        let generic = |change: &Change| match change.op {
-            Op::Truncate => Event::TableTruncated,
-            op => Event::Row(RowEvent::of(op)),
-        };
         if change.op == Op::Truncate {
             return Event::TableTruncated;
         }
-        let typed = mapping.and_then(|mapping| match mapping {
-            Some(mapping) => Captured::new(change, mapping)
-                .and_then(|c| Event::try_from(&c))
-                .map(Some),
+        let named = mapping.and_then(|mapping| match mapping {
+            Some(mapping) => mapping.event_of(change).map(|name| name.cloned()),
             None => Ok(None),
         });
-        match typed {
-            Ok(Some(event)) => event,
-            Ok(None) => generic(change),
+        match named {
+            Ok(Some(name)) => Event::Named(name),
+            Ok(None) => Event::Row(change.op),
             Err(err) => {
                 mapping::record_unmapped(change, &err);
-                generic(change)
+                Event::Row(change.op)
             }
         }
     }
 
-    /// Whether the event is a domain event (its rows use the domain's field names).
-    pub fn is_typed(&self) -> bool {
-        matches!(
-            self,
-            Event::Attendance(_) | Event::Booking(_) | Event::Course(_)
-        )
-    }
-
     /// The event's name on the wire.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
-            Event::Attendance(event) => event.name(),
-            Event::Booking(event) => event.name(),
-            Event::Course(event) => event.name(),
-            Event::Row(row) => row.name(),
-            Event::TableTruncated => "table.truncated",
+            Event::Named(name) => name,
+            Event::Row(Op::Insert) => "row.inserted",
+            Event::Row(Op::Update) => "row.updated",
+            Event::Row(Op::Delete) => "row.deleted",
+            Event::Row(Op::Truncate) | Event::TableTruncated => "table.truncated",
         }
     }
 }
@@ -135,7 +93,7 @@ struct WireEvent<'a> {
 
 /// Serialises a change as the wire protocol's `event` message, once for all sessions.
 /// `data` and `old` are the app's rows exactly as captured, under the app's own column
-/// names, whatever the event's domain.
+/// names, whatever rules named the event.
 pub fn frame(change: &Change, event: &Event) -> String {
     let wire = WireEvent {
         kind: "event",
@@ -150,42 +108,6 @@ pub fn frame(change: &Change, event: &Event) -> String {
     };
     // Serialising borrowed strings and already-valid JSON cannot fail.
     serde_json::to_string(&wire).expect("an event frame always serialises")
-}
-
-/// Helpers for the unit tests of the domain modules.
-#[cfg(test)]
-pub(crate) mod testing {
-    use super::*;
-
-    /// A change of `table` with the given rows, captured with mapping 1.
-    pub fn change(op: Op, data: Option<&str>, old: Option<&str>) -> Change {
-        Change {
-            pos: 7,
-            table: "t".into(),
-            op,
-            topics: vec!["t".into()],
-            ts: "2026-11-22T10:00:00.123Z".into(),
-            data: data.map(|d| RawValue::from_string(d.into()).unwrap()),
-            old: old.map(|d| RawValue::from_string(d.into()).unwrap()),
-            mapping_id: Some(1),
-        }
-    }
-
-    /// The typed event of a change to a table of `kind` whose columns are the field
-    /// names, or why it cannot be read.
-    pub fn typed(kind: Kind, op: Op, data: &str, old: Option<&str>) -> Result<Event, MapError> {
-        let change = change(op, Some(data), old);
-        let mapping = Mapping::identity(1, kind);
-        let captured = Captured::new(&change, &mapping)?;
-        Event::try_from(&captured)
-    }
-
-    /// The name of the event [`Event::of`] gives such a change (never fails).
-    pub fn named(kind: Kind, op: Op, data: &str, old: Option<&str>) -> &'static str {
-        let change = change(op, Some(data), old);
-        let mapping = Mapping::identity(1, kind);
-        Event::of(&change, Ok(Some(&mapping))).name()
-    }
 }
 
 #[cfg(test)]
@@ -205,6 +127,22 @@ mod tests {
         }
     }
 
+    /// The rules of a `course_requests` table whose status is `state`.
+    fn course_requests() -> Mapping {
+        Mapping::new(
+            3,
+            vec![
+                Rule::new("course.requested", When::Op(Op::Insert)),
+                Rule::new(
+                    "course.completed",
+                    When::Becomes("state".into(), vec!["completed".into(), "done".into()]),
+                ),
+                Rule::new("course.assigned", When::BecomesAny("teacher_id".into())),
+                Rule::new("course.updated", When::Op(Op::Update)),
+            ],
+        )
+    }
+
     #[test]
     fn frame_keeps_row_json_byte_for_byte() {
         let c = change(
@@ -219,21 +157,8 @@ mod tests {
         );
     }
 
-    fn course_requests() -> Mapping {
-        Mapping::new(
-            3,
-            Kind::Course,
-            [
-                ("id", "id"),
-                ("status", "state"),
-                ("instructor_id", "teacher_id"),
-                ("scheduled_for", "starts_on"),
-            ],
-        )
-    }
-
     #[test]
-    fn a_typed_frame_keeps_the_apps_column_names_and_values_exact() {
+    fn a_named_frame_keeps_the_apps_column_names_and_values_exact() {
         let mut c = change(
             Op::Update,
             Some(
@@ -245,11 +170,6 @@ mod tests {
         let mapping = course_requests();
         let event = Event::of(&c, Ok(Some(&mapping)));
         assert_eq!(event.name(), "course.completed");
-        let Event::Course(CourseEvent::Completed(done)) = &event else {
-            panic!("{event:?}")
-        };
-        assert_eq!(done.course.id.as_json(), "9007199254740993");
-        assert_eq!(done.previous.as_ref().unwrap().as_str(), "SCHEDULED");
         assert_eq!(
             frame(&c, &event),
             r#"{"type":"event","pos":9007199254740993,"event":"course.completed","table":"course_requests","op":"UPDATE","topics":["bookings","booking:1"],"ts":"2026-11-22T10:00:00.123Z","data":{"id": 9007199254740993, "fee": 12345678901234567890.12, "state": "DONE", "starts_on": "2026-12-01", "teacher_id": 5},"old":{"state": "SCHEDULED"}}"#
@@ -257,37 +177,56 @@ mod tests {
     }
 
     #[test]
-    fn a_same_named_mapping_sends_rows_byte_for_byte() {
-        let c = change(
+    fn the_first_rule_that_holds_names_the_event_and_none_gives_a_generic_name() {
+        let mapping = course_requests();
+        let named = |op, data, old| Event::of(&change(op, Some(data), old), Ok(Some(&mapping)));
+        // Completion comes before a new teacher in the same update.
+        let both = named(
             Op::Update,
-            Some(r#"{"id": 1, "status": "CONFIRMED", "client_id": 7}"#),
-            Some(r#"{"status": "PENDING"}"#),
+            r#"{"state": "done", "teacher_id": 8}"#,
+            Some(r#"{"state": "open", "teacher_id": 7}"#),
         );
-        let mapping = Mapping::identity(1, Kind::Booking);
-        let event = Event::of(&c, Ok(Some(&mapping)));
-        assert_eq!(event.name(), "booking.accepted");
-        let text = frame(&c, &event);
-        assert!(
-            text.ends_with(r#""data":{"id": 1, "status": "CONFIRMED", "client_id": 7},"old":{"status": "PENDING"}}"#),
-            "{text}"
+        assert_eq!(both.name(), "course.completed");
+        let teacher = named(
+            Op::Update,
+            r#"{"state": "open", "teacher_id": 8}"#,
+            Some(r#"{"teacher_id": null}"#),
         );
+        assert_eq!(teacher.name(), "course.assigned");
+        let other = named(
+            Op::Update,
+            r#"{"state": "open", "teacher_id": 8}"#,
+            Some("{}"),
+        );
+        assert_eq!(other.name(), "course.updated");
+        // No rule for DELETE: the generic name.
+        let deleted = named(Op::Delete, r#"{"state": "open", "teacher_id": 8}"#, None);
+        assert_eq!(deleted, Event::Row(Op::Delete));
+        assert_eq!(deleted.name(), "row.deleted");
     }
 
     #[test]
     fn an_unreadable_row_is_delivered_as_row_event_with_its_columns_and_counted() {
         let before = mapping::unmapped_rows();
-        // The status column is missing (excluded, or dropped since watch).
+        // The teacher column, which a rule reads, is missing (dropped since watch).
         let c = change(
             Op::Update,
             Some(r#"{"id": 1, "state": "X"}"#),
             Some(r#"{"state": "Y"}"#),
         );
         let mapping = course_requests();
+        assert_eq!(
+            mapping.event_of(&c).unwrap_err(),
+            MapError::Missing {
+                column: "teacher_id".into(),
+                event: "course.assigned".into()
+            }
+        );
         let event = Event::of(&c, Ok(Some(&mapping)));
-        assert_eq!(event, Event::Row(RowEvent::Updated));
+        assert_eq!(event, Event::Row(Op::Update));
         let text = frame(&c, &event);
         assert!(text.contains(r#""data":{"id": 1, "state": "X"}"#), "{text}");
-        // A mapping the service could not load: the same.
+        // Rules the service could not load: the same.
         let event = Event::of(&c, Err(MapError::UnknownMapping(9)));
         assert_eq!(event.name(), "row.updated");
         assert!(mapping::unmapped_rows() >= before + 2);
@@ -302,127 +241,23 @@ mod tests {
             mappings.for_change(&c).unwrap_err(),
             MapError::UnknownMapping(4)
         );
-        mappings.insert(Mapping::identity(4, Kind::Booking));
+        mappings.insert(Mapping::new(
+            4,
+            vec![Rule::new("a.b", When::Op(Op::Insert))],
+        ));
         assert_eq!(
-            mappings.for_change(&c).unwrap().unwrap().kind,
-            Kind::Booking
+            Event::of(
+                &c,
+                mappings
+                    .for_change(&c)
+                    .as_ref()
+                    .map(Option::as_deref)
+                    .map_err(Clone::clone)
+            ),
+            Event::Named("a.b".into())
         );
         c.mapping_id = None;
         assert!(mappings.for_change(&c).unwrap().is_none());
-    }
-
-    #[test]
-    fn kinds_and_fields_match_the_sql_seed() {
-        let sql = include_str!("../../migrations/V1__core.sql");
-        let start = sql
-            .find("insert into rowcast.domain_fields")
-            .expect("the seed");
-        let seed = &sql[start..start + sql[start..].find(";").unwrap()];
-        let mut from_sql: Vec<String> = seed
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix("('"))
-            .map(|line| {
-                line.trim_end_matches(',')
-                    .trim_end_matches(')')
-                    .replace(['\'', ' '], "")
-            })
-            .collect();
-        let mut from_rust: Vec<String> = Kind::ALL
-            .iter()
-            .flat_map(|kind| {
-                kind.fields()
-                    .iter()
-                    .map(move |f| format!("{kind},{},{},{}", f.name, f.required, f.class.as_str()))
-            })
-            .collect();
-        from_sql.sort();
-        from_rust.sort();
-        assert_eq!(from_sql, from_rust);
-    }
-
-    /// An example frame of docs/events.md.
-    #[derive(serde::Deserialize)]
-    struct Example<'a> {
-        pos: i64,
-        event: String,
-        table: String,
-        op: String,
-        topics: Vec<String>,
-        ts: String,
-        #[serde(borrow)]
-        data: Option<&'a RawValue>,
-        #[serde(borrow)]
-        old: Option<&'a RawValue>,
-    }
-
-    /// The mapping the examples of a table were captured with.
-    fn docs_mapping(table: &str) -> Option<Mapping> {
-        let kind = match table {
-            "meetings" => Kind::Meeting,
-            "attendance" => Kind::Attendance,
-            "court_cards" => Kind::CourtCard,
-            "bookings" => Kind::Booking,
-            "payments" => Kind::Payment,
-            "payouts" => Kind::Payout,
-            "courses" => Kind::Course,
-            "course_requests" => {
-                return Some(Mapping::new(
-                    1,
-                    Kind::Course,
-                    [
-                        ("id", "id"),
-                        ("status", "state"),
-                        ("instructor_id", "teacher_id"),
-                        ("scheduled_for", "starts_on"),
-                        ("organization_id", "org_id"),
-                    ],
-                ));
-            }
-            _ => return None,
-        };
-        Some(Mapping::identity(1, kind))
-    }
-
-    /// An example's row, as captured.
-    fn captured_row(raw: Option<&RawValue>) -> Option<Box<RawValue>> {
-        raw.map(|r| RawValue::from_string(r.get().to_string()).unwrap())
-    }
-
-    #[test]
-    fn docs_examples_are_what_the_serialiser_sends() {
-        let docs = include_str!("../../docs/events.md");
-        let mut seen = std::collections::BTreeSet::new();
-        for block in docs.split("```json\n").skip(1) {
-            let text = block.split("\n```").next().unwrap();
-            let example: Example =
-                serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
-            let mapping = docs_mapping(&example.table);
-            let change = Change {
-                pos: example.pos,
-                table: example.table.clone(),
-                op: Op::parse(&example.op).unwrap(),
-                topics: example.topics.clone(),
-                ts: example.ts.clone(),
-                data: captured_row(example.data),
-                old: captured_row(example.old),
-                mapping_id: mapping.as_ref().map(|m| m.id),
-            };
-            let event = Event::of(&change, Ok(mapping.as_ref()));
-            assert_eq!(event.name(), example.event, "{text}");
-            assert_eq!(frame(&change, &event), text);
-            seen.insert(example.event.clone());
-        }
-        let all: std::collections::BTreeSet<String> = Event::names().map(String::from).collect();
-        assert_eq!(
-            seen, all,
-            "every event has an example, and no other name does"
-        );
-        for name in Event::names() {
-            assert!(
-                docs.contains(&format!("\n#### {name}\n")),
-                "no section for {name}"
-            );
-        }
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl Session {
 fn sse_event(event: &Published) -> Event {
     Event::default()
         .id(event.pos.to_string())
-        .event(event.event)
+        .event(event.event.name())
         .data(event.frame.as_str())
 }
 
