@@ -429,6 +429,9 @@ declare
     ok     boolean;
     dup    text;
 begin
+    if kind is null then
+        return null;  -- the table's own rules only: no fields to map
+    end if;
     if not exists (select 1 from rowcast.domain_fields f where f.kind = mapping_error.kind) then
         return format('unknown domain %L (one of: %s)', kind,
                       (select string_agg(distinct f.kind, ', ' order by f.kind) from rowcast.domain_fields f));

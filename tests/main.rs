@@ -14,6 +14,7 @@ mod hardening;
 mod operator;
 mod pipeline;
 mod retention;
+mod rules;
 mod schema;
 mod security;
 mod sequencing;

@@ -1,12 +1,13 @@
 //! The change-to-event mapping on malformed and unusual rows: arbitrary bytes become a
 //! public [`Change`], which goes through `tail::publishable` (change -> `Event::of` ->
-//! `events::frame`), the path every captured row takes to subscribers. Domain mappings
-//! added behind `Event::of` are covered without changing this target.
+//! `events::frame`), the path every captured row takes to subscribers, with and without
+//! event rules that read the row (every kind of rule, on the columns `status`, `at` and
+//! `n`).
 //!
 //! Input layout (see `fuzz/seeds/change_mapping/`):
 //!
 //! ```text
-//! byte 0       op: INSERT, UPDATE, DELETE, TRUNCATE (value modulo 4)
+//! byte 0       op: INSERT, UPDATE, DELETE, TRUNCATE (value modulo 4); bit 7: with rules
 //! bytes 1..9   pos, little-endian i64 (missing bytes are zero)
 //! rest         fields separated by NUL: table, ts, data, old, topic, topic, ...
 //! ```
@@ -26,7 +27,7 @@ use std::collections::BTreeMap;
 use libfuzzer_sys::fuzz_target;
 use rowcast::capture::log::{Change, Op};
 use rowcast::capture::tail;
-use rowcast::events::{self, Event};
+use rowcast::events::{self, Event, Mapping, Mappings, Rule, When};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -51,10 +52,29 @@ fn text(field: Option<&[u8]>) -> String {
     String::from_utf8_lossy(field.unwrap_or_default()).into_owned()
 }
 
+/// Rules of every kind, as `rowcast.watch` could store them.
+fn rules() -> Mapping {
+    let values = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    Mapping::new(
+        1,
+        vec![
+            Rule::new("t.created", When::Op(Op::Insert)),
+            Rule::new("t.gone", When::Never),
+            Rule::new("t.done", When::Becomes("status".into(), values(&["done", "1.50", "true"]))),
+            Rule::new("t.set", When::Set("at".into())),
+            Rule::new("t.cleared", When::Cleared("at".into())),
+            Rule::new("t.moved", When::BecomesAny("n".into())),
+            Rule::new("t.changed", When::Changed("status".into())),
+            Rule::new("t.deleted", When::Op(Op::Delete)),
+        ],
+    )
+}
+
 fuzz_target!(|input: &[u8]| {
     let Some((&op, rest)) = input.split_first() else {
         return;
     };
+    let with_rules = op & 0x80 != 0;
     let op = [Op::Insert, Op::Update, Op::Delete, Op::Truncate][usize::from(op % 4)];
     let mut pos = [0u8; 8];
     let n = rest.len().min(8);
@@ -74,12 +94,16 @@ fuzz_target!(|input: &[u8]| {
         ts,
         data,
         old,
+        mapping_id: with_rules.then_some(1),
     };
 
-    let published = tail::publishable(&change);
-    let event = Event::of(&change);
+    let mappings = Mappings::new();
+    mappings.insert(rules());
+    let published = tail::publishable(&change, &mappings);
+    let mapping = mappings.for_change(&change).expect("mapping 1 is loaded");
+    let event = Event::of(&change, Ok(mapping.as_deref()));
     assert_eq!(published.pos, change.pos);
-    assert_eq!(published.event, event.name());
+    assert_eq!(published.event, event);
     assert_eq!(published.topics, change.topics);
     let frame = published.frame.as_str();
     assert_eq!(
