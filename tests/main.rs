@@ -15,6 +15,7 @@ mod operator;
 mod pipeline;
 mod retention;
 mod schema;
+mod schema_changes;
 mod security;
 mod sequencing;
 mod session;
