@@ -16,6 +16,7 @@ mod pipeline;
 mod retention;
 mod rules;
 mod schema;
+mod schema_changes;
 mod security;
 mod sequencing;
 mod session;
