@@ -763,27 +763,43 @@ $$;
 -- columns of the table's own rules.
 alter function rowcast.problem_of(oid, text[]) rename to routing_problem;
 
--- A column the table's own rules read that was dropped or renamed, in words; null when none.
+-- What a schema change broke in the table's own rules, in words; null when nothing: a
+-- column a rule reads was dropped or renamed (and not followed), or its type changed so
+-- that the rule's values no longer fit it.
 create function rowcast.rules_problem(tbl oid, args text[]) returns text
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select case when a.attname is null
-                then format('column "%s", which the rule for %s reads, was dropped: the table''s rows are delivered as row.*; run rowcast.watch again with rules that fit',
-                            x.rule ->> 'column', x.rule ->> 'event')
-                else format('column "%s", which the rule for %s reads, was renamed to "%s": run rowcast.watch again',
-                            x.rule ->> 'column', x.rule ->> 'event', a.attname)
-           end
-    from rowcast.routings r
-    join rowcast.mappings m on m.id = r.mapping_id
-    cross join lateral jsonb_array_elements(m.rules) with ordinality as x(rule, ord)
-    left join pg_catalog.pg_attribute a
-           on a.attrelid = tbl and a.attnum = (x.rule ->> 'attnum')::int2 and not a.attisdropped
-    where r.id = args[1]::int and r.relid = tbl and x.rule ->> 'from' = 'rules' and x.rule ? 'attnum'
-      and (a.attname is null or a.attname::text <> x.rule ->> 'column')
-    order by x.ord
-    limit 1
+declare
+    x   record;
+begin
+    for x in
+        select e.rule, a.attname::text as now_name
+        from rowcast.routings r
+        join rowcast.mappings m on m.id = r.mapping_id
+        cross join lateral jsonb_array_elements(m.rules) with ordinality as e(rule, ord)
+        left join pg_catalog.pg_attribute a
+               on a.attrelid = tbl and a.attnum = (e.rule ->> 'attnum')::int2 and not a.attisdropped
+        where r.id = args[1]::int and r.relid = tbl and e.rule ->> 'from' = 'rules' and e.rule ? 'attnum'
+        order by e.ord
+    loop
+        if x.now_name is null then
+            return format('column "%s", which the rule for %s reads, was dropped: the table''s rows are delivered as row.*; run rowcast.watch again with rules that fit',
+                          x.rule ->> 'column', x.rule ->> 'event');
+        elsif x.now_name <> x.rule ->> 'column' then
+            return format('column "%s", which the rule for %s reads, was renamed to "%s": run rowcast.watch again',
+                          x.rule ->> 'column', x.rule ->> 'event', x.now_name);
+        end if;
+        begin
+            perform rowcast.resolve_rule(tbl::regclass, rowcast.rule_text(x.rule, x.now_name), x.rule ->> 'event', null, '{}', 'rules');
+        exception when others then
+            return format('the rule for %s no longer fits column "%s" (%s): run rowcast.watch again with rules that fit',
+                          x.rule ->> 'event', x.now_name, regexp_replace(sqlerrm, '^rowcast\.watch: ', ''));
+        end;
+    end loop;
+    return null;
+end
 $$;
 
 -- What a schema change (or a hand-made trigger) broke in a table's registration, in

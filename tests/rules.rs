@@ -668,16 +668,18 @@ async fn watch_refuses_rules_that_do_not_fit_the_table_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn rules_follow_a_renamed_column_and_a_dropped_one_is_shown_and_its_rows_counted() {
+async fn rules_follow_a_renamed_column_and_a_dropped_or_retyped_one_is_shown() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     run(
         &client,
         &[
-            "create table tasks (id int primary key, owner int, finished_at timestamptz, archived boolean)",
+            "create table tasks (id int primary key, owner int, finished_at timestamptz, archived boolean,
+                                 urgent boolean)",
             r#"select rowcast.watch('tasks', routes => '{"owner": "user"}',
                       rules => '[{"when": "finished_at set", "event": "task.finished"},
-                                 {"when": "archived -> true", "event": "task.archived"}]')"#,
+                                 {"when": "archived -> true", "event": "task.archived"},
+                                 {"when": "urgent -> true", "event": "task.escalated"}]')"#,
         ],
     )
     .await;
@@ -687,7 +689,7 @@ async fn rules_follow_a_renamed_column_and_a_dropped_one_is_shown_and_its_rows_c
     run(
         &client,
         &[
-            "insert into tasks values (1, 7, null, false)",
+            "insert into tasks values (1, 7, null, false, false)",
             "alter table tasks rename column finished_at to \"finishedAt\"",
             "update tasks set \"finishedAt\" = now() where id = 1",
         ],
@@ -703,6 +705,36 @@ async fn rules_follow_a_renamed_column_and_a_dropped_one_is_shown_and_its_rows_c
         .unwrap();
     assert_eq!(watched.get::<_, Value>(0)[0]["when"], "finishedAt set");
     assert_eq!(watched.get::<_, Option<String>>(1), None);
+
+    // A type change the rule's values no longer fit is shown too.
+    run(
+        &client,
+        &["alter table tasks alter column urgent type int using urgent::int"],
+    )
+    .await;
+    let problem: String = client
+        .query_one(
+            "select problem from rowcast.watched where table_name = 'tasks'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        problem.contains(r#"the rule for task.escalated no longer fits column "urgent""#)
+            && problem.contains("which is not a number"),
+        "{problem}"
+    );
+    run(
+        &client,
+        &[
+            r#"select rowcast.watch('tasks', routes => '{"owner": "user"}',
+                    rules => '[{"when": "finishedAt set", "event": "task.finished"},
+                               {"when": "archived -> true", "event": "task.archived"},
+                               {"when": "urgent -> 1", "event": "task.escalated"}]')"#,
+        ],
+    )
+    .await;
 
     let unmapped = rowcast::events::mapping::unmapped_rows();
     run(
