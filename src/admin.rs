@@ -274,7 +274,7 @@ pub async fn server_stats(addr: std::net::SocketAddr) -> Result<serde_json::Valu
 /// `rowcast migrate` recognise the result. `sql/install.sql` is this text.
 pub fn install_sql() -> String {
     let mut out = String::from(
-        "-- rowcast: SQL-only install, generated from migrations/ by `rowcast install-sql`.\n\
+        "-- rowcast: SQL-only install, generated from migrations/ and sql/functions/ by `rowcast install-sql`.\n\
          -- Run as a role that may create schemas: psql -v ON_ERROR_STOP=1 -f sql/install.sql\n\
          begin;\n\
          create schema if not exists rowcast;\n",
@@ -296,6 +296,12 @@ pub fn install_sql() -> String {
             m.checksum()
         ));
     }
-    out.push_str("commit;\n");
+    for (name, sql) in migrate::FUNCTIONS {
+        out.push_str(&format!("\n-- sql/functions/{name}\n"));
+        out.push_str(sql);
+    }
+    out.push('\n');
+    out.push_str(&migrate::record_functions_sql());
+    out.push_str("\ncommit;\n");
     out
 }

@@ -1,14 +1,75 @@
-//! Versioned migrations of the `rowcast` schema (`migrations/`, embedded at build time).
+//! Installing and upgrading the `rowcast` schema, both embedded at build time.
 //!
-//! Applied with `refinery`, each migration in its own transaction, recorded in
-//! `rowcast.schema_history`. Concurrent runs are serialised with an advisory lock. A
-//! database migrated by a newer rowcast (a version this binary does not know) is refused,
-//! and [`check`] tells the service whether the schema matches this binary.
+//! Schema changes are versioned migrations (`migrations/`), applied with `refinery`, each
+//! in its own transaction, recorded in `rowcast.schema_history`. Functions, views and
+//! triggers are re-runnable files (`sql/functions/`, one current definition each),
+//! applied after the migrations on every run, in one transaction, and recorded by
+//! checksum in `rowcast.functions`. Concurrent runs are serialised with an advisory lock.
+//! A database migrated by a newer rowcast is refused, and [`check`] tells the service
+//! whether the schema and the functions match this binary.
 
 use tokio_postgres::Client;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
+}
+
+/// The re-runnable files of `sql/functions/`, in the order they are applied.
+pub const FUNCTIONS: &[(&str, &str)] = &[
+    (
+        "10_topics.sql",
+        include_str!("../sql/functions/10_topics.sql"),
+    ),
+    (
+        "20_capture.sql",
+        include_str!("../sql/functions/20_capture.sql"),
+    ),
+    (
+        "30_sequence.sql",
+        include_str!("../sql/functions/30_sequence.sql"),
+    ),
+    (
+        "40_rules.sql",
+        include_str!("../sql/functions/40_rules.sql"),
+    ),
+    (
+        "50_registry.sql",
+        include_str!("../sql/functions/50_registry.sql"),
+    ),
+    (
+        "60_schema_changes.sql",
+        include_str!("../sql/functions/60_schema_changes.sql"),
+    ),
+    (
+        "70_views.sql",
+        include_str!("../sql/functions/70_views.sql"),
+    ),
+    (
+        "80_grants.sql",
+        include_str!("../sql/functions/80_grants.sql"),
+    ),
+];
+
+/// A checksum of [`FUNCTIONS`] (64-bit FNV-1a over names and texts, in hex): what
+/// `rowcast.functions` records and [`check`] compares.
+pub fn functions_checksum() -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, sql) in FUNCTIONS {
+        for byte in name.bytes().chain([0]).chain(sql.bytes()).chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+/// The statement that records [`functions_checksum`] as installed.
+pub fn record_functions_sql() -> String {
+    format!(
+        "insert into rowcast.functions (checksum) values ('{}') \
+         on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();",
+        functions_checksum()
+    )
 }
 
 /// Where refinery records applied migrations.
@@ -39,6 +100,9 @@ pub enum MigrateError {
         /// Highest version this binary ships.
         expected: i64,
     },
+    /// The functions installed are not this binary's (another rowcast migrated last).
+    #[error("the rowcast functions in this database are not this binary's: run `rowcast migrate`")]
+    FunctionsDiffer,
     /// The database was migrated by a newer rowcast.
     #[error(
         "the rowcast schema is at version {applied}, newer than this binary knows ({expected}): upgrade rowcast"
@@ -68,21 +132,13 @@ pub fn latest_version() -> i64 {
         .unwrap_or(0)
 }
 
-/// Applies every pending migration. Returns the versions applied by this call.
+/// Applies every pending migration, then (re)installs the functions. Returns the
+/// versions applied by this call.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i64>, MigrateError> {
-    migrate_to(client, None).await
-}
-
-/// Applies the pending migrations up to and including `version` (every one when `None`),
-/// for an upgrade in steps. Returns the versions applied by this call.
-pub async fn migrate_to(
-    client: &mut Client,
-    version: Option<i32>,
-) -> Result<Vec<i64>, MigrateError> {
     client
         .execute("select pg_advisory_lock($1)", &[&MIGRATE_LOCK])
         .await?;
-    let result = run(client, version).await;
+    let result = run(client).await;
     // The lock is session-scoped: release it even when the run failed.
     let unlock = client
         .execute("select pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
@@ -92,24 +148,36 @@ pub async fn migrate_to(
     Ok(applied)
 }
 
-async fn run(client: &mut Client, version: Option<i32>) -> Result<Vec<i64>, MigrateError> {
+async fn run(client: &mut Client) -> Result<Vec<i64>, MigrateError> {
     client
         .batch_execute("create schema if not exists rowcast")
         .await?;
     let mut runner = embedded::migrations::runner();
     runner.set_migration_table_name(HISTORY_TABLE);
-    let target = version.map_or(refinery::Target::Latest, refinery::Target::Version);
     let report = runner
-        .set_target(target)
         .set_abort_divergent(true)
         .set_abort_missing(true)
         .run_async(client)
         .await?;
+    install_functions(client).await?;
     Ok(report
         .applied_migrations()
         .iter()
         .map(|m| i64::from(m.version()))
         .collect())
+}
+
+/// Applies every file of [`FUNCTIONS`] and records their checksum, in one transaction.
+async fn install_functions(client: &mut Client) -> Result<(), MigrateError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("set local client_min_messages = warning")
+        .await?;
+    for (_, sql) in FUNCTIONS {
+        tx.batch_execute(sql).await?;
+    }
+    tx.batch_execute(&record_functions_sql()).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Checks that the database's schema is exactly what this binary expects.
@@ -132,6 +200,33 @@ pub async fn check(client: &Client) -> Result<(), MigrateError> {
     match applied.cmp(&expected) {
         std::cmp::Ordering::Less => Err(MigrateError::Pending { applied, expected }),
         std::cmp::Ordering::Greater => Err(MigrateError::Newer { applied, expected }),
-        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Equal => {
+            let installed: Option<String> = client
+                .query_opt("select checksum from rowcast.functions", &[])
+                .await?
+                .map(|row| row.get(0));
+            if installed.as_deref() == Some(functions_checksum().as_str()) {
+                Ok(())
+            } else {
+                Err(MigrateError::FunctionsDiffer)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_of_sql_functions_is_applied_in_name_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/functions");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        on_disk.sort();
+        let listed: Vec<&str> = FUNCTIONS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(on_disk, listed);
     }
 }

@@ -156,6 +156,36 @@ fn psql(url: &str, file: &str) {
     assert!(out.status.success(), "psql -f {file}: {}", text(&out));
 }
 
+/// The rowcast schema of a database as `pg_dump --schema-only` prints it, without the
+/// lines that differ between any two dumps.
+fn schema_dump(url: &str) -> String {
+    let out = Command::new("pg_dump")
+        .args(["--schema-only", "--schema=rowcast", "--no-owner", "-d", url])
+        .output()
+        .expect("running pg_dump");
+    assert!(out.status.success(), "pg_dump: {}", text(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|line| !line.starts_with("\\restrict") && !line.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn a_migrated_database_and_an_installed_one_have_the_same_schema() {
+    let migrated = TestDb::migrated().await;
+    let installed = TestDb::empty().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    psql(&installed.url, &format!("{root}/sql/install.sql"));
+    rowcast::migrate::check(&installed.client().await)
+        .await
+        .expect("the SQL install is recognised as migrated, functions included");
+    let (a, b) = (schema_dump(&migrated.url), schema_dump(&installed.url));
+    assert!(a.contains("CREATE FUNCTION rowcast.watch("), "{a}");
+    assert_eq!(a, b);
+}
+
 #[tokio::test]
 async fn install_then_uninstall_leaves_the_catalog_as_it_was() {
     let db = TestDb::empty().await;

@@ -351,101 +351,45 @@ async fn only_the_service_role_may_run_the_batch_that_returns_captured_rows() {
 }
 
 #[tokio::test]
-async fn upgrading_from_version_1_rearms_watched_tables_and_keeps_their_events() {
-    let db = TestDb::empty().await;
+async fn functions_of_another_build_are_refused_and_migrate_reinstalls_them_keeping_data() {
+    let db = TestDb::demo().await;
     let mut client = db.client().await;
-    rowcast::migrate::migrate_to(&mut client, Some(1))
-        .await
-        .unwrap();
     client
         .batch_execute(
-            "create table pairs (a int, b int, owner_id int, secret text, primary key (a, b));
-             create table stale (id int primary key);
-             select rowcast.watch('pairs', topic => 'pair', routes => '{\"owner_id\": \"user\"}',
-                                  exclude => array['secret']);
-             select rowcast.watch('stale');
-             delete from rowcast.watches where relid = 'stale'::regclass;
-             insert into pairs values (1, 2, 7, 's');
+            "insert into bookings (id, client_id, provider_id, starts_at, ends_at, price)
+                 values (1, 7, 3, '2026-11-22T10:00:00Z', '2026-11-22T11:00:00Z', 10);
+             select rowcast.sequence();
+             update rowcast.functions set checksum = 'another build';",
+        )
+        .await
+        .unwrap();
+    let err = rowcast::migrate::check(&client).await.unwrap_err();
+    assert!(
+        matches!(err, rowcast::migrate::MigrateError::FunctionsDiffer),
+        "{err}"
+    );
+    assert!(err.to_string().contains("run `rowcast migrate`"), "{err}");
+    let applied = rowcast::migrate::migrate(&mut client).await.unwrap();
+    assert!(applied.is_empty(), "{applied:?}");
+    rowcast::migrate::check(&client).await.unwrap();
+    // Registrations and the log are untouched, and capture goes on.
+    client
+        .batch_execute(
+            "update bookings set status = 'CONFIRMED' where id = 1;
              select rowcast.sequence();",
         )
         .await
         .unwrap();
-    let owner = format!("{}_v1_owner", db.name);
-    let service = format!("{}_v1_service", db.name);
-    client
-        .batch_execute(&format!(
-            "drop role if exists {owner}; create role {owner} login;
-             grant create on schema public to {owner};
-             select rowcast.grant_admin('{owner}');
-             drop role if exists {service}; create role {service} login;
-             select rowcast.grant_service('{service}');"
-        ))
-        .await
-        .unwrap();
-
-    let applied = rowcast::migrate::migrate(&mut client).await.unwrap();
-    assert_eq!(applied, vec![2, 3, 4, 5, 6, 7]);
-    rowcast::migrate::check(&client).await.unwrap();
-    // A table whose registration is gone loses its (argument-less) trigger, so its
-    // writes neither fail nor capture.
-    client
-        .batch_execute(
-            "insert into stale values (1);
-             update pairs set owner_id = 8, secret = 't' where a = 1;
-             update pairs set secret = 'u' where a = 1;",
-        )
-        .await
-        .unwrap();
-
-    assert_eq!(
-        sequenced_topics(&client).await,
-        vec![
-            ("INSERT".into(), owned(&["pairs", "pair:1:2", "user:7"])),
-            (
-                "UPDATE".into(),
-                owned(&["pairs", "pair:1:2", "user:8", "user:7"])
-            ),
-        ]
-    );
-    let secret: i64 = client
+    assert_eq!(captured(&db).await, 2);
+    let watched: i64 = client
         .query_one(
-            "select count(*) from rowcast.events where data ? 'secret' or old ? 'secret'",
+            "select count(*) from rowcast.watched where problem is null",
             &[],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(secret, 0, "an excluded column was stored");
-
-    // A role granted the admin functions by version 1 may still watch its tables.
-    let as_owner = connect(&format!("{} user={owner}", db.url)).await;
-    as_owner
-        .batch_execute(
-            "create table mine (id int primary key); select rowcast.watch('mine');
-             insert into mine values (1);",
-        )
-        .await
-        .expect("a version 1 admin may watch after the upgrade");
-    assert_eq!(
-        sequenced_topics(&client).await.last().unwrap().1,
-        owned(&["mine", "mine:1"])
-    );
-    drop(as_owner);
-
-    // A role granted the service's functions by version 1 may run the service's batch.
-    let as_service = connect(&format!("{} user={service}", db.url)).await;
-    as_service
-        .query("select * from rowcast.sequence_step_changes(10, 10)", &[])
-        .await
-        .expect("a version 1 service role may run the batch after the upgrade");
-    drop(as_service);
-    client
-        .batch_execute(&format!(
-            "drop table mine; drop owned by {owner}; drop role {owner};
-             drop owned by {service}; drop role {service}"
-        ))
-        .await
-        .unwrap();
+    assert_eq!(watched, 7);
 }
 
 #[tokio::test]

@@ -80,12 +80,12 @@ pub struct MalformedRow {
 macro_rules! select_changes {
     ($where:literal) => {
         concat!(
-            "select l.pos, coalesce(r.table_name, e.table_name, ''), e.op, l.topics, ",
+            "select l.pos, coalesce(r.table_name, ''), e.op, l.topics, ",
             "to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), ",
             // An event of no registration (appended by hand) is never read back whole.
-            "case when r.id is not null or e.topics is not null or e.table_name is not null then e.data::text end, ",
-            "case when r.id is not null or e.topics is not null or e.table_name is not null then e.old::text end, ",
-            "coalesce(r.mapping_id, e.mapping_id) ",
+            "case when r.id is not null then e.data::text end, ",
+            "case when r.id is not null then e.old::text end, ",
+            "r.mapping_id ",
             "from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id ",
             "left join rowcast.routings r on r.id = l.routing_id ",
             $where

@@ -2,7 +2,7 @@
 //! broke in a watched table's registration.
 //!
 //! `rowcast.watched.problem` says it in words, computed from the catalog by column
-//! number (see `migrations/V5__trust.sql`). The service reads it at start-up and on
+//! number (see `sql/functions/60_schema_changes.sql`). The service reads it at start-up and on
 //! every health sample, logs each problem once, and exports how many tables have one.
 
 use std::collections::BTreeSet;

@@ -1,0 +1,124 @@
+-- Capture: the triggers that write every change of a watched table to rowcast.events, and the wake-up flag.
+--
+-- Re-runnable: `rowcast migrate` applies every file of sql/functions/ after the versioned
+-- migrations, each time. One current definition per object.
+
+-- The row trigger. Arguments: the registration (rowcast.routings id), the watched table's
+-- oid, the wake mode, then the column numbers of excluded columns. Runs as the writer:
+-- it serialises the row, drops the excluded columns by number (named as they are now, so
+-- a rename cannot un-exclude one), and appends one event, which the policy on
+-- rowcast.events admits only for the writer's own writes. For 'notify' tables it then
+-- asks for a wake-up.
+create or replace function rowcast.capture() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+set row_security = on
+as $$
+declare
+    new_row jsonb;
+    old_row jsonb;
+    gone    text[];
+    i       int;
+begin
+    if tg_op = 'DELETE' then
+        new_row := to_jsonb(old);
+    else
+        new_row := to_jsonb(new);
+    end if;
+    if tg_nargs > 3 then
+        -- Names from the watched table (a partition's column numbers may differ).
+        for i in 3 .. tg_nargs - 1 loop
+            gone := gone || coalesce((pg_identify_object_as_address('pg_class'::regclass, tg_argv[1]::oid,
+                                                                    tg_argv[i]::int)).object_names[3], '');
+        end loop;
+        new_row := new_row - gone;
+    end if;
+    if tg_op = 'UPDATE' then
+        old_row := to_jsonb(old);
+        if gone is not null then
+            old_row := old_row - gone;
+        end if;
+        if new_row = old_row then
+            return null;  -- nothing visible changed: no event
+        end if;
+        -- A large old row is trimmed to the columns that changed: the log stays narrow.
+        if pg_column_size(old_row) > 1024 then
+            old_row := old_row - array(select s.k from (select jsonb_object_keys(old_row) as k) s
+                                       where new_row -> s.k is not distinct from old_row -> s.k);
+        end if;
+    end if;
+
+    insert into rowcast.events (relid, op, data, old, routing_id)
+    values (tg_relid, tg_op, new_row, old_row, tg_argv[0]::int);
+
+    -- The event row is inserted before the flag is read, so that a sequencer that cleared
+    -- the flag after this read sees the event.
+    if tg_argv[2] = 'notify'
+       and (pg_sequence_last_value('rowcast.wake_hint'::regclass) is null
+            or current_setting('transaction_isolation') <> 'read committed') then
+        perform rowcast.request_wake();
+    end if;
+    return null;
+end
+$$;
+
+-- The statement trigger for TRUNCATE: the same arguments, one event.
+create or replace function rowcast.capture_truncate() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+set row_security = on
+as $$
+begin
+    insert into rowcast.events (relid, op, routing_id) values (tg_relid, 'TRUNCATE', tg_argv[0]::int);
+    if tg_argv[2] = 'notify' then
+        perform rowcast.request_wake();
+    end if;
+    return null;
+end
+$$;
+
+-- The writer's side of the wake-up, called by the capture triggers of 'notify' tables
+-- when the flag did not read as set. Never waits on a lock: the flag row is taken with
+-- `for update skip locked`, and a writer that finds it locked goes on without it (the
+-- holder is about to send a wake-up, or the sequencer is about to read). Outside read
+-- committed the flag is not used (locking a row changed after the snapshot would fail the
+-- writer's transaction): such writers NOTIFY, once per transaction.
+create or replace function rowcast.request_wake() returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if current_setting('transaction_isolation') <> 'read committed'
+       or not exists (select from rowcast.wake) then
+        -- Outside read committed, or the flag row is gone (a crash emptied the unlogged
+        -- table and no sequencer has re-seeded it yet): wake the sequencer every time.
+        perform rowcast.notify_wake();
+        return;
+    end if;
+    perform from rowcast.wake where singleton and not pending for update skip locked;
+    if found then
+        update rowcast.wake set pending = true where singleton;
+        perform setval('rowcast.wake_hint', 1, true);
+        perform rowcast.notify_wake();
+    end if;
+end
+$$;
+
+-- Sends the wake-up, unless PostgreSQL's NOTIFY queue is nearly full (a listener
+-- somewhere is not reading): a NOTIFY into a full queue would fail the writer's
+-- transaction, and a write must never fail because of the notifier. The sequencer's
+-- fallback timer picks the event up instead.
+create or replace function rowcast.notify_wake() returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if pg_catalog.pg_notification_queue_usage() < 0.9 then
+        perform pg_catalog.pg_notify('rowcast_wake', '');
+    end if;
+end
+$$;

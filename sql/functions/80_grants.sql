@@ -1,0 +1,49 @@
+-- Grants: least-privilege roles, and what everyone may call.
+--
+-- Re-runnable: `rowcast migrate` applies every file of sql/functions/ after the versioned
+-- migrations, each time. One current definition per object.
+
+-- Least-privilege grants, run by the installer once per role:
+--   select rowcast.grant_service('rowcast_service');  -- the role `rowcast serve` connects as
+--   select rowcast.grant_admin('app_owner');          -- a table owner who runs watch/unwatch
+create or replace function rowcast.grant_service(role regrole) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute format('grant usage on schema rowcast to %s', role);
+    execute format('grant select on rowcast.events, rowcast.log, rowcast.sequencer, rowcast.watched, '
+                   'rowcast.schema_history, rowcast.functions, rowcast.mappings, rowcast.routings, rowcast.domain_fields to %s', role);
+    execute format('grant execute on function rowcast.sequence(integer), '
+                   'rowcast.sequence_step(integer), rowcast.sequence_step_changes(integer, integer), '
+                   'rowcast.rearm(), rowcast.prune(bigint, interval, integer), '
+                   'rowcast.mapping_error(regclass, text, jsonb, text[]) to %s', role);
+end
+$$;
+
+-- A tenant admin: watches, unwatches and reads the status and events of the tables it
+-- owns, through functions and filtered views only.
+create or replace function rowcast.grant_admin(role regrole) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute format('grant usage on schema rowcast to %s', role);
+    execute format('grant select on rowcast.watched, rowcast.captured, rowcast.domain_fields, rowcast.preset_rules to %s', role);
+    execute format('grant execute on function rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb), '
+                   'rowcast.watch(text, text, jsonb, text[], text, jsonb, text, jsonb), '
+                   'rowcast.unwatch(regclass), rowcast.unwatch(text), '
+                   'rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb), '
+                   'rowcast.arm_triggers(regclass, integer, text, int2[]), '
+                   'rowcast.capture(), rowcast.capture_truncate() to %s', role);
+end
+$$;
+
+-- What everyone may call: the capture path's wake-up, what rowcast.watched calls with the
+-- caller's rights (the catalog and the registration's problem only), the names watch()
+-- reports, and the resolution of a table name. Everything else is revoked from public;
+-- grant_service() and grant_admin() give each role its part.
+revoke execute on all functions in schema rowcast from public;
+grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), rowcast.registration_problem(oid, text[]),
+    rowcast.confirm(regclass), rowcast.shown_name(regclass), rowcast.table_topic(regclass), rowcast.topic_escape(text),
+    rowcast.resolve_table(text), rowcast.rule_text(jsonb, text) to public;
