@@ -238,7 +238,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(args.config.as_deref())?;
+    let loaded = Config::load_reporting(args.config.as_deref())?;
+    let mut config = loaded.config;
     if let Some(url) = args.database_url {
         config.database_url = url;
     }
@@ -256,6 +257,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logs(&config.log, config.log_format);
+    if !loaded.ignored_env.is_empty() {
+        tracing::warn!(
+            variables = %loaded.ignored_env.join(", "),
+            "ignoring environment variables that name no rowcast setting"
+        );
+    }
     if config.database_url.is_empty() {
         anyhow::bail!(
             "no database given: pass --database-url, set DATABASE_URL, or database_url in the config file"

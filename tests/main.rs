@@ -18,5 +18,6 @@ mod schema;
 mod security;
 mod sequencing;
 mod session;
+mod startup;
 mod trust;
 mod wake;

@@ -19,6 +19,15 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `rowcast serve` on `url`, on a free port (or `addr`), and waits until it answers.
     pub async fn start(url: &str, addr: Option<SocketAddr>) -> ServiceProcess {
+        Self::start_with_env(url, addr, &[]).await
+    }
+
+    /// [`ServiceProcess::start`] with extra environment variables.
+    pub async fn start_with_env(
+        url: &str,
+        addr: Option<SocketAddr>,
+        env: &[(&str, &str)],
+    ) -> ServiceProcess {
         let addr = addr.unwrap_or_else(|| {
             TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -41,6 +50,7 @@ impl ServiceProcess {
             .env("ROWCAST_SEQUENCER__POLL_INTERVAL", "50ms")
             .env("ROWCAST_TAIL__POLL_INTERVAL", "200ms")
             .env("ROWCAST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
