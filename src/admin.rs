@@ -28,7 +28,7 @@ impl From<tokio_postgres::Error> for AdminError {
     fn from(err: tokio_postgres::Error) -> Self {
         match err.as_db_error() {
             Some(db) => AdminError::Db(db.message().to_string()),
-            None => AdminError::Db(err.to_string()),
+            None => AdminError::Db(crate::db::describe_pg(&err)),
         }
     }
 }

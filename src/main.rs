@@ -155,10 +155,33 @@ async fn main() -> ExitCode {
     match run(cli.command).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("rowcast: {err:#}");
+            eprintln!("rowcast: {}", explain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: a cause whose text the message
+/// already holds is skipped, and a PostgreSQL error is PostgreSQL's own message.
+fn explain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let (text, last) = match cause.downcast_ref::<tokio_postgres::Error>() {
+            Some(pg) => (db::describe_pg(pg), true),
+            None => (cause.to_string(), false),
+        };
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        if last {
+            break;
+        }
+    }
+    out
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -349,10 +372,11 @@ async fn demo(listen: SocketAddr, pace_ms: u64, writer_only: bool) -> anyhow::Re
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let pg = db::pg_config(url)?;
     let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|err| {
-        anyhow::Error::new(err).context(format!(
-            "cannot connect to postgres at {} (is it running, and is the url right?)",
-            rowcast::serve::describe_target(&pg)
-        ))
+        anyhow::anyhow!(
+            "cannot connect to postgres at {}: {}",
+            rowcast::serve::describe_target(&pg),
+            db::connect_failure(&err.into())
+        )
     })?;
     tokio::spawn(connection);
     Ok(client)

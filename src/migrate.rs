@@ -21,7 +21,7 @@ const MIGRATE_LOCK: i64 = 0x726f_7763_6173_7401;
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     /// The database could not be reached or refused a statement.
-    #[error(transparent)]
+    #[error("postgres: {}", crate::db::describe_pg(.0))]
     Db(#[from] tokio_postgres::Error),
     /// A migration failed, or the database holds a history this binary does not know.
     #[error("migration failed: {0}")]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use humantime_serde::re::humantime;
 
-use crate::support::TestDb;
 use crate::support::service::ServiceProcess;
+use crate::support::{TestDb, cluster};
 
 /// Runs the binary with `env` added, without the caller's database settings.
 fn rowcast(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -207,6 +207,20 @@ async fn kubernetes_service_variables_do_not_stop_the_service_and_are_named_once
     std::fs::remove_file(&path).unwrap();
 }
 
+#[tokio::test]
+async fn an_address_in_use_is_one_line_that_points_to_listen() {
+    let db = TestDb::migrated().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = rowcast(
+        &["serve", "--database-url", &db.url, "--listen", &addr],
+        &[],
+    );
+    let line = fails_once_with(&out, "address already in use");
+    assert!(line.contains(&format!("cannot listen on {addr}")), "{line}");
+    assert!(line.contains("--listen"), "{line}");
+}
+
 #[test]
 fn a_bad_config_file_is_one_line_naming_the_file_and_key() {
     let path = config_file("syntax", "listen = \n");
@@ -220,4 +234,16 @@ fn a_bad_config_file_is_one_line_naming_the_file_and_key() {
     assert!(line.contains(": listen: "), "{line}");
     assert!(!line.contains("default."), "{line}");
     std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_missing_database_is_one_line_saying_so() {
+    let url = cluster::shared().url_for("rowcast_no_such_database");
+    let out = rowcast(
+        &["serve", "--database-url", &url, "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    let line = fails_once_with(&out, "database \"rowcast_no_such_database\" does not exist");
+    assert!(line.contains("cannot connect to postgres at"), "{line}");
+    assert!(!line.contains("Error occurred"), "{line}");
 }
