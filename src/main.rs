@@ -138,10 +138,16 @@ impl AdminDb {
     }
 }
 
+/// Logs go to stderr, coloured only when stderr is a terminal (and `NO_COLOR` is unset):
+/// a pipe or a file gets plain text.
 fn init_logs(filter: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_env("ROWCAST_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -306,7 +312,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let app = Application::build(config).await?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    shutdown_on_signals(shutdown.clone());
+    println!(
+        "rowcast: serving on http://{}/ (Ctrl-C to stop)",
+        app.local_addr()
+    );
+    if let Some(addr) = app.metrics_addr() {
+        println!("rowcast: operator endpoints on http://{addr}/ (/readyz, /metrics, /api/stats)");
+    }
     app.run(shutdown).await?;
     Ok(())
 }
@@ -314,7 +327,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn demo(listen: SocketAddr, pace_ms: u64, writer_only: bool) -> anyhow::Result<()> {
     init_logs("info", LogFormat::Human);
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    shutdown_on_signals(shutdown.clone());
     // Keep the throwaway cluster alive until the end of this function: dropping it
     // stops the server and removes its directory.
     let (url, _cluster) = match std::env::var("DATABASE_URL") {
@@ -419,14 +432,18 @@ fn print_status(status: &admin::Status) {
     }
 }
 
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
+/// Cancels `shutdown` at Ctrl-C (SIGINT) or SIGTERM. The handlers are in place when this
+/// returns, so a signal sent after (say, once the URL is printed) is never missed.
+fn shutdown_on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
 }

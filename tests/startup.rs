@@ -2,13 +2,13 @@
 //! what it prints at start, its errors (one line each, exit code 1), its logs through a
 //! pipe, and its metrics and readiness from the first request.
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use humantime_serde::re::humantime;
 
 use crate::support::service::ServiceProcess;
-use crate::support::{TestDb, cluster};
+use crate::support::{TestDb, WAIT, cluster};
 
 /// Runs the binary with `env` added, without the caller's database settings.
 fn rowcast(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -246,4 +246,59 @@ fn a_missing_database_is_one_line_saying_so() {
     let line = fails_once_with(&out, "database \"rowcast_no_such_database\" does not exist");
     assert!(line.contains("cannot connect to postgres at"), "{line}");
     assert!(!line.contains("Error occurred"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_the_url_it_listens_on() {
+    let db = TestDb::migrated().await;
+    let service = ServiceProcess::start(&db.url, None).await;
+    let printed = service.stdout();
+    assert!(
+        printed.contains(&format!("http://{}/", service.addr)),
+        "{printed}"
+    );
+    service.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_through_a_pipe_carry_no_colour_codes() {
+    let db = TestDb::migrated().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        .args([
+            "serve",
+            "--database-url",
+            &db.url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("ROWCAST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, stdout.read_line(&mut line))
+        .await
+        .expect("the service printed its url")
+        .unwrap();
+    assert!(line.contains("http://127.0.0.1:"), "{line}");
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let mut log = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    tokio::time::timeout(WAIT, stderr.read_to_string(&mut log))
+        .await
+        .expect("the service exited")
+        .unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("the service exited")
+        .unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("rowcast listening"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in {log:?}");
 }

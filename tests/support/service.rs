@@ -1,7 +1,7 @@
 //! The service as a separate process (for SIGKILL), and a steady background writer.
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,6 +14,7 @@ pub struct ServiceProcess {
     pub addr: SocketAddr,
     child: Child,
     log: std::path::PathBuf,
+    out: std::path::PathBuf,
 }
 
 impl ServiceProcess {
@@ -33,12 +34,16 @@ impl ServiceProcess {
                 .and_then(|l| l.local_addr())
                 .unwrap()
         });
-        let log = std::env::temp_dir().join(format!(
-            "rowcast-service-{}-{}.log",
-            std::process::id(),
-            addr.port()
-        ));
+        let file = |kind: &str| {
+            std::env::temp_dir().join(format!(
+                "rowcast-service-{}-{}.{kind}",
+                std::process::id(),
+                addr.port()
+            ))
+        };
+        let (log, out) = (file("log"), file("out"));
         let log_file = std::fs::File::create(&log).expect("creating the service log");
+        let out_file = std::fs::File::create(&out).expect("creating the service's stdout");
         let mut child = Command::new(env!("CARGO_BIN_EXE_rowcast"))
             .args([
                 "serve",
@@ -51,7 +56,7 @@ impl ServiceProcess {
             .env("ROWCAST_TAIL__POLL_INTERVAL", "200ms")
             .env("ROWCAST_LOG", "info")
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(out_file)
             .stderr(log_file)
             .spawn()
             .expect("starting rowcast serve");
@@ -69,12 +74,22 @@ impl ServiceProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ServiceProcess { addr, child, log }
+        ServiceProcess {
+            addr,
+            child,
+            log,
+            out,
+        }
     }
 
     /// What the service has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the service has printed to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
     /// SIGTERM, then waits (bounded) for the process to exit; returns its exit status.
