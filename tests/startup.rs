@@ -302,3 +302,45 @@ async fn logs_through_a_pipe_carry_no_colour_codes() {
     assert!(log.contains("rowcast listening"), "{log}");
     assert!(!log.contains('\x1b'), "colour codes in {log:?}");
 }
+
+/// The metric names the README's operating section lists under `GET /metrics`.
+fn readme_metrics() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("`GET /metrics` (Prometheus")
+        .expect("the README lists the metrics");
+    let rest = &readme[start..];
+    let section = &rest[..rest.find("\n- ").unwrap_or(rest.len())];
+    let mut names: Vec<String> = section
+        .split('`')
+        .filter(|s| s.starts_with("rowcast_"))
+        .map(|s| s.split('{').next().unwrap().to_string())
+        .collect();
+    names.dedup();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_readme_lists_is_served_from_start() {
+    let names = readme_metrics();
+    assert!(names.len() >= 10, "{names:?}");
+    let db = TestDb::migrated().await;
+    let service = ServiceProcess::start(&db.url, None).await;
+    let body = reqwest::get(format!("http://{}/metrics", service.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in &names {
+        let served = body.lines().any(|line| {
+            !line.starts_with('#')
+                && [" ", "{", "_count "]
+                    .iter()
+                    .any(|end| line.starts_with(&format!("{name}{end}")))
+        });
+        assert!(served, "{name} is not served:\n{body}");
+    }
+    service.terminate().await;
+}
