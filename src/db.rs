@@ -140,6 +140,25 @@ impl DbError {
             }
         }
     }
+
+    /// Whether PostgreSQL answered that a relation, schema or function does not exist:
+    /// the rowcast schema is not installed (or was removed while the service ran).
+    pub fn is_schema_missing(&self) -> bool {
+        let err = match self {
+            DbError::Postgres(err) => err,
+            DbError::Pool(deadpool_postgres::PoolError::Backend(err)) => err,
+            _ => return false,
+        };
+        use tokio_postgres::error::SqlState;
+        err.code().is_some_and(|code| {
+            [
+                SqlState::UNDEFINED_TABLE,
+                SqlState::INVALID_SCHEMA_NAME,
+                SqlState::UNDEFINED_FUNCTION,
+            ]
+            .contains(code)
+        })
+    }
 }
 
 /// Parses a database URL (or libpq key=value string) and turns on what long-lived

@@ -82,13 +82,30 @@ pub async fn migrate_to(
     client
         .execute("select pg_advisory_lock($1)", &[&MIGRATE_LOCK])
         .await?;
+    // PostgreSQL's notices (`schema "rowcast" already exists, skipping`, ...) say nothing
+    // the caller needs: only warnings and errors come through while migrating.
+    let shown: String = client
+        .query_one(
+            "select current_setting('client_min_messages'), \
+                    set_config('client_min_messages', 'warning', false)",
+            &[],
+        )
+        .await?
+        .get(0);
     let result = run(client, version).await;
     // The lock is session-scoped: release it even when the run failed.
     let unlock = client
         .execute("select pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
         .await;
+    let restore = client
+        .execute(
+            "select set_config('client_min_messages', $1, false)",
+            &[&shown],
+        )
+        .await;
     let applied = result?;
     unlock?;
+    restore?;
     Ok(applied)
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use humantime_serde::re::humantime;
 
 use crate::support::service::ServiceProcess;
-use crate::support::{TestDb, WAIT, cluster};
+use crate::support::{TestApp, TestDb, WAIT, cluster};
 
 /// Runs the binary with `env` added, without the caller's database settings.
 fn rowcast(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -343,4 +343,27 @@ async fn every_metric_the_readme_lists_is_served_from_start() {
         assert!(served, "{name} is not served:\n{body}");
     }
     service.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_says_the_schema_is_missing_after_uninstall() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::start(&db).await;
+    let ready = || async {
+        let response = reqwest::get(format!("http://{}/readyz", app.addr))
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ready().await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rowcast::admin::uninstall(&db.client().await).await.unwrap();
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("rowcast schema is missing"), "{body}");
+    assert!(body.contains("rowcast migrate"), "{body}");
+    app.stop().await;
 }
