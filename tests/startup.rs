@@ -248,6 +248,15 @@ fn a_missing_database_is_one_line_saying_so() {
     assert!(!line.contains("Error occurred"), "{line}");
 }
 
+#[test]
+fn a_short_hs256_secret_is_refused_at_start() {
+    let out = rowcast(
+        &["serve", "--database-url", "postgres://127.0.0.1:1/x"],
+        &[("ROWCAST_AUTH__SECRET", &"s".repeat(31))],
+    );
+    fails_once_with(&out, "at least 32");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_prints_the_url_it_listens_on() {
     let db = TestDb::migrated().await;
