@@ -28,8 +28,36 @@ impl From<tokio_postgres::Error> for AdminError {
     fn from(err: tokio_postgres::Error) -> Self {
         match err.as_db_error() {
             Some(db) => AdminError::Db(db.message().to_string()),
-            None => AdminError::Db(err.to_string()),
+            None => AdminError::Db(crate::db::describe_pg(&err)),
         }
+    }
+}
+
+/// Fails with [`migrate::MigrateError::NotInstalled`]'s advice when the schema `rowcast`
+/// is missing, rather than with PostgreSQL's "relation does not exist".
+async fn require_installed(client: &Client) -> Result<(), AdminError> {
+    let installed: bool = client
+        .query_one(
+            "select exists (select from pg_catalog.pg_namespace where nspname = 'rowcast')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if installed {
+        Ok(())
+    } else {
+        Err(AdminError::Db(
+            migrate::MigrateError::NotInstalled.to_string(),
+        ))
+    }
+}
+
+/// Checks a `KEY=VALUE` argument (`--route`, `--column`) as the command line is parsed,
+/// so a malformed one is a usage error (exit code 2).
+pub fn key_value(item: &str) -> Result<String, String> {
+    match item.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => Ok(item.to_string()),
+        _ => Err(format!("{item:?} must look like key=value")),
     }
 }
 
@@ -42,7 +70,7 @@ pub struct WatchSpec {
     #[arg(long)]
     pub topic: Option<String>,
     /// Routing column and its topic prefix, e.g. `--route client_id=user` (repeatable).
-    #[arg(long = "route", value_name = "COLUMN=PREFIX")]
+    #[arg(long = "route", value_name = "COLUMN=PREFIX", value_parser = key_value)]
     pub routes: Vec<String>,
     /// A column that must never leave the database (repeatable).
     #[arg(long = "exclude", value_name = "COLUMN")]
@@ -51,7 +79,7 @@ pub struct WatchSpec {
     #[arg(long)]
     pub domain: Option<String>,
     /// Domain field and this table's column, e.g. `--column status=state` (repeatable).
-    #[arg(long = "column", value_name = "FIELD=COLUMN")]
+    #[arg(long = "column", value_name = "FIELD=COLUMN", value_parser = key_value)]
     pub columns: Vec<String>,
     /// `notify` (wake the sequencer at commit) or `poll` (no NOTIFY from writers).
     #[arg(long, value_parser = ["notify", "poll"])]
@@ -85,16 +113,8 @@ fn rules(items: &[String]) -> Result<Option<serde_json::Value>, AdminError> {
 fn pairs(what: &str, items: &[String]) -> Result<serde_json::Value, AdminError> {
     let mut map = serde_json::Map::new();
     for item in items {
-        let Some((key, value)) = item.split_once('=') else {
-            return Err(AdminError::Usage(format!(
-                "{what} {item:?} must look like key=value"
-            )));
-        };
-        if key.is_empty() || value.is_empty() {
-            return Err(AdminError::Usage(format!(
-                "{what} {item:?} must look like key=value"
-            )));
-        }
+        key_value(item).map_err(|err| AdminError::Usage(format!("{what} {err}")))?;
+        let (key, value) = item.split_once('=').unwrap_or_default();
         map.insert(
             key.to_string(),
             serde_json::Value::String(value.to_string()),
@@ -108,6 +128,7 @@ pub async fn watch(client: &Client, spec: &WatchSpec) -> Result<String, AdminErr
     let routes = pairs("--route", &spec.routes)?;
     let columns = pairs("--column", &spec.columns)?;
     let rules = rules(&spec.rules)?;
+    require_installed(client).await?;
     let row = client
         .query_one(
             "select rowcast.watch($1::text, topic => $2, routes => $3, exclude => $4, \
@@ -129,6 +150,7 @@ pub async fn watch(client: &Client, spec: &WatchSpec) -> Result<String, AdminErr
 
 /// Stops watching a table. Returns whether it was watched.
 pub async fn unwatch(client: &Client, table: &str) -> Result<bool, AdminError> {
+    require_installed(client).await?;
     Ok(client
         .query_one("select rowcast.unwatch($1::text)", &[&table])
         .await?
@@ -184,6 +206,7 @@ pub struct Status {
 
 /// Reads the status of rowcast in this database.
 pub async fn status(client: &Client) -> Result<Status, AdminError> {
+    require_installed(client).await?;
     let version: i64 = client
         .query_one(
             &format!(

@@ -12,13 +12,20 @@
 //! ```
 //! The same settings as environment variables: `ROWCAST_LISTEN`, `ROWCAST_LOG_FORMAT`,
 //! `ROWCAST_SEQUENCER__POLL_INTERVAL`, `ROWCAST_SESSION__QUEUE`.
+//!
+//! Every duration is written as text (`"100ms"`, `"5s"`, `"2m"`, `"7d"`) and shown so
+//! by `--print-config`. An unknown key in the file is an error; an unknown `ROWCAST_*`
+//! variable is ignored and reported ([`Loaded::ignored_env`]): orchestrators set their
+//! own (Kubernetes sets `ROWCAST_PORT`, `ROWCAST_SERVICE_HOST`, ... for a Service named
+//! rowcast). Errors name the file and key or the variable, on one line.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::Figment;
+use figment::error::{Actual, Kind};
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::prune::RetentionConfig;
@@ -98,15 +105,33 @@ impl Default for Config {
     }
 }
 
-/// Why the configuration could not be read.
+/// Why the configuration could not be read. The message is one line naming the file and
+/// key, or the environment variable, that is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file is missing, or a value has the wrong shape.
+    /// The file is not valid TOML, or a value has the wrong shape.
     #[error("configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    Invalid(String),
     /// The config file does not exist.
     #[error("configuration file {0} does not exist")]
     NoFile(String),
+}
+
+/// A configuration as read, with what was left out of it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The settings.
+    pub config: Config,
+    /// `ROWCAST_*` environment variables that name no setting and were ignored (for a
+    /// warning at start).
+    pub ignored_env: Vec<String>,
+}
+
+/// The `ROWCAST_*` variables (those the command line reads itself excepted).
+fn rowcast_env() -> Env {
+    Env::prefixed("ROWCAST_")
+        .ignore(&["config", "migrate", "admin_url"])
+        .split("__")
 }
 
 impl Config {
@@ -120,33 +145,136 @@ impl Config {
 
     /// Reads the defaults, then `file` (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        Ok(Config::load_reporting(file)?.config)
+    }
+
+    /// [`Config::load`], also returning the unknown `ROWCAST_*` variables it ignored.
+    pub fn load_reporting(file: Option<&Path>) -> Result<Loaded, ConfigError> {
         if let Some(file) = file {
             if !file.is_file() {
                 return Err(ConfigError::NoFile(file.display().to_string()));
             }
-            figment = figment.merge(Toml::file(file));
+            check_toml(file)?;
         }
-        figment
-            .merge(
-                Env::prefixed("ROWCAST_")
-                    .ignore(&["config", "migrate", "admin_url"])
-                    .split("__"),
-            )
-            .merge(Env::raw().only(&["DATABASE_URL"]))
-            .extract()
-            .map_err(|err| ConfigError::Invalid(Box::new(err)))
+        // Serde reports one unknown key at a time: leave out each unknown variable the
+        // extraction meets and extract again (at most once per variable).
+        let mut ignored: Vec<String> = Vec::new();
+        loop {
+            let skip = ignored.clone();
+            let env = rowcast_env().filter(move |key| !skip.iter().any(|k| k.as_str() == key));
+            let mut figment = Figment::from(Serialized::defaults(Config::default()));
+            if let Some(file) = file {
+                figment = figment.merge(Toml::file_exact(file));
+            }
+            figment = figment.merge(env).merge(Env::raw().only(&["DATABASE_URL"]));
+            match figment.extract::<Config>() {
+                Ok(config) => {
+                    return Ok(Loaded {
+                        config,
+                        ignored_env: ignored.iter().map(|key| env_name(key)).collect(),
+                    });
+                }
+                Err(err) => match unknown_env_key(&err) {
+                    Some(key) if !ignored.contains(&key) => ignored.push(key),
+                    _ => return Err(ConfigError::Invalid(describe(err, file))),
+                },
+            }
+        }
     }
 
-    /// The configuration as TOML, with secrets redacted.
+    /// The configuration as TOML, with secrets redacted and durations as text.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database_url = redact_url(&self.database_url);
         if shown.auth.secret.is_some() {
             shown.auth.secret = Some("***".into());
         }
-        toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+        let rendered =
+            toml::Value::try_from(&shown).and_then(|value| toml::to_string_pretty(&value));
+        rendered.unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
+}
+
+/// Fails with the line and column of a TOML syntax error, on one line.
+fn check_toml(file: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|err| ConfigError::Invalid(format!("cannot read {}: {err}", file.display())))?;
+    let Err(err) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let place = match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" line {line}, column {column}")
+        }
+        None => String::new(),
+    };
+    Err(ConfigError::Invalid(format!(
+        "{}{place}: {}",
+        file.display(),
+        one_line(err.message())
+    )))
+}
+
+/// Joins the lines of a message.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The variable a key of the `ROWCAST_*` provider came from.
+fn env_name(key: &str) -> String {
+    format!("ROWCAST_{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// The key of an unknown `ROWCAST_*` variable the extraction stopped at, if that is why.
+fn unknown_env_key(err: &figment::Error) -> Option<String> {
+    let from_env = err
+        .metadata
+        .as_ref()
+        .is_some_and(|md| md.name == rowcast_env().metadata().name);
+    (from_env && matches!(err.kind, Kind::UnknownField(..))).then(|| err.path.join("."))
+}
+
+/// What a duration looks like, for error messages.
+const DURATION_EXAMPLES: &str = r#"(write e.g. "100ms", "5s", "2m", "7d")"#;
+
+/// One line per error, naming the file and key or the environment variable.
+fn describe(err: figment::Error, file: Option<&Path>) -> String {
+    err.into_iter()
+        .map(|err| {
+            let key = err.path.join(".");
+            let name = err.metadata.as_ref().map(|md| md.name.to_string());
+            let place = match name {
+                Some(name) if name == rowcast_env().metadata().name => env_name(&key),
+                Some(name) if name == Env::raw().metadata().name => key.to_ascii_uppercase(),
+                _ => match (file, key.is_empty()) {
+                    (Some(file), false) => format!("{}: {key}", file.display()),
+                    (Some(file), true) => file.display().to_string(),
+                    (None, _) => key,
+                },
+            };
+            let what = match &err.kind {
+                Kind::InvalidValue(Actual::Str(text), expected) if expected == "a duration" => {
+                    format!("invalid duration {text:?} {DURATION_EXAMPLES}")
+                }
+                Kind::UnknownField(field, expected) => {
+                    format!(
+                        "unknown key `{field}` (expected one of: {})",
+                        expected.join(", ")
+                    )
+                }
+                kind => one_line(&kind.to_string()),
+            };
+            format!("{place}: {what}")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Replaces the password of a connection string (URL or key=value) with `***`.
@@ -193,6 +321,7 @@ pub struct SessionConfig {
     /// Events read from the log per replay query.
     pub replay_page: i64,
     /// Interval of SSE keep-alive comments (`: keepalive`) on an otherwise quiet stream.
+    #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
     /// How long an HTTP poll (`/events`) whose `since` is ahead of this replica's head
     /// waits for the replica to catch up; if it has not by then, the answer has no events

@@ -17,18 +17,19 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-/// Errors talking to PostgreSQL.
+/// Errors talking to PostgreSQL. Each says why in one line: PostgreSQL's own message
+/// when it answered, else the network cause ([`describe_pg`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The connection string could not be parsed.
-    #[error("invalid database url: {0}")]
+    #[error("invalid database url: {}", describe_pg(.0))]
     BadUrl(#[source] tokio_postgres::Error),
     /// A query or connection attempt failed.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe_pg(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No pooled connection could be had.
-    #[error("postgres pool: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("postgres: {}", describe_pool(.0))]
+    Pool(deadpool_postgres::PoolError),
     /// The pool could not be built.
     #[error("postgres pool setup: {0}")]
     PoolBuild(#[from] deadpool_postgres::BuildError),
@@ -41,6 +42,77 @@ pub enum DbError {
     /// A query answered with rows of another shape than the schema promises.
     #[error("postgres answered unexpectedly: {0}")]
     Unexpected(&'static str),
+}
+
+// By hand rather than `#[from]`: the pool's own wording ("Error occurred while creating a
+// new object: db error") is replaced by the cause, so it is not offered as a source.
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        DbError::Pool(err)
+    }
+}
+
+/// A PostgreSQL error in one line: the server's message (with its detail and hint) when
+/// the server answered, else what failed and its cause (`error connecting to server:
+/// Connection refused (os error 111)`).
+pub fn describe_pg(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        let mut out = db.message().to_string();
+        if let Some(detail) = db.detail() {
+            out.push_str(&format!(" ({detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            out.push_str(&format!(" (hint: {hint})"));
+        }
+        return out;
+    }
+    let mut out = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(&format!(": {text}"));
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// Why the pool had no connection, in one line.
+fn describe_pool(err: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::{HookError, PoolError, TimeoutType};
+    match err {
+        PoolError::Backend(err) | PoolError::PostCreateHook(HookError::Backend(err)) => {
+            describe_pg(err)
+        }
+        PoolError::PostCreateHook(HookError::Message(message)) => message.to_string(),
+        PoolError::Timeout(TimeoutType::Create) => "connecting timed out".into(),
+        PoolError::Timeout(TimeoutType::Wait) => {
+            "every pooled connection stayed busy (pool_size)".into()
+        }
+        PoolError::Timeout(TimeoutType::Recycle) => "checking a pooled connection timed out".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Why a connection could not be made, in one line: PostgreSQL's answer when it gave one
+/// (a missing database, a refused login), else the network cause and where to look.
+pub fn connect_failure(err: &DbError) -> String {
+    let answered = match err {
+        DbError::Postgres(err) => err.as_db_error().is_some(),
+        DbError::Pool(deadpool_postgres::PoolError::Backend(err)) => err.as_db_error().is_some(),
+        _ => false,
+    };
+    let reason = match err {
+        DbError::Postgres(err) => describe_pg(err),
+        DbError::Pool(err) => describe_pool(err),
+        other => other.to_string(),
+    };
+    if answered {
+        reason
+    } else {
+        format!("{reason} (is it running, and is the url right?)")
+    }
 }
 
 impl DbError {
@@ -67,6 +139,25 @@ impl DbError {
                 }
             }
         }
+    }
+
+    /// Whether PostgreSQL answered that a relation, schema or function does not exist:
+    /// the rowcast schema is not installed (or was removed while the service ran).
+    pub fn is_schema_missing(&self) -> bool {
+        let err = match self {
+            DbError::Postgres(err) => err,
+            DbError::Pool(deadpool_postgres::PoolError::Backend(err)) => err,
+            _ => return false,
+        };
+        use tokio_postgres::error::SqlState;
+        err.code().is_some_and(|code| {
+            [
+                SqlState::UNDEFINED_TABLE,
+                SqlState::INVALID_SCHEMA_NAME,
+                SqlState::UNDEFINED_FUNCTION,
+            ]
+            .contains(code)
+        })
     }
 }
 

@@ -138,10 +138,16 @@ impl AdminDb {
     }
 }
 
+/// Logs go to stderr, coloured only when stderr is a terminal (and `NO_COLOR` is unset):
+/// a pipe or a file gets plain text.
 fn init_logs(filter: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_env("ROWCAST_LOG").unwrap_or_else(|_| EnvFilter::new(filter));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -155,10 +161,33 @@ async fn main() -> ExitCode {
     match run(cli.command).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("rowcast: {err:#}");
+            eprintln!("rowcast: {}", explain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: a cause whose text the message
+/// already holds is skipped, and a PostgreSQL error is PostgreSQL's own message.
+fn explain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let (text, last) = match cause.downcast_ref::<tokio_postgres::Error>() {
+            Some(pg) => (db::describe_pg(pg), true),
+            None => (cause.to_string(), false),
+        };
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        if last {
+            break;
+        }
+    }
+    out
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -238,7 +267,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(args.config.as_deref())?;
+    let loaded = Config::load_reporting(args.config.as_deref())?;
+    let mut config = loaded.config;
     if let Some(url) = args.database_url {
         config.database_url = url;
     }
@@ -256,6 +286,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logs(&config.log, config.log_format);
+    if !loaded.ignored_env.is_empty() {
+        tracing::warn!(
+            variables = %loaded.ignored_env.join(", "),
+            "ignoring environment variables that name no rowcast setting"
+        );
+    }
     if config.database_url.is_empty() {
         anyhow::bail!(
             "no database given: pass --database-url, set DATABASE_URL, or database_url in the config file"
@@ -276,7 +312,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let app = Application::build(config).await?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    shutdown_on_signals(shutdown.clone());
+    println!(
+        "rowcast: serving on http://{}/ (Ctrl-C to stop)",
+        app.local_addr()
+    );
+    if let Some(addr) = app.metrics_addr() {
+        println!("rowcast: operator endpoints on http://{addr}/ (/readyz, /metrics, /api/stats)");
+    }
     app.run(shutdown).await?;
     Ok(())
 }
@@ -284,7 +327,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn demo(listen: SocketAddr, pace_ms: u64, writer_only: bool) -> anyhow::Result<()> {
     init_logs("info", LogFormat::Human);
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    shutdown_on_signals(shutdown.clone());
     // Keep the throwaway cluster alive until the end of this function: dropping it
     // stops the server and removes its directory.
     let (url, _cluster) = match std::env::var("DATABASE_URL") {
@@ -342,10 +385,11 @@ async fn demo(listen: SocketAddr, pace_ms: u64, writer_only: bool) -> anyhow::Re
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let pg = db::pg_config(url)?;
     let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|err| {
-        anyhow::Error::new(err).context(format!(
-            "cannot connect to postgres at {} (is it running, and is the url right?)",
-            rowcast::serve::describe_target(&pg)
-        ))
+        anyhow::anyhow!(
+            "cannot connect to postgres at {}: {}",
+            rowcast::serve::describe_target(&pg),
+            db::connect_failure(&err.into())
+        )
     })?;
     tokio::spawn(connection);
     Ok(client)
@@ -388,14 +432,18 @@ fn print_status(status: &admin::Status) {
     }
 }
 
-async fn signal_shutdown(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
+/// Cancels `shutdown` at Ctrl-C (SIGINT) or SIGTERM. The handlers are in place when this
+/// returns, so a signal sent after (say, once the URL is printed) is never missed.
+fn shutdown_on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
 }

@@ -1,7 +1,9 @@
 //! Prometheus metrics: names, descriptions, and the process-wide recorder.
 //!
 //! Counters and gauges are recorded with the `metrics` facade where things happen;
-//! `/metrics` renders them in the Prometheus text format.
+//! `/metrics` renders them in the Prometheus text format. Every metric exists from start,
+//! at zero (labelled counters with their known label values), so dashboards and alerts
+//! see `0` rather than no data before the first event.
 
 use std::sync::OnceLock;
 
@@ -50,8 +52,77 @@ pub fn handle() -> &'static PrometheusHandle {
             .install_recorder()
             .expect("no other metrics recorder is installed");
         describe();
+        start_at_zero();
         handle
     })
+}
+
+/// Label values each labelled counter starts with (more appear as they happen): the
+/// connection roles, the close reasons of sessions, and the refusal codes of the protocol
+/// and of the HTTP side.
+const KNOWN_LABELS: &[(&str, &str, &[&str])] = &[
+    (RECONNECTS, "role", &["sequencer", "tailer"]),
+    (
+        SESSIONS_CLOSED,
+        "reason",
+        &[
+            "client_gone",
+            "going_away",
+            "policy",
+            "too_large",
+            "internal_error",
+            "too_slow",
+            "token_expired",
+            "refresh_refused",
+        ],
+    ),
+    (
+        REFUSALS,
+        "code",
+        &[
+            "bad_request",
+            "forbidden",
+            "unknown_type",
+            "too_many_topics",
+            "rate_limited",
+            "unavailable",
+            "unauthorized",
+            "too_many_connections",
+            "origin_not_allowed",
+            "handshake_timeout",
+            "idle_timeout",
+        ],
+    ),
+];
+
+/// Registers every metric at zero (nothing is reset: a gauge or counter already set
+/// keeps its value).
+fn start_at_zero() {
+    for name in [
+        EVENTS_SEQUENCED,
+        EVENTS_PUBLISHED,
+        DELIVERIES,
+        ROWS_UNMAPPED,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [
+        SESSIONS,
+        HEAD,
+        SEQUENCED,
+        LAG,
+        UNSEQUENCED,
+        REGISTRATION_PROBLEMS,
+        NOTIFY_QUEUE,
+    ] {
+        metrics::gauge!(name).increment(0.0);
+    }
+    let _ = metrics::histogram!(SEQUENCER_ROUND);
+    for (name, label, values) in KNOWN_LABELS {
+        for value in *values {
+            metrics::counter!(*name, *label => *value).increment(0);
+        }
+    }
 }
 
 fn describe() {

@@ -82,7 +82,7 @@ const MIGRATE_LOCK: i64 = 0x726f_7763_6173_7401;
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     /// The database could not be reached or refused a statement.
-    #[error(transparent)]
+    #[error("postgres: {}", crate::db::describe_pg(.0))]
     Db(#[from] tokio_postgres::Error),
     /// A migration failed, or the database holds a history this binary does not know.
     #[error("migration failed: {0}")]
@@ -138,13 +138,30 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i64>, MigrateError> {
     client
         .execute("select pg_advisory_lock($1)", &[&MIGRATE_LOCK])
         .await?;
+    // PostgreSQL's notices (`schema "rowcast" already exists, skipping`, ...) say nothing
+    // the caller needs: only warnings and errors come through while migrating.
+    let shown: String = client
+        .query_one(
+            "select current_setting('client_min_messages'), \
+                    set_config('client_min_messages', 'warning', false)",
+            &[],
+        )
+        .await?
+        .get(0);
     let result = run(client).await;
     // The lock is session-scoped: release it even when the run failed.
     let unlock = client
         .execute("select pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
         .await;
+    let restore = client
+        .execute(
+            "select set_config('client_min_messages', $1, false)",
+            &[&shown],
+        )
+        .await;
     let applied = result?;
     unlock?;
+    restore?;
     Ok(applied)
 }
 
@@ -170,8 +187,6 @@ async fn run(client: &mut Client) -> Result<Vec<i64>, MigrateError> {
 /// Applies every file of [`FUNCTIONS`] and records their checksum, in one transaction.
 async fn install_functions(client: &mut Client) -> Result<(), MigrateError> {
     let tx = client.transaction().await?;
-    tx.batch_execute("set local client_min_messages = warning")
-        .await?;
     for (_, sql) in FUNCTIONS {
         tx.batch_execute(sql).await?;
     }

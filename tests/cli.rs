@@ -87,7 +87,7 @@ async fn bad_arguments_and_an_unreachable_database_fail_clearly() {
         "--route",
         "client_id",
     ]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "a usage error: {}", text(&out));
     assert!(text(&out).contains("key=value"), "{}", text(&out));
 
     let out = rowcast(&["watch", "--admin-url", &db.url, "t", "--wake", "sometimes"]);
@@ -113,6 +113,40 @@ async fn bad_arguments_and_an_unreachable_database_fail_clearly() {
     let out = rowcast(&["uninstall", "--admin-url", &db.url]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--yes"));
+}
+
+#[tokio::test]
+async fn status_on_a_database_without_rowcast_says_to_run_migrate() {
+    let db = TestDb::empty().await;
+    for args in [
+        vec!["status", "--admin-url", &db.url],
+        vec!["watch", "--admin-url", &db.url, "bookings"],
+        vec!["unwatch", "--admin-url", &db.url, "bookings"],
+    ] {
+        let out = rowcast(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let message = text(&out);
+        assert!(
+            message.contains("rowcast is not installed in this database: run `rowcast migrate`"),
+            "{args:?}: {message}"
+        );
+        assert!(!message.contains("does not exist"), "{args:?}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_on_a_fresh_database_prints_no_postgres_notices() {
+    let db = TestDb::empty().await;
+    let out = rowcast(&["migrate", "--admin-url", &db.url]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = text(&out);
+    assert!(!printed.contains("NOTICE"), "{printed}");
+    assert!(!printed.contains("already exists"), "{printed}");
+    assert!(printed.contains("rowcast schema migrated"), "{printed}");
+    // Run again: up to date, still nothing from PostgreSQL.
+    let out = rowcast(&["migrate", "--admin-url", &db.url]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("NOTICE"), "{}", text(&out));
 }
 
 #[tokio::test]

@@ -20,5 +20,6 @@ mod schema_changes;
 mod security;
 mod sequencing;
 mod session;
+mod startup;
 mod trust;
 mod wake;

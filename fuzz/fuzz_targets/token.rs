@@ -24,7 +24,7 @@ use serde_json::Value;
 use sha2::Sha256;
 use std::sync::OnceLock;
 
-const SECRET: &[u8] = b"fuzz-secret-of-enough-length";
+const SECRET: &[u8] = b"fuzz-secret-of-enough-length-for-hs256";
 
 fn auth() -> &'static Auth {
     static AUTH: OnceLock<Auth> = OnceLock::new();

@@ -81,9 +81,11 @@ pub struct SequencerConfig {
     pub poll_interval: Duration,
     /// First re-check delay after a batch whose snapshot showed transactions in progress
     /// (a writer among them may have sent no wake-up).
+    #[serde(with = "humantime_serde")]
     pub recheck_min: Duration,
     /// Longest re-check delay: the re-check doubles up to it while transactions stay in
     /// progress and no events come.
+    #[serde(with = "humantime_serde")]
     pub recheck_max: Duration,
     /// Most events per batch (one transaction).
     pub batch_limit: i32,

@@ -295,11 +295,7 @@ impl Auth {
                         ));
                     }
                 };
-                if secret.len() < 16 {
-                    return Err(AuthConfigError::Key(
-                        "the HS256 secret must be at least 16 bytes".into(),
-                    ));
-                }
+                check_secret_length(&secret)?;
                 DecodingKey::from_secret(&secret)
             }
             alg => {
@@ -463,6 +459,21 @@ fn expand(template: &str, claims: &Map<String, Value>) -> Option<Pattern> {
     })
 }
 
+/// Shortest HS256 secret accepted, in bytes: as long as the SHA-256 output (RFC 7518,
+/// section 3.2), so the secret is no easier to guess than the signature.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Refuses an HS256 secret shorter than [`MIN_SECRET_BYTES`].
+fn check_secret_length(secret: &[u8]) -> Result<(), AuthConfigError> {
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(AuthConfigError::Key(format!(
+            "the HS256 secret (auth.secret or auth.secret_file) is {} bytes; it must be at least {MIN_SECRET_BYTES} (generate one with `openssl rand -base64 32`)",
+            secret.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Signs a development token with the configured HS256 secret (`rowcast token`).
 pub fn dev_token(
     config: &AuthConfig,
@@ -488,6 +499,7 @@ pub fn dev_token(
             ));
         }
     };
+    check_secret_length(&secret)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -530,7 +542,7 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
 
-    const SECRET: &str = "a-test-secret-of-enough-length";
+    const SECRET: &str = "a-test-secret-of-enough-length-for-hs256";
 
     fn auth(rules: Vec<Rule>) -> Auth {
         Auth::from_config(&AuthConfig {
@@ -659,7 +671,16 @@ mod tests {
             ..AuthConfig::default()
         })
         .unwrap_err();
-        assert!(err.to_string().contains("16 bytes"));
+        assert!(err.to_string().contains("at least 32"));
+        let of_length = |n: usize| {
+            Auth::from_config(&AuthConfig {
+                secret: Some("s".repeat(n)),
+                ..AuthConfig::default()
+            })
+            .map(|_| ())
+        };
+        assert!(of_length(MIN_SECRET_BYTES - 1).is_err());
+        assert!(of_length(MIN_SECRET_BYTES).is_ok());
         assert!(
             Auth::from_config(&AuthConfig {
                 algorithm: Some("none".into()),
@@ -735,7 +756,7 @@ mod tests {
             Auth::from_config(&short)
                 .unwrap_err()
                 .to_string()
-                .contains("16 bytes")
+                .contains("at least 32")
         );
     }
 

@@ -1,6 +1,6 @@
-//! Operator endpoints: `/healthz` (the process answers), `/readyz` (PostgreSQL answers,
-//! the tailer is connected, and the lag is below the threshold), `/metrics`
-//! (Prometheus text) and `/api/stats` (JSON).
+//! Operator endpoints: `/healthz` (the process answers), `/readyz` (PostgreSQL answers
+//! with the rowcast schema in place, the tailer is connected, and the lag is below the
+//! threshold), `/metrics` (Prometheus text) and `/api/stats` (JSON).
 //!
 //! Where they are served ([`super::Application::run`]): all of them on the operator
 //! listener when `metrics_listen` is set, and then only `/healthz` on the public one;
@@ -152,6 +152,13 @@ async fn ready(State(ctx): State<AppContext>) -> (StatusCode, String) {
         Ok((sequenced, queue)) => {
             ctx.db_stats.record(sequenced, queue);
             sequenced
+        }
+        Err(err) if err.is_schema_missing() => {
+            tracing::warn!(error = %err, "not ready: the rowcast schema is missing");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the rowcast schema is missing from the database: run `rowcast migrate`\n".into(),
+            );
         }
         Err(err) => {
             tracing::warn!(error = %err, "not ready: postgres unreachable");

@@ -44,14 +44,14 @@ use crate::migrate::{self, MigrateError};
 pub enum ServeError {
     /// PostgreSQL could not be reached or refused.
     #[error(
-        "cannot connect to postgres at {target}: {source} (is it running, and is the url right?)"
+        "cannot connect to postgres at {target}: {}",
+        db::connect_failure(cause)
     )]
     Connect {
         /// host:port/dbname, without credentials.
         target: String,
-        /// The cause.
-        #[source]
-        source: DbError,
+        /// The cause (said in the message, so not offered as a source).
+        cause: DbError,
     },
     /// A database error after connecting.
     #[error(transparent)]
@@ -63,13 +63,14 @@ pub enum ServeError {
     #[error(transparent)]
     Schema(#[from] MigrateError),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {}", bind_failure(cause, flag))]
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+        /// The flag that sets it (`--listen`, `--metrics-listen`).
+        flag: &'static str,
+        /// The cause (said in the message, so not offered as a source).
+        cause: std::io::Error,
     },
     /// The HTTP server failed.
     #[error("http server: {0}")]
@@ -138,6 +139,23 @@ fn cors(limits: &admission::LimitsConfig) -> tower_http::cors::CorsLayer {
         ])
 }
 
+/// Why an address could not be bound, and what to do about it.
+fn bind_failure(err: &std::io::Error, flag: &str) -> String {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::AddrInUse => {
+            format!("address already in use (another process has it; choose another with {flag})")
+        }
+        ErrorKind::PermissionDenied => format!(
+            "permission denied (ports below 1024 need privileges; choose another with {flag})"
+        ),
+        ErrorKind::AddrNotAvailable => {
+            format!("no such address on this machine (choose another with {flag})")
+        }
+        _ => format!("{err} (choose another with {flag})"),
+    }
+}
+
 /// Describes where a config points, without credentials.
 pub fn describe_target(pg: &tokio_postgres::Config) -> String {
     let host = match pg.get_hosts().first() {
@@ -159,7 +177,7 @@ impl Application {
         let pool = db::pool(&pg, config.pool_size)?;
         let client = pool.get().await.map_err(|err| ServeError::Connect {
             target: describe_target(&pg),
-            source: err.into(),
+            cause: err.into(),
         })?;
         migrate::check(&client).await?;
         let head = log::last_position(&client).await?;
@@ -167,14 +185,14 @@ impl Application {
         // rows are delivered as row.* events).
         registry::PROBLEMS.check(&client).await?;
         drop(client);
-        let bind = |addr: SocketAddr| async move {
+        let bind = |addr: SocketAddr, flag: &'static str| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServeError::Bind { addr, source })
+                .map_err(|cause| ServeError::Bind { addr, flag, cause })
         };
-        let listener = bind(config.listen).await?;
+        let listener = bind(config.listen, "--listen").await?;
         let operator = match config.metrics_listen {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(bind(addr, "--metrics-listen").await?),
             None => None,
         };
         let ctx = AppContext {

@@ -1,7 +1,7 @@
 //! The service as a separate process (for SIGKILL), and a steady background writer.
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,22 +14,36 @@ pub struct ServiceProcess {
     pub addr: SocketAddr,
     child: Child,
     log: std::path::PathBuf,
+    out: std::path::PathBuf,
 }
 
 impl ServiceProcess {
     /// Starts `rowcast serve` on `url`, on a free port (or `addr`), and waits until it answers.
     pub async fn start(url: &str, addr: Option<SocketAddr>) -> ServiceProcess {
+        Self::start_with_env(url, addr, &[]).await
+    }
+
+    /// [`ServiceProcess::start`] with extra environment variables.
+    pub async fn start_with_env(
+        url: &str,
+        addr: Option<SocketAddr>,
+        env: &[(&str, &str)],
+    ) -> ServiceProcess {
         let addr = addr.unwrap_or_else(|| {
             TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .unwrap()
         });
-        let log = std::env::temp_dir().join(format!(
-            "rowcast-service-{}-{}.log",
-            std::process::id(),
-            addr.port()
-        ));
+        let file = |kind: &str| {
+            std::env::temp_dir().join(format!(
+                "rowcast-service-{}-{}.{kind}",
+                std::process::id(),
+                addr.port()
+            ))
+        };
+        let (log, out) = (file("log"), file("out"));
         let log_file = std::fs::File::create(&log).expect("creating the service log");
+        let out_file = std::fs::File::create(&out).expect("creating the service's stdout");
         let mut child = Command::new(env!("CARGO_BIN_EXE_rowcast"))
             .args([
                 "serve",
@@ -41,7 +55,8 @@ impl ServiceProcess {
             .env("ROWCAST_SEQUENCER__POLL_INTERVAL", "50ms")
             .env("ROWCAST_TAIL__POLL_INTERVAL", "200ms")
             .env("ROWCAST_LOG", "info")
-            .stdout(Stdio::null())
+            .envs(env.iter().copied())
+            .stdout(out_file)
             .stderr(log_file)
             .spawn()
             .expect("starting rowcast serve");
@@ -59,12 +74,22 @@ impl ServiceProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ServiceProcess { addr, child, log }
+        ServiceProcess {
+            addr,
+            child,
+            log,
+            out,
+        }
     }
 
     /// What the service has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the service has printed to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
     /// SIGTERM, then waits (bounded) for the process to exit; returns its exit status.
