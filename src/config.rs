@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::capture::prune::RetentionConfig;
 use crate::capture::sequencer::SequencerConfig;
 use crate::capture::tail::TailConfig;
+use crate::serve::SessionConfig;
 use crate::serve::admission::LimitsConfig;
 use crate::serve::auth::AuthConfig;
 
@@ -297,53 +298,6 @@ pub fn redact_url(url: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Per-session limits and timers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SessionConfig {
-    /// Events queued for a session before it is closed as too slow (4000).
-    pub queue: usize,
-    /// Interval of server pings; a session silent for two intervals is closed.
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// Whether `/ws` accepts connections; off serves only SSE and HTTP polling (for
-    /// networks whose proxies break WebSocket).
-    pub websocket: bool,
-    /// Longest a write to the client may take before the session is closed as too slow.
-    #[serde(with = "humantime_serde")]
-    pub write_timeout: Duration,
-    /// Largest client frame accepted, in bytes; larger ones close the session (1009).
-    pub max_frame: usize,
-    /// Most topics one connection may hold.
-    pub max_topics: usize,
-    /// Events read from the log per replay query.
-    pub replay_page: i64,
-    /// Interval of SSE keep-alive comments (`: keepalive`) on an otherwise quiet stream.
-    #[serde(with = "humantime_serde")]
-    pub sse_keepalive: Duration,
-    /// How long an HTTP poll (`/events`) whose `since` is ahead of this replica's head
-    /// waits for the replica to catch up; if it has not by then, the answer has no events
-    /// and this replica's real head (never the client's `since`).
-    #[serde(with = "humantime_serde")]
-    pub catch_up_wait: Duration,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        SessionConfig {
-            queue: 4096,
-            ping_interval: Duration::from_secs(20),
-            websocket: true,
-            write_timeout: Duration::from_secs(10),
-            max_frame: 16 * 1024,
-            max_topics: 256,
-            replay_page: 1000,
-            sse_keepalive: Duration::from_secs(15),
-            catch_up_wait: Duration::from_secs(1),
-        }
-    }
 }
 
 #[cfg(test)]

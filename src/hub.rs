@@ -1,34 +1,13 @@
 //! The hub: which session wants which topic, and the fan-out of published events.
 //!
-//! The tailer [`Hub::publish`]es events in position order; each event's frame is
-//! serialised once and shared (`Arc`) by every session that receives it. A session
-//! receives an event at most once, however many of its topics match.
-//!
-//! Fan-out writers: a WebSocket session attaches its socket to its queue
-//! ([`Events::attach`]). Its events are then written by one of a few writer tasks
-//! ([`Hub::run_writer`], one per core; a session always has the same one), not by the
-//! session's own task: [`Hub::publish`] queues the event and hands the queue to its
-//! writer, which writes everything the queue holds to the socket in one `writev` (see
-//! [`crate::serve::wire`]). No session task is woken. A busy machine makes the writers
-//! run later and write more events per syscall. The session is woken only when its
-//! writer cannot finish (the socket is full, or the session holds the socket while it
-//! answers its client); it then writes its queue itself ([`Events::write_queued`]),
-//! within its write timeout.
-//!
-//! Back-pressure: every session has a bounded queue ([`Events`]). When a live session's
-//! queue is full the hub drops the session's sender: the session drains what it has, sees
-//! the end of its queue and closes with 4000 ("too slow"); the client resumes with `since`.
-//! Nobody else waits for it.
-//!
-//! Memory: an idle session costs the hub one index entry per topic, the topic's name
-//! (shared by the index and the session as an `Arc<str>`) and its queue, which holds no
-//! buffer until the first event.
-//!
-//! Replay: a session that resumes with `since` subscribes in *replaying* mode. The hub
-//! then only advances its head past the session; the session reads the log up to the
-//! head it was given, and asks [`Hub::go_live`] to switch. The switch succeeds only if
-//! the head has not moved since the session's last read, so the last replayed position
-//! and the first live one are adjacent: nothing is missed and nothing doubled.
+//! The tailer [`Hub::publish`]es events in position order; each event's [`Frame`] is
+//! serialised once and shared by every session that receives it, at most once per
+//! session. Every session has a bounded queue ([`Events`]); a full one ends the session
+//! (4000, the client resumes with `since`), so nobody waits for a slow client. A
+//! WebSocket session attaches its socket as a [`Sink`], and a few writer tasks
+//! ([`Hub::run_writer`]) write its queue straight to it. A resuming session joins in
+//! replaying mode and switches to live with [`Hub::go_live`], with nothing missed or
+//! doubled. docs/architecture.md ("Fan-out", "Replay and the switch to live") says why.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
@@ -37,11 +16,68 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::serve::wire::Wire;
+use crate::events::Event;
+
+/// An event's `event` message: JSON text, serialised once and shared by every session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// The frame of a serialised message.
+    pub fn new(text: String) -> Frame {
+        Frame(Bytes::from(text))
+    }
+
+    /// The frame's bytes, shared.
+    pub fn bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    /// The frame's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The frame as text.
+    pub fn as_str(&self) -> &str {
+        // Built only from a `String`.
+        std::str::from_utf8(&self.0).expect("a frame is UTF-8 text")
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it is empty (never, for an event).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Where the hub's writers write a session's frames: the transport's socket.
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    /// Writes what is left of an earlier frame, then `frames` in order, without waiting.
+    /// Writes nothing while the transport is halfway through a write of its own, nor, if
+    /// `unless_held`, while the session holds the socket to answer its client.
+    fn write_frames(&self, frames: &[&[u8]], unless_held: bool) -> io::Result<Written>;
+
+    /// Whether part of a frame written here still waits for the socket.
+    fn has_rest(&self) -> bool;
+}
+
+/// The outcome of [`Sink::write_frames`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// How many frames the socket took, whole or (the last one) in part.
+    pub taken: usize,
+    /// Whether the earlier rest and every frame were written whole.
+    pub all: bool,
+}
 
 /// An event ready to send: its position, its topics and its serialised frame.
 #[derive(Debug)]
@@ -49,11 +85,11 @@ pub struct Published {
     /// Position in the log.
     pub pos: i64,
     /// The event (its name, `row.updated`), for transports that label frames (SSE).
-    pub event: crate::events::Event,
+    pub event: Event,
     /// Topics the event is published on.
     pub topics: Vec<String>,
     /// The `event` message, serialised once.
-    pub frame: Utf8Bytes,
+    pub frame: Frame,
 }
 
 /// Identifies a session in the hub.
@@ -495,7 +531,7 @@ pub struct Drained {
 struct Queue {
     items: VecDeque<Arc<Published>>,
     /// The session's socket, which the fan-out writers write to.
-    wire: Option<Arc<Wire>>,
+    wire: Option<Arc<dyn Sink>>,
     /// Events at or below this position are not written (the session replayed them).
     written: i64,
     /// The queue is in its writer's inbox.
@@ -665,7 +701,7 @@ impl Events {
 
     /// Lets the hub write events straight to `wire` while nothing is queued; queued
     /// events are then written with [`Events::write_queued`].
-    pub fn attach(&mut self, wire: Arc<Wire>) {
+    pub fn attach(&mut self, wire: Arc<dyn Sink>) {
         lock_queue(&self.shared).wire = Some(wire);
     }
 
@@ -737,9 +773,9 @@ mod tests {
     fn event(pos: i64, topics: &[&str]) -> Arc<Published> {
         Arc::new(Published {
             pos,
-            event: crate::events::Event::Row(crate::capture::log::Op::Update),
+            event: Event::Row(crate::events::Op::Update),
             topics: topics.iter().map(|t| t.to_string()).collect(),
-            frame: Utf8Bytes::from(format!("frame {pos}")),
+            frame: Frame::new(format!("frame {pos}")),
         })
     }
 
@@ -896,7 +932,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         let mut m = hub.join(8);
-        m.events.attach(Wire::new(server));
+        m.events.attach(crate::serve::wire::Wire::new(server));
         hub.subscribe(m.id(), topics(&["x"]), false);
         hub.publish(&[event(1, &["x"]), event(2, &["x"])], 0);
         hub.publish(&[event(3, &["x"])], 0);

@@ -8,25 +8,26 @@
 //!
 //! The modules follow the data flow:
 //!
-//! - `migrations/` (SQL, applied by [`migrate`]): the capture trigger writes
-//!   `rowcast.events` in the writer's transaction.
+//! - `migrations/` and `sql/functions/` (SQL, installed by [`migrate`]): the capture
+//!   trigger writes `rowcast.events` in the writer's transaction; the sequencer's batch,
+//!   the registry and the event rules live there too.
 //! - [`capture::sequencer`] gives committed events gap-free positions in `rowcast.log`.
 //! - [`capture::tail`] follows the log on a dedicated connection (LISTEN, then read).
-//! - [`capture::log`] reads sequenced events (for the tailer and for replay).
+//! - [`capture::log`] is the log's read side, for the tailer and for replay: changes,
+//!   the event rules they were captured with, and what the hub publishes for each.
 //! - [`capture::prune`] deletes what retention no longer keeps, by position and age.
-//! - [`events`] maps a captured change, read through its table's domain mapping, to a
-//!   typed event (attendance, booking, course, or generic `row.*`) and its wire frame.
-//! - [`hub`] indexes sessions by topic and fans every frame out once per session; its
-//!   writer tasks write WebSocket sessions' queues straight to their sockets
-//!   ([`serve::wire`]).
-//! - [`serve`] is the HTTP server: [`serve::ws`] (WebSocket), [`serve::sse`]
-//!   (server-sent events) and [`serve::http`] (polling), all resuming through
-//!   [`serve::replay`]; [`serve::admission`] and [`serve::auth`] decide who may
-//!   connect and follow what; health, metrics and the dashboard ([`serve::web`]).
-//! - [`db`] holds connection setup shared by all of the above; [`config`] the settings;
-//!   [`admin`] the DBA commands; [`embedded`] a throwaway PostgreSQL for [`demo`].
+//! - [`events`] names a change by its table's rules and serialises its one wire frame;
+//!   it reads nothing from the database.
+//! - [`hub`] indexes sessions by topic and fans every frame out once per session,
+//!   through a [`hub::Sink`] the transport implements.
+//! - [`serve`] is the HTTP side: [`serve::ws`], [`serve::sse`] and [`serve::http`], all
+//!   resuming through [`serve::replay`]; [`serve::admission`] and [`serve::auth`] decide
+//!   who may connect and follow what; health, metrics and the dashboard.
+//! - [`app`] starts all of the above; [`config`] holds the settings, [`db`] connection
+//!   setup, [`admin`] the DBA commands, [`embedded`] a throwaway PostgreSQL for [`demo`].
 
 pub mod admin;
+pub mod app;
 pub mod capture;
 pub mod config;
 pub mod db;
@@ -38,5 +39,5 @@ pub mod metrics;
 pub mod migrate;
 pub mod serve;
 
+pub use app::Application;
 pub use config::Config;
-pub use serve::Application;

@@ -387,7 +387,7 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|err| {
         anyhow::anyhow!(
             "cannot connect to postgres at {}: {}",
-            rowcast::serve::describe_target(&pg),
+            rowcast::app::describe_target(&pg),
             db::connect_failure(&err.into())
         )
     })?;

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rowcast::capture::log::{Change, Op};
+use rowcast::events::{Change, Op};
 use rowcast::events::{Event, Mapping, Rule, frame};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};

@@ -3,9 +3,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rowcast::capture::log::{Change, MalformedRow, Op};
+use rowcast::capture::log::MalformedRow;
 use rowcast::capture::tail::{self, TailConfig};
 use rowcast::events::Mappings;
+use rowcast::events::{Change, Op};
 use rowcast::hub::Hub;
 use tokio_util::sync::CancellationToken;
 

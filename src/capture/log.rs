@@ -1,71 +1,19 @@
-//! Reading the sequenced log: `rowcast.log` (positions) joined with `rowcast.events`
-//! (the captured rows).
+//! The log's read side, shared by the tailer and replay: `rowcast.log` (positions) joined
+//! with `rowcast.events` (the captured rows) into [`Change`]s, the event rules they were
+//! captured with ([`load_rules`]), and what the hub publishes for each ([`publishable`]).
 //!
 //! Rows come back with their JSON as text, unparsed ([`RawValue`]), so numbers beyond
 //! 2^53 and every other value reach clients exactly as PostgreSQL rendered them.
+
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::capture::changed::changed_columns;
 use crate::db::DbError;
-
-/// What happened to the row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// A row was inserted.
-    Insert,
-    /// A row was updated (and something visible changed).
-    Update,
-    /// A row was deleted.
-    Delete,
-    /// The table was truncated.
-    Truncate,
-}
-
-impl Op {
-    /// The SQL name, as sent on the wire (`INSERT`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Insert => "INSERT",
-            Op::Update => "UPDATE",
-            Op::Delete => "DELETE",
-            Op::Truncate => "TRUNCATE",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Op> {
-        match s {
-            "INSERT" => Some(Op::Insert),
-            "UPDATE" => Some(Op::Update),
-            "DELETE" => Some(Op::Delete),
-            "TRUNCATE" => Some(Op::Truncate),
-            _ => None,
-        }
-    }
-}
-
-/// One sequenced change, as stored by the capture trigger.
-#[derive(Debug)]
-pub struct Change {
-    /// Gap-free global position.
-    pub pos: i64,
-    /// The watched table (`schema.table` outside `public`).
-    pub table: String,
-    /// What happened.
-    pub op: Op,
-    /// Every topic the event is published on (computed when it was sequenced).
-    pub topics: Vec<String>,
-    /// Time of the change, RFC 3339 in UTC with milliseconds.
-    pub ts: String,
-    /// New row (INSERT, UPDATE) or old row (DELETE), minus excluded columns.
-    pub data: Option<Box<RawValue>>,
-    /// Previous values of the changed columns (UPDATE only).
-    pub old: Option<Box<RawValue>>,
-    /// The domain mapping the change was captured with (`rowcast.mappings`), if its
-    /// table has a domain.
-    pub mapping_id: Option<i32>,
-}
+use crate::events::{self, Change, Event, Mapping, Mappings, Op};
+use crate::hub::{Frame, Published};
 
 /// A row of the log that could not be read (a corrupt or hand-edited log row).
 #[derive(Debug, thiserror::Error)]
@@ -200,5 +148,64 @@ pub(crate) fn change_from_row(row: &Row) -> Result<Change, MalformedRow> {
         data,
         old,
         mapping_id: row.get(7),
+    })
+}
+
+/// Loads the rules rows of `rowcast.mappings`.
+const RULES_SQL: &str = "select id, rules::text from rowcast.mappings where id = any($1)";
+
+/// Loads, through `client`, the event rules of every change in `rows` that `mappings`
+/// does not hold yet. Rules rows never change, so an entry never goes stale; one that
+/// cannot be read is remembered as unusable, and its changes are delivered as `row.*`.
+pub async fn load_rules(
+    client: &Client,
+    mappings: &Mappings,
+    rows: &Changes,
+) -> Result<(), DbError> {
+    let missing = mappings.missing(rows.iter().filter_map(|c| c.as_ref().ok()?.mapping_id));
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let found = client.query(RULES_SQL, &[&missing]).await?;
+    for row in &found {
+        let (id, rules): (i32, Option<String>) = (row.get(0), row.get(1));
+        let mapping = rules
+            .as_deref()
+            .and_then(events::Rule::parse_all)
+            .map(|rules| Mapping::new(id, rules));
+        if mapping.is_none() {
+            tracing::error!(
+                mapping = id,
+                "unreadable event rules; the table's events are delivered as row.*"
+            );
+        }
+        mappings.remember(id, mapping);
+    }
+    for id in missing {
+        if !found.iter().any(|row| row.get::<_, i32>(0) == id) {
+            tracing::error!(
+                mapping = id,
+                "event rules not found; the table's events are delivered as row.*"
+            );
+            mappings.remember(id, None);
+        }
+    }
+    Ok(())
+}
+
+/// Turns a change into what the hub sends: its event, serialised once. The change's
+/// rules must be in `mappings` ([`load_rules`] before a batch); a change whose rules are
+/// not is delivered as a generic event, counted and logged.
+pub fn publishable(change: &Change, mappings: &Mappings) -> Arc<Published> {
+    let mapping = mappings.for_change(change);
+    let event = Event::of(
+        change,
+        mapping.as_ref().map(Option::as_deref).map_err(Clone::clone),
+    );
+    Arc::new(Published {
+        pos: change.pos,
+        frame: Frame::new(events::frame(change, &event)),
+        event,
+        topics: change.topics.clone(),
     })
 }

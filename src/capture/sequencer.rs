@@ -1,67 +1,12 @@
 //! The sequencer: gives committed events their gap-free positions.
 //!
-//! Every replica runs one. It waits on a dedicated connection for the capture
-//! trigger's wake-up (`rowcast_wake`), a short re-check timer or a fallback timer (tables
-//! in `poll` mode send no wake-up), then calls `rowcast.sequence_step_changes()` (one
-//! batch of `rowcast.sequence_step()`, returning what it sequenced for this replica's
-//! tailer) until a batch comes back short.
-//!
-//! Why not simply read `where id > last_id`: ids and transaction ids are handed out
-//! when a transaction writes, not when it commits, so a transaction holding an early id
-//! can commit after a later one was read, and an id-following reader skips it forever.
-//! `rowcast.sequence()` instead compares each event's transaction id with the snapshot
-//! of its previous batch: whatever became visible since then is new, whatever is still
-//! in progress waits for a later batch, and rolled-back work never becomes visible.
-//! Within a batch it orders by id, which keeps each row's changes in order (a second
-//! change to a row waits for the first one's commit, so its id is larger). See the
-//! comment on `rowcast.sequence` in `migrations/` for the whole argument.
-//!
-//! Leadership is the counter row's lock, taken per batch with `skip locked`: a replica
-//! that finds it taken does nothing. The lock belongs to the batch's transaction, so a
-//! dead connection cannot hold it past `idle_in_transaction_session_timeout`.
-//!
-//! # Wake-up
-//!
-//! NOTIFY serialises the commits of the transactions that send it, so writers to
-//! `notify` tables do not send one each. They share a one-row unlogged flag,
-//! `rowcast.wake`:
-//!
-//! - a writer inserts its event, then reads the flag's hint, a sequence
-//!   (`rowcast.wake_hint`, read by a function call, so no query and no lock). Set: it
-//!   does nothing more. Clear: it tries to take the flag row with `for update skip
-//!   locked`; if it gets it and the flag is clear, it sets the flag and the hint and
-//!   NOTIFYs (on commit); if the row is locked (another writer just set it and has not
-//!   committed, or the sequencer is clearing it) or already set, it goes on without. No
-//!   writer ever waits on the flag. The hint is not transactional: one left set by a
-//!   writer that then rolled back is cleared by the next round, like the flag.
-//! - before every batch the sequencer clears the flag and the hint, in a transaction of
-//!   its own that commits before the batch's snapshot is taken (`rowcast.rearm()`,
-//!   pipelined with the batch: one round trip), so the first writer after that read
-//!   sends the next NOTIFY.
-//!
-//! The race: a writer that saw the flag set before the clear, and commits after the
-//! batch's snapshot, sends no NOTIFY and is not in the batch. Such a writer was in
-//! progress (with a transaction id, taken by its event insert) when the snapshot was
-//! taken, so the batch reports `in_progress` and the sequencer reads again after
-//! [`SequencerConfig::recheck_min`], doubling up to [`SequencerConfig::recheck_max`]
-//! while transactions stay in progress (a backoff, since the open transactions may be
-//! anyone's), back to the minimum whenever a batch finds events. The same short re-check
-//! runs when the flag could not be cleared (its row locked by a writer) and when another
-//! replica held the counter row (its batch may predate this clear).
-//!
-//! Latency bound, from commit to position, with the sequencer idle and connected:
-//! - the writer that set the flag: one NOTIFY delivery plus one batch;
-//! - a writer that found the flag set or locked and committed after the read: at most
-//!   the current re-check interval, so at most `recheck_max` (10 ms by default), and
-//!   `recheck_min` (1 ms) while events keep coming;
-//! - a writer that found the row locked by a writer that then *rolled back* (so no
-//!   NOTIFY came) and committed while no re-check was pending: the fallback timer,
-//!   [`SequencerConfig::poll_interval`]. `poll` tables always wait for this timer.
-//!
-//! Writers outside read committed NOTIFY every transaction (their snapshot may show a
-//! stale flag, and locking a row changed since would fail them); a crash empties the
-//! unlogged flag table, writers NOTIFY every transaction until `rearm()` re-seeds it on
-//! the sequencer's next round.
+//! Every replica runs one, on a dedicated connection. It waits for the capture trigger's
+//! wake-up (`rowcast_wake`), a short re-check timer or the fallback timer (`poll` tables
+//! send no wake-up), then runs batches of `rowcast.sequence_step_changes()` until one
+//! comes back short, and offers what each sequenced to this replica's tailer. The counter
+//! row's lock, taken per batch with `skip locked`, is the leadership; the wake-up flag
+//! (`rowcast.rearm()`) keeps writers from sending a NOTIFY each. docs/architecture.md
+//! ("Sequencing", "The wake-up") has the reasoning and the latency bound.
 
 use std::time::Duration;
 

@@ -1,29 +1,10 @@
 //! The tailer: follows the sequenced log and publishes every event to the hub.
 //!
-//! Every replica runs one, on a dedicated connection: it LISTENs on `rowcast_seq` first
-//! and only then reads `pos > cursor`, so a wake-up sent between the read and the wait
-//! cannot be missed. Notifications sent while it is disconnected are lost, which does
-//! not matter: after every (re)connect it reads everything after its cursor.
-//!
-//! Without a wake-up it reads anyway every `poll_interval`; that read, bounded by
-//! `probe_timeout`, is also the probe that notices a silently dead connection.
-//!
-//! If retention pruned positions this replica had not read yet (it fell further behind
-//! than `keep_events`), its sessions are dropped rather than fed a stream with a gap.
-//!
-//! # Hand-off from the local sequencer
-//!
-//! When this replica's sequencer gives events positions, its batch returns them
-//! (`rowcast.sequence_step_changes()`, read inside the batch's transaction, so they
-//! reach the service only with its commit), and it offers them to this tailer through a
-//! [`Feed`]. The tailer publishes them if they start right after its head, which saves
-//! the `rowcast_seq` NOTIFY and a read of its own: four process wake-ups between a
-//! commit and its clients. Anything else (a gap because an offer was dropped, the part
-//! of a batch beyond the offer's limit, another replica's batches) comes through the
-//! usual NOTIFY and read. A NOTIFY is not read for positions already published, and
-//! one that comes while the local sequencer is in a round (its batch's commit sends it
-//! before the round's read returns) waits for that round's offer, at most 50 ms, so
-//! the same rows are not read twice.
+//! Every replica runs one, on a dedicated connection: LISTEN on `rowcast_seq` first, then
+//! read `pos > cursor`, so no wake-up is missed; it also reads every `poll_interval`,
+//! which doubles as the probe of a silently dead connection. The local sequencer hands
+//! its batches over through a [`Feed`], saving a NOTIFY and a read. A replica that fell
+//! behind retention drops its sessions rather than feed them a gap.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,10 +15,10 @@ use tokio::time::Instant;
 use tokio_postgres::Statement;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::log::{self, Change, Changes, position};
+use crate::capture::log::{self, Changes, position};
 use crate::db::{self, DbError, Listener};
-use crate::events::{self, Event, Mappings};
-use crate::hub::{Hub, Published};
+use crate::events::Mappings;
+use crate::hub::Hub;
 
 /// Settings of the tailer.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -156,23 +137,6 @@ impl Feed {
         self.round.running.store(true, Ordering::Release);
         RoundGuard(self)
     }
-}
-
-/// Turns a change into what the hub sends: its event, serialised once. The change's
-/// mapping must be in `mappings` ([`Mappings::load_missing`] before a batch); a change
-/// whose mapping is not is delivered as a generic event, counted and logged.
-pub fn publishable(change: &Change, mappings: &Mappings) -> Arc<Published> {
-    let mapping = mappings.for_change(change);
-    let event = Event::of(
-        change,
-        mapping.as_ref().map(Option::as_deref).map_err(Clone::clone),
-    );
-    Arc::new(Published {
-        pos: change.pos,
-        frame: events::frame(change, &event).into(),
-        event,
-        topics: change.topics.clone(),
-    })
 }
 
 /// Follows the log from the hub's head until `shutdown`, reconnecting with backoff.
@@ -346,7 +310,7 @@ impl Tail<'_> {
     async fn publish(&self, listener: &Listener, rows: Changes) -> Result<(), DbError> {
         db::with_timeout(
             self.config.probe_timeout,
-            self.mappings.load_missing(&listener.client, &rows),
+            log::load_rules(&listener.client, self.mappings, &rows),
         )
         .await?;
         let mut batch = Vec::with_capacity(rows.len());
@@ -355,7 +319,7 @@ impl Tail<'_> {
             match row {
                 Ok(change) => {
                     last = change.pos;
-                    batch.push(publishable(&change, self.mappings));
+                    batch.push(log::publishable(&change, self.mappings));
                 }
                 // Only a hand-edited log can get here; the position is skipped loudly.
                 Err(err) => {

@@ -11,10 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
-
-use crate::capture::log::{Change, MalformedRow};
-use crate::db::DbError;
+use crate::events::Change;
 use crate::events::rules::{Columns, Rule};
 
 /// Why a change could not be named by its table's rules. The messages name columns,
@@ -155,9 +152,6 @@ impl LogLimiter {
     }
 }
 
-/// Loads the mappings with the given ids.
-const MAPPINGS_SQL: &str = "select id, rules::text from rowcast.mappings where id = any($1)";
-
 /// The mappings the service has seen, by id. Rows of `rowcast.mappings` never change, so
 /// an entry never goes stale; an id that cannot be read is remembered as unusable.
 #[derive(Debug, Default)]
@@ -190,51 +184,22 @@ impl Mappings {
         by_id.insert(mapping.id, Some(Arc::new(mapping)));
     }
 
-    /// Loads, through `client`, every mapping the changes refer to that is not cached.
-    pub async fn load_missing(
-        &self,
-        client: &Client,
-        changes: &[Result<Change, MalformedRow>],
-    ) -> Result<(), DbError> {
-        let mut missing: Vec<i32> = {
-            let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
-            changes
-                .iter()
-                .filter_map(|c| c.as_ref().ok()?.mapping_id)
-                .filter(|id| !by_id.contains_key(id))
-                .collect()
-        };
-        if missing.is_empty() {
-            return Ok(());
-        }
+    /// The ids among `ids` this cache holds nothing for, each once.
+    pub fn missing(&self, ids: impl IntoIterator<Item = i32>) -> Vec<i32> {
+        let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
+        let mut missing: Vec<i32> = ids
+            .into_iter()
+            .filter(|id| !by_id.contains_key(id))
+            .collect();
         missing.sort_unstable();
         missing.dedup();
-        let rows = client.query(MAPPINGS_SQL, &[&missing]).await?;
+        missing
+    }
+
+    /// Remembers what was loaded for `id`: its rules, or `None` when they cannot be used.
+    pub fn remember(&self, id: i32, mapping: Option<Mapping>) {
         let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
-        for row in rows {
-            let (id, rules): (i32, Option<String>) = (row.get(0), row.get(1));
-            let mapping = rules
-                .as_deref()
-                .and_then(Rule::parse_all)
-                .map(|rules| Mapping::new(id, rules));
-            if mapping.is_none() {
-                tracing::error!(
-                    mapping = id,
-                    "unreadable event rules; the table's events are delivered as row.*"
-                );
-            }
-            by_id.insert(id, mapping.map(Arc::new));
-        }
-        for id in missing {
-            by_id.entry(id).or_insert_with(|| {
-                tracing::error!(
-                    mapping = id,
-                    "event rules not found; the table's events are delivered as row.*"
-                );
-                None
-            });
-        }
-        Ok(())
+        by_id.entry(id).or_insert(mapping.map(Arc::new));
     }
 }
 

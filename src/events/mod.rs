@@ -7,6 +7,7 @@
 //! and `old` are always the app's row exactly as captured, under its own column names.
 //! `docs/events.md` lists the rule language and the presets.
 
+pub mod change;
 pub mod mapping;
 pub mod rules;
 
@@ -15,8 +16,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::capture::log::{Change, Op};
-
+pub use change::{Change, Op};
 pub use mapping::{MapError, Mapping, Mappings};
 pub use rules::{Rule, When};
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::capture::log::Op;
+use crate::events::Op;
 
 /// A condition on a change, as `rowcast.watch` resolved it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! with the rowcast schema in place, the tailer is connected, and the lag is below the
 //! threshold), `/metrics` (Prometheus text) and `/api/stats` (JSON).
 //!
-//! Where they are served ([`super::Application::run`]): all of them on the operator
+//! Where they are served ([`crate::app::Application::run`]): all of them on the operator
 //! listener when `metrics_listen` is set, and then only `/healthz` on the public one;
 //! otherwise all on the public listener, the last three behind [`require_operator`]
 //! (a token with the operator role) when authentication is on.

@@ -1,26 +1,11 @@
 //! HTTP polling at `GET /events?topics=a,b&since=N&limit=M`, for clients that can hold
 //! neither a WebSocket nor an SSE stream.
 //!
-//! The answer is `{"events":[...],"head":H,"more":B}`: the events on the topics with
-//! `pos > N`, in order, at most `M` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`]),
-//! each the very frame the WebSocket sends (copied byte for byte, not re-encoded). `head`
-//! is the last position read: the last event's when the page is full, this replica's
-//! head at the time of the read when the page reached it, or the end of what one request
-//! reads of the log ([`replay::read_page`]) far behind the head on a rare topic. `more` is
-//! true when the page stopped before this replica's head: poll again at once. The next
-//! call passes `head` as `since`, so paging walks the log with nothing missed and nothing
-//! twice.
-//!
-//! `head` is never beyond this replica's head. A `since` ahead of it (a client that
-//! polled a replica further along, or a made-up number) waits up to
-//! `session.catch_up_wait` for this replica to get there, and is then answered as usual;
-//! if the replica has not caught up by then, the answer has no events and this
-//! replica's real head (a client keeps the larger of its `since` and `head`, as
-//! `rowcast.js` does, so it does not go back over what it has).
-//!
-//! `since` defaults to 0, everything still retained; a `since` older than retention is
-//! answered 410 with `{"type":"reset","reason":"since_too_old","head":H}`: the client
-//! refetches its state and polls on from `H`. Bad parameters get a 400 JSON error.
+//! The answer is `{"events":[...],"head":H,"more":B}`: the frames the WebSocket sends,
+//! byte for byte, for `pos > N`, at most `M` (default [`DEFAULT_LIMIT`], at most
+//! [`MAX_LIMIT`]); `H` is the next `since`, and `more` says to poll again at once. A
+//! `since` ahead of this replica waits up to `session.catch_up_wait`; one older than
+//! retention is `410` with a `reset`. docs/protocol.md has the semantics.
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;

@@ -1,29 +1,12 @@
 //! The listening socket, and the deadlines every connection lives under.
 //!
-//! Each accepted connection is first counted against its address
-//! (`limits.max_connections_per_ip`, [`super::admission::Connections::admit`]); one
-//! beyond the limit gets `429` for its request and is closed. Then, in HTTP terms:
-//!
-//! - a request's headers must arrive within `limits.handshake_timeout`: from accept for
-//!   the first request, from its first byte for a later one on a kept-alive connection;
-//! - between a response and the next request, a kept-alive connection may stay idle for
-//!   `limits.idle_timeout`;
-//! - while a request is being answered (an SSE stream, for as long as it is open) and
-//!   after an upgrade (a WebSocket session), no deadline applies: sessions have their own
-//!   heartbeats and write timeouts.
-//!
-//! The deadlines are enforced by the stream's reads ([`Deadlined`]): a read after a
-//! deadline fails and hyper closes the connection. What the stream cannot see, where a
-//! request begins and where its response ends, the connection's service ([`Serve`])
-//! tells it through the connection's shared [`Connection`] state: it wraps every
-//! response's body, whose end (or drop) starts the idle time.
-//!
-//! Each connection's socket is a shared [`Wire`]: handlers find it in [`Peer`], so a
-//! WebSocket session can let the hub write events to it directly.
-//!
-//! An idle WebSocket session's memory counts (BENCHMARKS.md): once upgraded, a
-//! connection keeps only its socket and its share of the per-address count; the request
-//! state is freed, and an upgrade's response is not wrapped.
+//! Each accepted connection counts against its address
+//! (`limits.max_connections_per_ip`; `429` beyond). A request's headers must arrive
+//! within `limits.handshake_timeout`, and a kept-alive connection may stay idle for
+//! `limits.idle_timeout`; answered SSE streams and WebSocket sessions have their own
+//! heartbeats instead. [`Deadlined`] enforces the deadlines on reads, [`Serve`] tells it
+//! where requests begin and responses end, and each socket is a shared [`Wire`] the hub
+//! can write to.
 
 use std::convert::Infallible;
 use std::future::Future;

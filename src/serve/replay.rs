@@ -2,35 +2,17 @@
 //!
 //! Every transport resumes through this module, so a WebSocket, an SSE stream and an
 //! HTTP poll given the same `since` send the same frames, built by the same
-//! [`tail::publishable`] as live ones.
-//!
-//! Pages are read from the pool ([`read_page`]), one query at a time, so no connection is
-//! held while a slow client is written to. After each read the retention mark
-//! (`pruned_pos`) is read again: if it has passed the page's start, part of the range may
-//! have been deleted before the read saw it, and the reader gets [`ReadError::TooOld`]
-//! instead of a silent gap. A `since` of 0 means "everything still retained" and starts
-//! at the mark; any other `since` below the mark is too old.
-//!
-//! A read goes through the log in windows of [`SCAN_WINDOW`] positions, in position
-//! order, and keeps the rows on the requested topics, so its cost follows the part of the
-//! log it covers and never the whole log: positions are dense, so a window holds at most
-//! that many rows. (An index lookup by topic was faster for a rare topic, but with it
-//! PostgreSQL's plans for a common topic read every one of its rows and sorted them, for
-//! every page: 6 s a page on a log of two million events, BENCHMARKS.md "Replay".) A
-//! page stops at its limit or after [`SCAN_WINDOWS_PER_PAGE`] windows, and says how far
-//! it read.
-//!
-//! A streaming session drives a [`Replay`]: it has joined the hub in replaying mode (see
-//! [`crate::hub`]), pulls [`Step`]s, sends them, and is live once it gets
-//! [`Step::Live`]. A `since` that is too old yields [`Step::Reset`] and the replay goes on
-//! from the reset's head, so live events follow it with no gap.
+//! [`log::publishable`] as live ones. Pages are read from the pool ([`read_page`]) in
+//! windows of [`SCAN_WINDOW`] positions; a range retention reached is
+//! [`ReadError::TooOld`], never a silent gap. A streaming session drives a [`Replay`] and
+//! is live once it gets [`Step::Live`]; a `since` too old yields [`Step::Reset`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
-use crate::capture::{log, tail};
+use crate::capture::log;
 use crate::db::{self, DbError};
 use crate::events::Mappings;
 use crate::hub::{Hub, Published, SessionId};
@@ -126,7 +108,7 @@ pub async fn read_page(
             break;
         }
     }
-    db::with_timeout(READ_TIMEOUT, mappings.load_missing(&client, &rows)).await?;
+    db::with_timeout(READ_TIMEOUT, log::load_rules(&client, mappings, &rows)).await?;
     // Read after the rows: the mark moves with the deletes, so if it is still at or
     // below `after` now, nothing in the range had been deleted when the rows were read.
     let pruned = db::with_timeout(READ_TIMEOUT, log::pruned_position(&client)).await?;
@@ -136,7 +118,7 @@ pub async fn read_page(
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         match row {
-            Ok(change) => events.push(tail::publishable(&change, mappings)),
+            Ok(change) => events.push(log::publishable(&change, mappings)),
             Err(err) => tracing::error!(error = %err, "skipping unreadable log row in replay"),
         }
     }

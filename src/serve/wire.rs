@@ -24,6 +24,8 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::hub::{Sink, Written};
+
 /// At most this many frames are written in one `writev`.
 const FRAMES_PER_WRITE: usize = 32;
 
@@ -76,14 +78,16 @@ impl Wire {
         self.lock().dirty
     }
 
-    /// Whether part of a frame written here still waits for the socket.
-    pub fn has_rest(&self) -> bool {
-        !self.lock().rest.is_empty()
-    }
-
     /// Waits until the socket can take more bytes.
     pub async fn writable(&self) -> io::Result<()> {
         self.stream.writable().await
+    }
+}
+
+impl Sink for Wire {
+    /// Whether part of a frame written here still waits for the socket.
+    fn has_rest(&self) -> bool {
+        !self.lock().rest.is_empty()
     }
 
     /// Writes what is left of an earlier frame, then text frames of `payloads` in
@@ -92,7 +96,7 @@ impl Wire {
     /// everything was written. Writes nothing while the connection's own writer is
     /// halfway through its buffer, nor, if `unless_held`, while the session holds the
     /// wire.
-    pub fn write_frames(&self, payloads: &[&[u8]], unless_held: bool) -> io::Result<Written> {
+    fn write_frames(&self, payloads: &[&[u8]], unless_held: bool) -> io::Result<Written> {
         let mut state = self.lock();
         if state.dirty || (unless_held && state.held) {
             return Ok(Written {
@@ -102,15 +106,6 @@ impl Wire {
         }
         write_frames(&self.stream, &mut state, payloads)
     }
-}
-
-/// The outcome of [`Wire::write_frames`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    /// How many frames the socket took, whole or (the last one) in part.
-    pub taken: usize,
-    /// Whether the earlier rest and every frame were written whole.
-    pub all: bool,
 }
 
 /// The header of an unmasked, final text frame of `len` bytes.

@@ -457,7 +457,11 @@ impl Session {
             match replay.next().await {
                 Ok(Step::Events(events)) => {
                     for event in events {
-                        self.write(Message::Text(event.frame.clone())).await?;
+                        self.write(Message::Text(
+                            Utf8Bytes::try_from(event.frame.bytes())
+                                .expect("a frame is UTF-8 text"),
+                        ))
+                        .await?;
                     }
                 }
                 Ok(Step::Reset { head }) => {

@@ -1,0 +1,61 @@
+//! A change as read from the log: what the event mapping takes.
+
+use serde_json::value::RawValue;
+
+/// What happened to the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A row was inserted.
+    Insert,
+    /// A row was updated (and something visible changed).
+    Update,
+    /// A row was deleted.
+    Delete,
+    /// The table was truncated.
+    Truncate,
+}
+
+impl Op {
+    /// The SQL name, as sent on the wire (`INSERT`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Truncate => "TRUNCATE",
+        }
+    }
+
+    /// The operation named `s` (`INSERT`, ...).
+    pub fn parse(s: &str) -> Option<Op> {
+        match s {
+            "INSERT" => Some(Op::Insert),
+            "UPDATE" => Some(Op::Update),
+            "DELETE" => Some(Op::Delete),
+            "TRUNCATE" => Some(Op::Truncate),
+            _ => None,
+        }
+    }
+}
+
+/// One sequenced change, as stored by the capture trigger.
+#[derive(Debug)]
+pub struct Change {
+    /// Gap-free global position.
+    pub pos: i64,
+    /// The watched table (`schema.table` outside `public`).
+    pub table: String,
+    /// What happened.
+    pub op: Op,
+    /// Every topic the event is published on (computed when it was sequenced).
+    pub topics: Vec<String>,
+    /// Time of the change, RFC 3339 in UTC with milliseconds.
+    pub ts: String,
+    /// New row (INSERT, UPDATE) or old row (DELETE), minus excluded columns.
+    pub data: Option<Box<RawValue>>,
+    /// Previous values of the changed columns (UPDATE only).
+    pub old: Option<Box<RawValue>>,
+    /// The event rules the change was captured with (`rowcast.mappings`), if its table
+    /// has rules.
+    pub mapping_id: Option<i32>,
+}
