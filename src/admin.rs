@@ -11,7 +11,7 @@ use crate::migrate;
 
 /// The SQL that removes rowcast: every capture trigger, then the schema. App tables and
 /// their data are untouched.
-pub const UNINSTALL_SQL: &str = include_str!("../sql/uninstall.sql");
+pub(crate) const UNINSTALL_SQL: &str = include_str!("../sql/uninstall.sql");
 
 /// Why an admin operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +54,7 @@ async fn require_installed(client: &Client) -> Result<(), AdminError> {
 
 /// Checks a `KEY=VALUE` argument (`--route`, `--column`) as the command line is parsed,
 /// so a malformed one is a usage error (exit code 2).
-pub fn key_value(item: &str) -> Result<String, String> {
+pub(crate) fn key_value(item: &str) -> Result<String, String> {
     match item.split_once('=') {
         Some((key, value)) if !key.is_empty() && !value.is_empty() => Ok(item.to_string()),
         _ => Err(format!("{item:?} must look like key=value")),
@@ -65,29 +65,29 @@ pub fn key_value(item: &str) -> Result<String, String> {
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct WatchSpec {
     /// The table, as `schema.table` or a name on the search path.
-    pub table: String,
+    pub(crate) table: String,
     /// Row topic prefix (default: the table name).
     #[arg(long)]
-    pub topic: Option<String>,
+    pub(crate) topic: Option<String>,
     /// Routing column and its topic prefix, e.g. `--route client_id=user` (repeatable).
     #[arg(long = "route", value_name = "COLUMN=PREFIX", value_parser = key_value)]
-    pub routes: Vec<String>,
+    pub(crate) routes: Vec<String>,
     /// A column that must never leave the database (repeatable).
     #[arg(long = "exclude", value_name = "COLUMN")]
-    pub exclude: Vec<String>,
+    pub(crate) exclude: Vec<String>,
     /// Kind of row for typed events (booking, payment, payout, meeting, attendance, court_card, course).
     #[arg(long)]
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
     /// Domain field and this table's column, e.g. `--column status=state` (repeatable).
     #[arg(long = "column", value_name = "FIELD=COLUMN", value_parser = key_value)]
-    pub columns: Vec<String>,
+    pub(crate) columns: Vec<String>,
     /// `notify` (wake the sequencer at commit) or `poll` (no NOTIFY from writers).
     #[arg(long, value_parser = ["notify", "poll"])]
-    pub wake: Option<String>,
+    pub(crate) wake: Option<String>,
     /// An event rule, tried in order before the domain's: `WHEN => EVENT`, e.g.
     /// `--rule 'timecompleted set => course.completed'` (repeatable; docs/events.md).
     #[arg(long = "rule", value_name = "WHEN => EVENT")]
-    pub rules: Vec<String>,
+    pub(crate) rules: Vec<String>,
 }
 
 /// The `rules` argument of `rowcast.watch` from `--rule WHEN => EVENT` options (`null`

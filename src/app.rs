@@ -164,11 +164,6 @@ impl Application {
         })
     }
 
-    /// The hub (for tests and stats).
-    pub fn hub(&self) -> Arc<Hub> {
-        self.ctx.hub.clone()
-    }
-
     /// Serves until `shutdown` is cancelled, then stops accepting, closes sessions
     /// with 1001, lets the sequencer finish its batch, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {

@@ -66,7 +66,7 @@ pub struct Config {
     /// Connection and request limits.
     pub limits: LimitsConfig,
     /// `/readyz` reports unready when more events than this wait to be delivered.
-    pub ready_max_lag: i64,
+    pub(crate) ready_max_lag: i64,
     /// How much of the log is kept (resumes from before it get `reset` / 410).
     pub retention: RetentionConfig,
     /// How long shutdown waits for sessions and background tasks.
@@ -279,7 +279,7 @@ fn describe(err: figment::Error, file: Option<&Path>) -> String {
 }
 
 /// Replaces the password of a connection string (URL or key=value) with `***`.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
         if let Some((userinfo, host)) = rest.split_once('@')
             && let Some((user, _)) = userinfo.split_once(':')

@@ -116,34 +116,9 @@ pub fn connect_failure(err: &DbError) -> String {
 }
 
 impl DbError {
-    /// Whether retrying later may succeed: a lost connection, a server shutting down
-    /// or restarting, a timeout. Bad configuration and SQL errors are fatal.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            DbError::BadUrl(_) | DbError::PoolBuild(_) | DbError::Unexpected(_) => false,
-            DbError::Closed | DbError::Timeout(_) | DbError::Pool(_) => true,
-            DbError::Postgres(err) => {
-                if err.is_closed() {
-                    return true;
-                }
-                match err.code() {
-                    // No SQL state: an I/O or protocol error, i.e. the connection.
-                    None => true,
-                    Some(code) => {
-                        let class = &code.code()[..2];
-                        // 08: connection exception, 57: operator intervention (shutdown,
-                        // admin_shutdown, cannot_connect_now), 53: insufficient resources,
-                        // 40: serialization failure or deadlock.
-                        matches!(class, "08" | "57" | "53" | "40")
-                    }
-                }
-            }
-        }
-    }
-
     /// Whether PostgreSQL answered that a relation, schema or function does not exist:
     /// the rowcast schema is not installed (or was removed while the service ran).
-    pub fn is_schema_missing(&self) -> bool {
+    pub(crate) fn is_schema_missing(&self) -> bool {
         let err = match self {
             DbError::Postgres(err) => err,
             DbError::Pool(deadpool_postgres::PoolError::Backend(err)) => err,
@@ -196,7 +171,7 @@ pub fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
 ///
 /// Sent as statements, not as the `options` startup parameter, which connection poolers
 /// refuse or drop. The pool recycles connections without `DISCARD ALL`, so they last.
-pub const SESSION_SETUP: &str = "set enable_seqscan = off; set jit = off";
+pub(crate) const SESSION_SETUP: &str = "set enable_seqscan = off; set jit = off";
 
 /// A pool for short queries; each connection runs [`SESSION_SETUP`] first.
 pub fn pool(
@@ -234,7 +209,7 @@ pub fn pool(
 /// [`Listener::closed`] resolves when the connection ends, whatever the cause.
 pub struct Listener {
     /// The client for queries on this connection.
-    pub client: Client,
+    pub(crate) client: Client,
     wake: Arc<Notify>,
     latest: Arc<AtomicI64>,
     closed: CancellationToken,
@@ -300,23 +275,18 @@ impl Listener {
     /// The largest number a notification's payload held so far (`i64::MAX` after a
     /// payload that is not a number, `i64::MIN` before any notification). The tailer's
     /// channel carries the last sequenced position.
-    pub fn latest(&self) -> i64 {
+    pub(crate) fn latest(&self) -> i64 {
         self.latest.load(Ordering::Relaxed)
     }
 
     /// Resolves when the connection has ended.
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         self.closed.cancelled().await;
-    }
-
-    /// Whether the connection has ended.
-    pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled() || self.client.is_closed()
     }
 }
 
 /// Runs `fut` with a timeout, turning an elapsed timer into [`DbError::Timeout`].
-pub async fn with_timeout<T, E: Into<DbError>>(
+pub(crate) async fn with_timeout<T, E: Into<DbError>>(
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, DbError> {
@@ -327,7 +297,7 @@ pub async fn with_timeout<T, E: Into<DbError>>(
 }
 
 /// Capped, jittered exponential backoff for reconnecting: 100 ms doubling to 5 s.
-pub fn reconnect_backoff() -> backon::ExponentialBackoff {
+pub(crate) fn reconnect_backoff() -> backon::ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(5))

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{self, DbError};
 
 /// The demo schema and its `watch` registrations.
-pub const DEMO_SQL: &str = include_str!("../sql/demo.sql");
+pub(crate) const DEMO_SQL: &str = include_str!("../sql/demo.sql");
 
 /// Loads the demo schema (idempotent).
 pub async fn load(client: &Client) -> Result<(), DbError> {

@@ -73,11 +73,6 @@ impl EmbeddedPostgres {
         )
     }
 
-    /// The TCP port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     fn data(&self) -> PathBuf {
         self.dir.join("data")
     }

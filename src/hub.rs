@@ -28,17 +28,17 @@ pub struct Frame(Bytes);
 
 impl Frame {
     /// The frame of a serialised message.
-    pub fn new(text: String) -> Frame {
+    pub(crate) fn new(text: String) -> Frame {
         Frame(Bytes::from(text))
     }
 
     /// The frame's bytes, shared.
-    pub fn bytes(&self) -> Bytes {
+    pub(crate) fn bytes(&self) -> Bytes {
         self.0.clone()
     }
 
     /// The frame's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
@@ -47,20 +47,10 @@ impl Frame {
         // Built only from a `String`.
         std::str::from_utf8(&self.0).expect("a frame is UTF-8 text")
     }
-
-    /// Its length in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether it is empty (never, for an event).
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// Where the hub's writers write a session's frames: the transport's socket.
-pub trait Sink: Send + Sync + std::fmt::Debug {
+pub(crate) trait Sink: Send + Sync + std::fmt::Debug {
     /// Writes what is left of an earlier frame, then `frames` in order, without waiting.
     /// Writes nothing while the transport is halfway through a write of its own, nor, if
     /// `unless_held`, while the session holds the socket to answer its client.
@@ -72,11 +62,11 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
 
 /// The outcome of [`Sink::write_frames`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
+pub(crate) struct Written {
     /// How many frames the socket took, whole or (the last one) in part.
-    pub taken: usize,
+    pub(crate) taken: usize,
     /// Whether the earlier rest and every frame were written whole.
-    pub all: bool,
+    pub(crate) all: bool,
 }
 
 /// An event ready to send: its position, its topics and its serialised frame.
@@ -93,7 +83,7 @@ pub struct Published {
 }
 
 /// Identifies a session in the hub.
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// The topic index and fan-out.
 #[derive(Debug)]
@@ -220,13 +210,13 @@ impl Hub {
     }
 
     /// How many fan-out writers to run ([`Hub::run_writer`] with `0..writers()`).
-    pub fn writers(&self) -> usize {
+    pub(crate) fn writers(&self) -> usize {
         self.writers.len()
     }
 
     /// Runs fan-out writer `index` until `shutdown`: writes the queues [`Hub::publish`]
     /// hands it to their sessions' sockets.
-    pub async fn run_writer(self: Arc<Self>, index: usize, shutdown: CancellationToken) {
+    pub(crate) async fn run_writer(self: Arc<Self>, index: usize, shutdown: CancellationToken) {
         let writer = &self.writers[index];
         self.writing.store(true, Ordering::Release);
         loop {
@@ -256,7 +246,7 @@ impl Hub {
     }
 
     /// Records whether the tailer currently holds a live connection to the log.
-    pub fn set_feed_live(&self, live: bool) {
+    pub(crate) fn set_feed_live(&self, live: bool) {
         self.feed_live.store(live, Ordering::Relaxed);
     }
 
@@ -280,7 +270,7 @@ impl Hub {
 
     /// Waits until the head reaches `pos`, for at most `limit`, and returns the head then
     /// (below `pos` if the wait ran out).
-    pub async fn wait_for_head(&self, pos: i64, limit: std::time::Duration) -> i64 {
+    pub(crate) async fn wait_for_head(&self, pos: i64, limit: std::time::Duration) -> i64 {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             // Registered before the head is read, so a publish in between is not missed.
@@ -296,12 +286,12 @@ impl Hub {
     }
 
     /// Number of sessions.
-    pub fn sessions(&self) -> usize {
+    pub(crate) fn sessions(&self) -> usize {
         self.lock().sessions.len()
     }
 
     /// Number of topics with at least one subscriber.
-    pub fn topics(&self) -> usize {
+    pub(crate) fn topics(&self) -> usize {
         self.lock().by_topic.len()
     }
 
@@ -367,7 +357,7 @@ impl Hub {
     }
 
     /// Removes topics from a session.
-    pub fn unsubscribe<T: AsRef<str>>(&self, id: SessionId, topics: &[T]) {
+    pub(crate) fn unsubscribe<T: AsRef<str>>(&self, id: SessionId, topics: &[T]) {
         let mut guard = self.lock();
         let State {
             by_topic, sessions, ..
@@ -385,7 +375,7 @@ impl Hub {
     /// Ends a replay that has read the log up to `replayed`. If the head is still there
     /// the session goes live and `Ok` is returned; otherwise `Err(head)` tells the
     /// session to read up to the new head first.
-    pub fn go_live(&self, id: SessionId, replayed: i64) -> Result<(), i64> {
+    pub(crate) fn go_live(&self, id: SessionId, replayed: i64) -> Result<(), i64> {
         let mut state = self.lock();
         let head = state.head;
         match state.sessions.get_mut(&id) {
@@ -404,7 +394,7 @@ impl Hub {
     /// end and their clients resume with `since`. For when this replica can no longer
     /// give them a gap-free stream (the log was pruned past its head). Returns how many
     /// sessions were dropped.
-    pub fn drop_all(&self) -> usize {
+    pub(crate) fn drop_all(&self) -> usize {
         let mut state = self.lock();
         state.by_topic.clear();
         let dropped = state.sessions.len();
@@ -416,7 +406,7 @@ impl Hub {
     /// matching topic (once per session), then advances the head past it, and at the
     /// end to `upto` (positions that had nothing to publish). Sessions whose queue is
     /// full or closed are dropped from the hub.
-    pub fn publish(&self, events: &[Arc<Published>], upto: i64) {
+    pub(crate) fn publish(&self, events: &[Arc<Published>], upto: i64) {
         let mut guard = self.lock();
         let State {
             head,
@@ -494,7 +484,8 @@ pub struct Events {
 
 /// Why [`Events::try_recv`] returned nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TryRecvError {
+#[cfg(test)]
+pub(crate) enum TryRecvError {
     /// Nothing queued right now.
     Empty,
     /// Nothing queued, and the hub dropped the session: nothing more will come.
@@ -520,11 +511,11 @@ enum Sent {
 
 /// What [`Events::write_queued`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Drained {
+pub(crate) struct Drained {
     /// Events written (or started: their rest waits in the socket's wire).
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Whether the queue and the wire are empty; otherwise wait for the socket.
-    pub done: bool,
+    pub(crate) done: bool,
 }
 
 #[derive(Debug)]
@@ -684,7 +675,7 @@ impl Events {
     }
 
     /// Polls for the next event (see [`Events::recv`]).
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Published>>> {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Published>>> {
         let mut queue = lock_queue(&self.shared);
         if let Some(event) = queue.items.pop_front() {
             return Poll::Ready(Some(event));
@@ -701,14 +692,14 @@ impl Events {
 
     /// Lets the hub write events straight to `wire` while nothing is queued; queued
     /// events are then written with [`Events::write_queued`].
-    pub fn attach(&mut self, wire: Arc<dyn Sink>) {
+    pub(crate) fn attach(&mut self, wire: Arc<dyn Sink>) {
         lock_queue(&self.shared).wire = Some(wire);
     }
 
     /// Waits until there is something to write (queued events, or the rest of a
     /// frame the hub started): `true`; or until the queue has ended: `false`.
     /// Cancel-safe.
-    pub async fn writable(&mut self) -> bool {
+    pub(crate) async fn writable(&mut self) -> bool {
         poll_fn(|cx| {
             let mut queue = lock_queue(&self.shared);
             let rest = queue.wire.as_ref().is_some_and(|wire| wire.has_rest());
@@ -730,7 +721,7 @@ impl Events {
     /// Writes the rest of any started frame, then the queued events, to the attached
     /// socket without waiting. Once everything is written (`done`), the session's
     /// writer takes its queue again.
-    pub fn write_queued(&mut self) -> io::Result<Drained> {
+    pub(crate) fn write_queued(&mut self) -> io::Result<Drained> {
         let mut queue = lock_queue(&self.shared);
         let drained = write_queue(&mut queue, false)?;
         if drained.done {
@@ -740,13 +731,14 @@ impl Events {
     }
 
     /// Events at or below `pos` will not be written: the session sent them (replay).
-    pub fn skip_through(&mut self, pos: i64) {
+    pub(crate) fn skip_through(&mut self, pos: i64) {
         let mut queue = lock_queue(&self.shared);
         queue.written = queue.written.max(pos);
     }
 
     /// The next event if one is queued.
-    pub fn try_recv(&mut self) -> Result<Arc<Published>, TryRecvError> {
+    #[cfg(test)]
+    pub(crate) fn try_recv(&mut self) -> Result<Arc<Published>, TryRecvError> {
         let mut queue = lock_queue(&self.shared);
         match queue.items.pop_front() {
             Some(event) => Ok(event),

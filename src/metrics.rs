@@ -10,42 +10,42 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Events given positions by this replica's sequencer.
-pub const EVENTS_SEQUENCED: &str = "rowcast_events_sequenced_total";
+pub(crate) const EVENTS_SEQUENCED: &str = "rowcast_events_sequenced_total";
 /// Time of one sequencer round (clearing the wake-up flag, then the batch with its
 /// commit, which returns what it sequenced for the local tailer: one round trip), in
 /// seconds. A round that grows with the size of the log, not with its batch, shows here
 /// first.
-pub const SEQUENCER_ROUND: &str = "rowcast_sequencer_round_seconds";
+pub(crate) const SEQUENCER_ROUND: &str = "rowcast_sequencer_round_seconds";
 /// Events read from the log and published to the hub.
-pub const EVENTS_PUBLISHED: &str = "rowcast_events_published_total";
+pub(crate) const EVENTS_PUBLISHED: &str = "rowcast_events_published_total";
 /// Event frames written to client sessions.
-pub const DELIVERIES: &str = "rowcast_deliveries_total";
+pub(crate) const DELIVERIES: &str = "rowcast_deliveries_total";
 /// Open client sessions.
-pub const SESSIONS: &str = "rowcast_sessions";
+pub(crate) const SESSIONS: &str = "rowcast_sessions";
 /// Sessions closed, by reason.
-pub const SESSIONS_CLOSED: &str = "rowcast_sessions_closed_total";
+pub(crate) const SESSIONS_CLOSED: &str = "rowcast_sessions_closed_total";
 /// Client messages refused, by error code.
-pub const REFUSALS: &str = "rowcast_refusals_total";
+pub(crate) const REFUSALS: &str = "rowcast_refusals_total";
 /// Reconnects of a dedicated connection, by role (sequencer, tailer).
-pub const RECONNECTS: &str = "rowcast_db_reconnects_total";
+pub(crate) const RECONNECTS: &str = "rowcast_db_reconnects_total";
 /// Last position published by this replica.
-pub const HEAD: &str = "rowcast_head_position";
+pub(crate) const HEAD: &str = "rowcast_head_position";
 /// Last position handed out by the sequencer (any replica).
-pub const SEQUENCED: &str = "rowcast_sequenced_position";
+pub(crate) const SEQUENCED: &str = "rowcast_sequenced_position";
 /// Positions sequenced but not yet published by this replica.
-pub const LAG: &str = "rowcast_listener_lag_events";
+pub(crate) const LAG: &str = "rowcast_listener_lag_events";
 /// Captured events that have no position yet.
-pub const UNSEQUENCED: &str = "rowcast_unsequenced_events";
+pub(crate) const UNSEQUENCED: &str = "rowcast_unsequenced_events";
 /// Changes of tables with a domain delivered as generic `row.*` events because their row
 /// could not be read through the mapping.
-pub const ROWS_UNMAPPED: &str = "rowcast_rows_unmapped_total";
+pub(crate) const ROWS_UNMAPPED: &str = "rowcast_rows_unmapped_total";
 /// Watched tables whose registration a schema change broke (`rowcast.watched.problem`).
-pub const REGISTRATION_PROBLEMS: &str = "rowcast_registration_problems";
+pub(crate) const REGISTRATION_PROBLEMS: &str = "rowcast_registration_problems";
 /// Fraction of PostgreSQL's NOTIFY queue in use (`pg_notification_queue_usage()`).
-pub const NOTIFY_QUEUE: &str = "rowcast_notify_queue_usage";
+pub(crate) const NOTIFY_QUEUE: &str = "rowcast_notify_queue_usage";
 
 /// The process-wide recorder, installed on first use.
-pub fn handle() -> &'static PrometheusHandle {
+pub(crate) fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let handle = PrometheusBuilder::new()

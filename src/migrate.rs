@@ -15,7 +15,7 @@ mod embedded {
 }
 
 /// The re-runnable files of `sql/functions/`, in the order they are applied.
-pub const FUNCTIONS: &[(&str, &str)] = &[
+pub(crate) const FUNCTIONS: &[(&str, &str)] = &[
     (
         "10_topics.sql",
         include_str!("../sql/functions/10_topics.sql"),
@@ -52,7 +52,7 @@ pub const FUNCTIONS: &[(&str, &str)] = &[
 
 /// A checksum of [`FUNCTIONS`] (64-bit FNV-1a over names and texts, in hex): what
 /// `rowcast.functions` records and [`check`] compares.
-pub fn functions_checksum() -> String {
+pub(crate) fn functions_checksum() -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for (name, sql) in FUNCTIONS {
         for byte in name.bytes().chain([0]).chain(sql.bytes()).chain([0]) {
@@ -64,7 +64,7 @@ pub fn functions_checksum() -> String {
 }
 
 /// The statement that records [`functions_checksum`] as installed.
-pub fn record_functions_sql() -> String {
+pub(crate) fn record_functions_sql() -> String {
     format!(
         "insert into rowcast.functions (checksum) values ('{}') \
          on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();",
@@ -73,7 +73,7 @@ pub fn record_functions_sql() -> String {
 }
 
 /// Where refinery records applied migrations.
-pub const HISTORY_TABLE: &str = "rowcast.schema_history";
+pub(crate) const HISTORY_TABLE: &str = "rowcast.schema_history";
 
 /// Key of the advisory lock that serialises concurrent `migrate` runs.
 const MIGRATE_LOCK: i64 = 0x726f_7763_6173_7401;
@@ -116,7 +116,7 @@ pub enum MigrateError {
 }
 
 /// The migrations this binary ships, in version order.
-pub fn embedded_migrations() -> Vec<refinery::Migration> {
+pub(crate) fn embedded_migrations() -> Vec<refinery::Migration> {
     let mut all = embedded::migrations::runner().get_migrations().clone();
     all.sort();
     all

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 
 /// The entries of `old` whose value is not the same in `new`, as a JSON object, in
 /// `old`'s order. `None` if either is not a JSON object.
-pub fn changed_columns(new: &RawValue, old: &RawValue) -> Option<Box<RawValue>> {
+pub(crate) fn changed_columns(new: &RawValue, old: &RawValue) -> Option<Box<RawValue>> {
     let old_text = old.get();
     let Entries(new) = serde_json::from_str(new.get()).ok()?;
     let Entries(old) = serde_json::from_str(old_text).ok()?;

@@ -20,9 +20,9 @@ use crate::hub::{Frame, Published};
 #[error("log row at position {pos} is malformed: {reason}")]
 pub struct MalformedRow {
     /// Position of the row.
-    pub pos: i64,
+    pub(crate) pos: i64,
     /// What is wrong with it.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 macro_rules! select_changes {
@@ -43,7 +43,7 @@ macro_rules! select_changes {
 
 /// Changes with `$1 < pos <= $2`, in position order, at most `$3`.
 /// Prepare it once per connection and read with [`read_range`].
-pub const RANGE_SQL: &str =
+pub(crate) const RANGE_SQL: &str =
     select_changes!("where l.pos > $1 and l.pos <= $2 order by l.pos limit $3");
 
 /// Like [`RANGE_SQL`], but only changes published on one of the topics `$3`; at most
@@ -51,16 +51,16 @@ pub const RANGE_SQL: &str =
 /// goes through `$1 < pos <= $2` in position order and stops at the limit, so its cost
 /// follows the range, which replay keeps short (`serve::replay`). Read with
 /// [`read_range_for_topics`].
-pub const RANGE_FOR_TOPICS_SQL: &str = select_changes!(
+pub(crate) const RANGE_FOR_TOPICS_SQL: &str = select_changes!(
     "where l.pos > $1 and l.pos <= $2 and coalesce(l.topics && $3::text[], false) \
      order by l.pos limit $4"
 );
 
 /// A read of the log: every row, each either a change or why it could not be read.
-pub type Changes = Vec<Result<Change, MalformedRow>>;
+pub(crate) type Changes = Vec<Result<Change, MalformedRow>>;
 
 /// The position of a row read from the log, whether it could be read or not.
-pub fn position(row: &Result<Change, MalformedRow>) -> i64 {
+pub(crate) fn position(row: &Result<Change, MalformedRow>) -> i64 {
     match row {
         Ok(change) => change.pos,
         Err(err) => err.pos,
@@ -68,7 +68,7 @@ pub fn position(row: &Result<Change, MalformedRow>) -> i64 {
 }
 
 /// Reads up to `limit` changes with `after < pos <= upto`; `stmt` is [`RANGE_SQL`].
-pub async fn read_range(
+pub(crate) async fn read_range(
     client: &Client,
     stmt: &Statement,
     after: i64,
@@ -81,7 +81,7 @@ pub async fn read_range(
 
 /// Reads up to `limit` changes with `after < pos <= upto` published on one of `topics`;
 /// `stmt` is [`RANGE_FOR_TOPICS_SQL`].
-pub async fn read_range_for_topics(
+pub(crate) async fn read_range_for_topics(
     client: &Client,
     stmt: &Statement,
     after: i64,
@@ -96,7 +96,7 @@ pub async fn read_range_for_topics(
 }
 
 /// The last position handed out by the sequencer.
-pub async fn last_position(client: &Client) -> Result<i64, DbError> {
+pub(crate) async fn last_position(client: &Client) -> Result<i64, DbError> {
     let row = client
         .query_one("select last_pos from rowcast.sequencer", &[])
         .await?;
@@ -108,7 +108,7 @@ pub async fn last_position(client: &Client) -> Result<i64, DbError> {
 /// It moves in the same transaction as the deletes, so a reader that reads a range and
 /// *then* this mark knows whether the range was whole: if the mark is still at or below
 /// the range's start, nothing in the range had been deleted when it was read.
-pub async fn pruned_position(client: &Client) -> Result<i64, DbError> {
+pub(crate) async fn pruned_position(client: &Client) -> Result<i64, DbError> {
     let row = client
         .query_one("select pruned_pos from rowcast.sequencer", &[])
         .await?;
@@ -157,7 +157,7 @@ const RULES_SQL: &str = "select id, rules::text from rowcast.mappings where id =
 /// Loads, through `client`, the event rules of every change in `rows` that `mappings`
 /// does not hold yet. Rules rows never change, so an entry never goes stale; one that
 /// cannot be read is remembered as unusable, and its changes are delivered as `row.*`.
-pub async fn load_rules(
+pub(crate) async fn load_rules(
     client: &Client,
     mappings: &Mappings,
     rows: &Changes,

@@ -6,9 +6,9 @@
 //! [`changed`] keeps an UPDATE's changed columns); [`prune`] deletes what retention no
 //! longer keeps; [`registry`] reports what a schema change broke in a registration.
 
-pub mod changed;
+pub(crate) mod changed;
 pub mod log;
 pub mod prune;
 pub mod registry;
-pub mod sequencer;
+pub(crate) mod sequencer;
 pub mod tail;

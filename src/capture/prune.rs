@@ -113,7 +113,7 @@ async fn batch(
 
 /// Prunes every `interval` until `shutdown`, on pooled connections. Failures are logged
 /// and retried at the next interval; a run stops between batches at shutdown.
-pub async fn run(pool: Pool, config: RetentionConfig, shutdown: CancellationToken) {
+pub(crate) async fn run(pool: Pool, config: RetentionConfig, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(config.interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -41,7 +41,7 @@ pub async fn problems(client: &Client) -> Result<Vec<RegistrationProblem>, DbErr
 /// Logs each registration problem once (again only after it was mended and came back)
 /// and keeps the gauge [`metrics::REGISTRATION_PROBLEMS`] current.
 #[derive(Debug)]
-pub struct ProblemLog {
+pub(crate) struct ProblemLog {
     seen: Mutex<BTreeSet<RegistrationProblem>>,
 }
 
@@ -52,18 +52,18 @@ impl Default for ProblemLog {
 }
 
 /// The service's one log of registration problems.
-pub static PROBLEMS: ProblemLog = ProblemLog::new();
+pub(crate) static PROBLEMS: ProblemLog = ProblemLog::new();
 
 impl ProblemLog {
     /// An empty log.
-    pub const fn new() -> ProblemLog {
+    pub(crate) const fn new() -> ProblemLog {
         ProblemLog {
             seen: Mutex::new(BTreeSet::new()),
         }
     }
 
     /// Records the problems just read; returns those that are new since the last call.
-    pub fn report(&self, now: Vec<RegistrationProblem>) -> Vec<RegistrationProblem> {
+    pub(crate) fn report(&self, now: Vec<RegistrationProblem>) -> Vec<RegistrationProblem> {
         ::metrics::gauge!(metrics::REGISTRATION_PROBLEMS).set(now.len() as f64);
         let now: BTreeSet<_> = now.into_iter().collect();
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -80,7 +80,7 @@ impl ProblemLog {
     }
 
     /// Reads the problems and reports them; a failed read changes nothing.
-    pub async fn check(&self, client: &Client) -> Result<(), DbError> {
+    pub(crate) async fn check(&self, client: &Client) -> Result<(), DbError> {
         let now = problems(client).await?;
         self.report(now);
         Ok(())

@@ -27,13 +27,13 @@ pub struct SequencerConfig {
     /// First re-check delay after a batch whose snapshot showed transactions in progress
     /// (a writer among them may have sent no wake-up).
     #[serde(with = "humantime_serde")]
-    pub recheck_min: Duration,
+    pub(crate) recheck_min: Duration,
     /// Longest re-check delay: the re-check doubles up to it while transactions stay in
     /// progress and no events come.
     #[serde(with = "humantime_serde")]
-    pub recheck_max: Duration,
+    pub(crate) recheck_max: Duration,
     /// Most events per batch (one transaction).
-    pub batch_limit: i32,
+    pub(crate) batch_limit: i32,
     /// Longest time one batch may take before the connection is considered dead.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
@@ -41,7 +41,7 @@ pub struct SequencerConfig {
     /// long (`idle_in_transaction_session_timeout`), so a sequencer whose link went
     /// silent mid-batch cannot hold the counter row: another replica takes over.
     #[serde(with = "humantime_serde")]
-    pub abandon_after: Duration,
+    pub(crate) abandon_after: Duration,
 }
 
 impl Default for SequencerConfig {
@@ -61,7 +61,7 @@ impl Default for SequencerConfig {
 /// A batch in flight when shutdown comes is finished first. With a `feed`, every round
 /// also reads the log after the local tailer's head and offers it what it read (see
 /// [`crate::capture::tail`]).
-pub async fn run(
+pub(crate) async fn run(
     pg: tokio_postgres::Config,
     config: SequencerConfig,
     feed: Option<Feed>,

@@ -127,7 +127,7 @@ impl Offers {
 
 impl Feed {
     /// Most changes to hand over in one offer.
-    pub fn batch(&self) -> i64 {
+    pub(crate) fn batch(&self) -> i64 {
         self.batch
     }
 

@@ -27,7 +27,7 @@ impl Op {
     }
 
     /// The operation named `s` (`INSERT`, ...).
-    pub fn parse(s: &str) -> Option<Op> {
+    pub(crate) fn parse(s: &str) -> Option<Op> {
         match s {
             "INSERT" => Some(Op::Insert),
             "UPDATE" => Some(Op::Update),

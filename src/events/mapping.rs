@@ -40,7 +40,7 @@ pub struct Mapping {
     /// Its id in `rowcast.mappings`.
     pub id: i32,
     /// The rules, in the order they are tried.
-    pub rules: Vec<Rule>,
+    pub(crate) rules: Vec<Rule>,
 }
 
 impl Mapping {
@@ -53,7 +53,7 @@ impl Mapping {
     /// generic `row.*` event); an error when the row cannot be read, including when a
     /// column some rule reads is missing from it (a schema change broke the rules: every
     /// row is then generic, and counted, until the table is watched again).
-    pub fn event_of(&self, change: &Change) -> Result<Option<&Arc<str>>, MapError> {
+    pub(crate) fn event_of(&self, change: &Change) -> Result<Option<&Arc<str>>, MapError> {
         let data = change.data.as_deref().ok_or(MapError::NotAnObject)?;
         let row = Columns::of(data).ok_or(MapError::NotAnObject)?;
         if let Some(rule) = self
@@ -185,7 +185,7 @@ impl Mappings {
     }
 
     /// The ids among `ids` this cache holds nothing for, each once.
-    pub fn missing(&self, ids: impl IntoIterator<Item = i32>) -> Vec<i32> {
+    pub(crate) fn missing(&self, ids: impl IntoIterator<Item = i32>) -> Vec<i32> {
         let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
         let mut missing: Vec<i32> = ids
             .into_iter()
@@ -197,7 +197,7 @@ impl Mappings {
     }
 
     /// Remembers what was loaded for `id`: its rules, or `None` when they cannot be used.
-    pub fn remember(&self, id: i32, mapping: Option<Mapping>) {
+    pub(crate) fn remember(&self, id: i32, mapping: Option<Mapping>) {
         let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
         by_id.entry(id).or_insert(mapping.map(Arc::new));
     }

@@ -7,9 +7,9 @@
 //! and `old` are always the app's row exactly as captured, under its own column names.
 //! `docs/events.md` lists the rule language and the presets.
 
-pub mod change;
+pub(crate) mod change;
 pub mod mapping;
-pub mod rules;
+pub(crate) mod rules;
 
 use std::sync::Arc;
 

@@ -40,7 +40,7 @@ pub enum When {
 
 impl When {
     /// The column the condition reads, if any.
-    pub fn column(&self) -> Option<&str> {
+    pub(crate) fn column(&self) -> Option<&str> {
         match self {
             When::Set(c)
             | When::Cleared(c)
@@ -56,9 +56,9 @@ impl When {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// The event's name on the wire.
-    pub event: Arc<str>,
+    pub(crate) event: Arc<str>,
     /// When the rule holds.
-    pub when: When,
+    pub(crate) when: When,
 }
 
 /// A rule as `rowcast.mappings.rules` stores it.

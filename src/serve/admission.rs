@@ -67,14 +67,14 @@ impl Default for LimitsConfig {
 
 /// Counts open sessions on this replica, and open connections per IP.
 #[derive(Debug, Default)]
-pub struct Connections {
+pub(crate) struct Connections {
     sessions: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One open session's share of `max_connections`; released on drop.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     connections: Arc<Connections>,
 }
 
@@ -87,7 +87,7 @@ impl Drop for Permit {
 /// One open connection's share of `max_connections_per_ip`; released on drop (when the
 /// connection closes).
 #[derive(Debug)]
-pub struct ConnectionPermit {
+pub(crate) struct ConnectionPermit {
     connections: Arc<Connections>,
     ip: IpAddr,
 }
@@ -106,12 +106,14 @@ impl Drop for ConnectionPermit {
 
 impl Connections {
     /// Open sessions now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
         self.sessions.load(Ordering::Relaxed)
     }
 
     /// Open connections from `ip` now.
-    pub fn from_ip(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    pub(crate) fn count_from(&self, ip: IpAddr) -> usize {
         self.lock_per_ip().get(&ip).copied().unwrap_or(0)
     }
 
@@ -121,7 +123,7 @@ impl Connections {
 
     /// Admits a new connection from `ip`, or refuses it (429) when that address already
     /// has `max_connections_per_ip` open.
-    pub fn admit(
+    pub(crate) fn admit(
         self: &Arc<Self>,
         ip: IpAddr,
         limits: &LimitsConfig,
@@ -174,7 +176,11 @@ pub struct Refusal {
 
 impl Refusal {
     /// A refusal with a status, an error code and a message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Refusal {
         Refusal {
             status,
             code,
@@ -183,7 +189,8 @@ impl Refusal {
     }
 
     /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
 }
@@ -213,7 +220,7 @@ impl IntoResponse for Refusal {
 }
 
 /// Verifies the request's token (any principal is allowed everything when auth is off).
-pub fn authenticate(
+pub(crate) fn authenticate(
     ctx: &AppContext,
     headers: &HeaderMap,
     query_token: Option<&str>,
@@ -230,7 +237,7 @@ pub fn authenticate(
 /// Admits a request for an operator endpoint (`/readyz`, `/metrics`, `/api/stats`) on the
 /// public listener: anyone when authentication is off, else a valid token with the
 /// operator role (`auth.operator_role`): `401` without one, `403` for another role.
-pub fn admit_operator(
+pub(crate) fn admit_operator(
     ctx: &AppContext,
     headers: &HeaderMap,
     query_token: Option<&str>,
@@ -252,7 +259,7 @@ pub fn admit_operator(
 
 /// Admits a session: Origin, token, then a session permit. (Its connection was counted
 /// against its address when it was accepted.)
-pub fn admit_session(
+pub(crate) fn admit_session(
     ctx: &AppContext,
     headers: &HeaderMap,
     query_token: Option<&str>,
@@ -280,7 +287,7 @@ fn check_origin(limits: &LimitsConfig, headers: &HeaderMap) -> Result<(), Refusa
 
 /// A token bucket: `rate` per second, up to `burst` at once.
 #[derive(Debug)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -289,7 +296,7 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// A full bucket.
-    pub fn new(rate: f64, burst: f64) -> RateLimit {
+    pub(crate) fn new(rate: f64, burst: f64) -> RateLimit {
         RateLimit {
             rate,
             burst: burst.max(1.0),
@@ -299,7 +306,7 @@ impl RateLimit {
     }
 
     /// Takes one token if there is one.
-    pub fn try_take(&mut self) -> bool {
+    pub(crate) fn try_take(&mut self) -> bool {
         let now = Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + refill).min(self.burst);
@@ -338,14 +345,14 @@ mod tests {
             connections.admit(ip, &limits).unwrap_err().status(),
             StatusCode::TOO_MANY_REQUESTS
         );
-        assert_eq!(connections.from_ip(ip), 2);
+        assert_eq!(connections.count_from(ip), 2);
         assert!(
             connections
                 .admit("10.0.0.2".parse().unwrap(), &limits)
                 .is_ok()
         );
         drop(a);
-        assert_eq!(connections.from_ip(ip), 1);
+        assert_eq!(connections.count_from(ip), 1);
         assert!(connections.admit(ip, &limits).is_ok());
     }
 

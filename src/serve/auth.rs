@@ -225,7 +225,7 @@ pub struct Principal {
 
 impl Principal {
     /// The principal of a server without authentication: everything is allowed.
-    pub fn anonymous() -> Principal {
+    pub(crate) fn anonymous() -> Principal {
         Principal {
             sub: "anonymous".into(),
             exp: None,
@@ -379,13 +379,13 @@ impl Auth {
     }
 
     /// The role whose tokens may read the operator endpoints (`auth.operator_role`).
-    pub fn operator_role(&self) -> &str {
+    pub(crate) fn operator_role(&self) -> &str {
         &self.operator_role
     }
 
     /// Verifies a token and says whether it carries the operator role
     /// (`auth.operator_role`), which may read the operator endpoints.
-    pub fn is_operator(&self, token: &str) -> Result<bool, AuthError> {
+    pub(crate) fn is_operator(&self, token: &str) -> Result<bool, AuthError> {
         let (claims, roles) = self.decode(token)?;
         claim_text(claims.get("sub")).ok_or(AuthError::NoSubject)?;
         Ok(roles.contains(&self.operator_role))
@@ -461,7 +461,7 @@ fn expand(template: &str, claims: &Map<String, Value>) -> Option<Pattern> {
 
 /// Shortest HS256 secret accepted, in bytes: as long as the SHA-256 output (RFC 7518,
 /// section 3.2), so the secret is no easier to guess than the signature.
-pub const MIN_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
 
 /// Refuses an HS256 secret shorter than [`MIN_SECRET_BYTES`].
 fn check_secret_length(secret: &[u8]) -> Result<(), AuthConfigError> {
@@ -523,7 +523,10 @@ pub fn dev_token(
 }
 
 /// The token a request carries: the `Authorization: Bearer` header, else `?token=`.
-pub fn token_of<'a>(headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<&'a str> {
+pub(crate) fn token_of<'a>(
+    headers: &'a HeaderMap,
+    query_token: Option<&'a str>,
+) -> Option<&'a str> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

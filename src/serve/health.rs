@@ -31,19 +31,19 @@ use crate::metrics;
 
 /// The database side as last sampled by [`monitor`].
 #[derive(Debug, Default)]
-pub struct DbStats {
+pub(crate) struct DbStats {
     sequenced: AtomicI64,
     notify_queue_bits: AtomicU64,
 }
 
 impl DbStats {
     /// Last position handed out by the sequencer, as last sampled.
-    pub fn sequenced(&self) -> i64 {
+    pub(crate) fn sequenced(&self) -> i64 {
         self.sequenced.load(Ordering::Relaxed)
     }
 
     /// Fraction of the NOTIFY queue in use, as last sampled.
-    pub fn notify_queue(&self) -> f64 {
+    pub(crate) fn notify_queue(&self) -> f64 {
         f64::from_bits(self.notify_queue_bits.load(Ordering::Relaxed))
     }
 
@@ -55,17 +55,17 @@ impl DbStats {
 }
 
 /// Routes of this module: every operator endpoint, unguarded (the operator listener).
-pub fn router() -> Router<AppContext> {
+pub(crate) fn router() -> Router<AppContext> {
     liveness().merge(operator())
 }
 
 /// `/healthz` alone: it costs nothing and says nothing, so every listener serves it.
-pub fn liveness() -> Router<AppContext> {
+pub(crate) fn liveness() -> Router<AppContext> {
     Router::new().route("/healthz", get(|| async { "ok\n" }))
 }
 
 /// `/readyz` (a query per call), `/metrics` and `/api/stats`, unguarded.
-pub fn operator() -> Router<AppContext> {
+pub(crate) fn operator() -> Router<AppContext> {
     Router::new()
         .route("/readyz", get(ready))
         .route("/metrics", get(render_metrics))
@@ -74,13 +74,13 @@ pub fn operator() -> Router<AppContext> {
 
 /// The `?token=` of an operator request (Prometheus can also send `Authorization`).
 #[derive(Debug, Deserialize)]
-pub struct OperatorQuery {
+pub(crate) struct OperatorQuery {
     token: Option<String>,
 }
 
 /// Middleware for the operator endpoints on the public listener: a token with the
 /// operator role when authentication is on ([`admission::admit_operator`]).
-pub async fn require_operator(
+pub(crate) async fn require_operator(
     State(ctx): State<AppContext>,
     headers: HeaderMap,
     query: Result<Query<OperatorQuery>, QueryRejection>,
@@ -122,7 +122,7 @@ fn export(hub: &Hub, stats: &DbStats) {
 }
 
 /// Samples the database every `interval` until `shutdown`.
-pub async fn monitor(ctx: AppContext, interval: Duration, shutdown: CancellationToken) {
+pub(crate) async fn monitor(ctx: AppContext, interval: Duration, shutdown: CancellationToken) {
     loop {
         match sample(&ctx.pool).await {
             Ok((sequenced, queue)) => {
@@ -194,21 +194,21 @@ async fn render_metrics(State(ctx): State<AppContext>) -> impl IntoResponse {
 
 /// The body of `/api/stats`.
 #[derive(Debug, Serialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Open sessions on this replica.
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// Topics with at least one subscriber on this replica.
-    pub topics: usize,
+    pub(crate) topics: usize,
     /// Last position this replica published.
-    pub head: i64,
+    pub(crate) head: i64,
     /// Last position the sequencer handed out (sampled).
-    pub sequenced: i64,
+    pub(crate) sequenced: i64,
     /// `sequenced - head`.
-    pub lag: i64,
+    pub(crate) lag: i64,
     /// Fraction of the NOTIFY queue in use (sampled).
-    pub notify_queue_usage: f64,
+    pub(crate) notify_queue_usage: f64,
     /// Whether the tailer is connected.
-    pub feed_live: bool,
+    pub(crate) feed_live: bool,
 }
 
 async fn stats(State(ctx): State<AppContext>) -> Json<Stats> {

@@ -20,13 +20,13 @@ use super::{AppContext, admission};
 use crate::hub::Published;
 
 /// Events per response when `limit` is not given.
-pub const DEFAULT_LIMIT: i64 = 100;
+pub(crate) const DEFAULT_LIMIT: i64 = 100;
 
 /// Largest `limit` accepted.
-pub const MAX_LIMIT: i64 = 1000;
+pub(crate) const MAX_LIMIT: i64 = 1000;
 
 /// Routes of this module.
-pub fn router() -> Router<AppContext> {
+pub(crate) fn router() -> Router<AppContext> {
     Router::new().route("/events", get(poll))
 }
 
@@ -90,7 +90,7 @@ async fn poll(
 
 /// `{"events":[<frame>,...],"head":H,"more":B}`, with the frames spliced in as they are.
 fn page(events: &[std::sync::Arc<Published>], head: i64, more: bool) -> Response {
-    let size: usize = events.iter().map(|e| e.frame.len() + 1).sum();
+    let size: usize = events.iter().map(|e| e.frame.as_bytes().len() + 1).sum();
     let mut body = String::with_capacity(size + 40);
     body.push_str("{\"events\":[");
     for (i, event) in events.iter().enumerate() {

@@ -36,7 +36,7 @@ use super::wire::{Conn, Wire};
 
 /// A TCP listener whose connections are counted per IP and carry deadlines.
 #[derive(Debug)]
-pub struct HandshakeListener {
+pub(crate) struct HandshakeListener {
     inner: TcpListener,
     limits: Arc<LimitsConfig>,
     connections: Arc<Connections>,
@@ -44,7 +44,7 @@ pub struct HandshakeListener {
 
 impl HandshakeListener {
     /// Wraps a bound listener; its connections count in `connections`.
-    pub fn new(
+    pub(crate) fn new(
         inner: TcpListener,
         limits: Arc<LimitsConfig>,
         connections: Arc<Connections>,
@@ -108,13 +108,13 @@ impl Listener for HandshakeListener {
 /// The peer's address, the connection's socket and its request state, for handlers
 /// (`ConnectInfo<Peer>`).
 #[derive(Debug, Clone)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The client's address.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The connection's socket.
-    pub wire: Arc<Wire>,
+    pub(crate) wire: Arc<Wire>,
     /// What the connection is doing, shared with its stream's deadlines.
-    pub connection: Arc<Connection>,
+    pub(crate) connection: Arc<Connection>,
 }
 
 /// Serves a router on the connections of a [`HandshakeListener`] (the make-service of
@@ -123,13 +123,13 @@ pub struct Peer {
 /// A connection over its address's limit gets `429` and `Connection: close` for its
 /// request.
 #[derive(Debug, Clone)]
-pub struct Serve {
+pub(crate) struct Serve {
     router: Router,
 }
 
 impl Serve {
     /// Serves `router`.
-    pub fn new(router: Router) -> Serve {
+    pub(crate) fn new(router: Router) -> Serve {
         Serve { router }
     }
 }
@@ -162,7 +162,7 @@ impl Service<IncomingStream<'_, HandshakeListener>> for Serve {
 
 /// One connection's service ([`Serve`]).
 #[derive(Debug, Clone)]
-pub struct PerConnection {
+pub(crate) struct PerConnection {
     router: Router,
     peer: Peer,
 }
@@ -196,7 +196,7 @@ impl Service<Request> for PerConnection {
 }
 
 /// The response future of [`PerConnection`].
-pub struct Answer(Option<Routed>);
+pub(crate) struct Answer(Option<Routed>);
 
 /// A request the router is answering (an [`Answer`] without one is a refusal: the
 /// connection is over its address's limit).
@@ -269,7 +269,7 @@ impl Drop for Answer {
 /// One connection's request state, shared by its stream ([`Deadlined`]) and its service
 /// ([`PerConnection`]).
 #[derive(Debug)]
-pub struct Connection {
+pub(crate) struct Connection {
     /// The connection was over its address's limit: every request on it is refused
     /// (`429`) and the connection closed.
     refused: bool,
@@ -422,7 +422,7 @@ impl HttpBody for InFlight {
 /// passed: headers not complete within `handshake_timeout`, or idle for `idle_timeout`
 /// (see the module docs). It holds its connection's share of the per-address count.
 #[derive(Debug)]
-pub struct Deadlined {
+pub(crate) struct Deadlined {
     conn: Conn,
     _permit: Option<ConnectionPermit>,
     /// The connection's request state; `None` once it was upgraded.

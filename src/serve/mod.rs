@@ -4,18 +4,18 @@
 //! follow what; [`listen`] enforces connection deadlines. Handlers share an
 //! [`AppContext`]; [`crate::app`] builds it and starts the server.
 
-pub mod admission;
+pub(crate) mod admission;
 pub mod auth;
-pub mod health;
-pub mod http;
-pub mod listen;
+pub(crate) mod health;
+pub(crate) mod http;
+pub(crate) mod listen;
 pub mod protocol;
-pub mod query;
+pub(crate) mod query;
 pub mod replay;
-pub mod sse;
-pub mod web;
-pub mod wire;
-pub mod ws;
+pub(crate) mod sse;
+pub(crate) mod web;
+pub(crate) mod wire;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,7 @@ pub struct SessionConfig {
     pub queue: usize,
     /// Interval of server pings; a session silent for two intervals is closed.
     #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
+    pub(crate) ping_interval: Duration,
     /// Whether `/ws` accepts connections; off serves only SSE and HTTP polling (for
     /// networks whose proxies break WebSocket).
     pub websocket: bool,
@@ -44,11 +44,11 @@ pub struct SessionConfig {
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     /// Largest client frame accepted, in bytes; larger ones close the session (1009).
-    pub max_frame: usize,
+    pub(crate) max_frame: usize,
     /// Most topics one connection may hold.
-    pub max_topics: usize,
+    pub(crate) max_topics: usize,
     /// Events read from the log per replay query.
-    pub replay_page: i64,
+    pub(crate) replay_page: i64,
     /// Interval of SSE keep-alive comments (`: keepalive`) on an otherwise quiet stream.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
@@ -77,29 +77,29 @@ impl Default for SessionConfig {
 
 /// State shared by every handler.
 #[derive(Clone)]
-pub struct AppContext {
+pub(crate) struct AppContext {
     /// Topic index and fan-out.
-    pub hub: Arc<Hub>,
+    pub(crate) hub: Arc<Hub>,
     /// Pool for short queries.
-    pub pool: deadpool_postgres::Pool,
+    pub(crate) pool: deadpool_postgres::Pool,
     /// Domain mappings by id, shared by the tailer and replays.
-    pub mappings: Arc<Mappings>,
+    pub(crate) mappings: Arc<Mappings>,
     /// Session limits.
-    pub session: Arc<SessionConfig>,
+    pub(crate) session: Arc<SessionConfig>,
     /// Cancelled when the service shuts down.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Tracks sessions so shutdown can wait for them.
-    pub sessions: TaskTracker,
+    pub(crate) sessions: TaskTracker,
     /// The database side, sampled by [`health::monitor`].
-    pub db_stats: Arc<health::DbStats>,
+    pub(crate) db_stats: Arc<health::DbStats>,
     /// `/readyz` turns unready above this many undelivered events.
-    pub ready_max_lag: i64,
+    pub(crate) ready_max_lag: i64,
     /// Token verifier and policy; `None` when authentication is off.
-    pub auth: Option<Arc<auth::Auth>>,
+    pub(crate) auth: Option<Arc<auth::Auth>>,
     /// Connection and request limits.
-    pub limits: Arc<admission::LimitsConfig>,
+    pub(crate) limits: Arc<admission::LimitsConfig>,
     /// Open sessions, in total and per IP.
-    pub connections: Arc<admission::Connections>,
+    pub(crate) connections: Arc<admission::Connections>,
 }
 
 /// Cross-origin reads for dashboards served elsewhere: `/rowcast.js`, `/sse` and
@@ -130,7 +130,7 @@ fn cors(limits: &admission::LimitsConfig) -> tower_http::cors::CorsLayer {
 /// The public listener's routes: the transports, liveness, the dashboard, and the operator
 /// endpoints unless they have a listener of their own (`operator_listener`); with
 /// authentication on they then need a token with the operator role.
-pub fn public_router(ctx: &AppContext, operator_listener: bool) -> Router {
+pub(crate) fn public_router(ctx: &AppContext, operator_listener: bool) -> Router {
     let operator_routes = match (operator_listener, &ctx.auth) {
         (true, _) => Router::new(),
         (false, None) => health::operator(),
@@ -157,13 +157,13 @@ pub fn public_router(ctx: &AppContext, operator_listener: bool) -> Router {
 }
 
 /// The operator listener's routes (`metrics_listen`).
-pub fn operator_router(ctx: &AppContext) -> Router {
+pub(crate) fn operator_router(ctx: &AppContext) -> Router {
     health::router().with_state(ctx.clone())
 }
 
 /// Serves `app` on `listener`, under the connection limits and deadlines, until the
 /// service shuts down.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     ctx: &AppContext,

@@ -51,7 +51,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// The code as sent on the wire.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Forbidden => "forbidden",
@@ -74,7 +74,7 @@ pub struct Refusal {
 
 impl Refusal {
     /// A `bad_request` refusal.
-    pub fn bad_request(message: impl Into<String>) -> Refusal {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Refusal {
         Refusal {
             code: ErrorCode::BadRequest,
             message: message.into(),
@@ -191,7 +191,7 @@ fn truncate(s: &str) -> &str {
 /// A message from the server (other than `event`).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Outgoing<'a> {
+pub(crate) enum Outgoing<'a> {
     /// Topics added by a `subscribe`, and the head at that moment.
     Subscribed {
         /// What this request added.
@@ -229,7 +229,7 @@ pub enum Outgoing<'a> {
 
 impl Outgoing<'_> {
     /// Serialises the message.
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a server message always serialises")
     }
 }

@@ -15,20 +15,20 @@ use crate::db::DbError;
 
 /// The query parameters of `/sse` and `/events` (others, such as `token`, are ignored).
 #[derive(Debug, Default, Deserialize)]
-pub struct Params {
+pub(crate) struct Params {
     /// Comma-separated topics: `topics=bookings,user:7`.
-    pub topics: Option<String>,
+    pub(crate) topics: Option<String>,
     /// Exclusive position to resume after.
-    pub since: Option<String>,
+    pub(crate) since: Option<String>,
     /// Most events per response (`/events` only).
-    pub limit: Option<String>,
+    pub(crate) limit: Option<String>,
     /// The token, for clients that cannot send `Authorization` (may reach proxy logs).
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 /// Why an HTTP request was answered with an error.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// A parameter is missing or invalid: 400.
     #[error("{}", .0.message)]
     Refused(Refusal),
@@ -53,7 +53,7 @@ impl From<super::admission::Refusal> for HttpError {
 }
 
 /// Refuses (403) the first topic the principal may not follow.
-pub fn check_allowed(
+pub(crate) fn check_allowed(
     principal: &super::auth::Principal,
     topics: &[String],
 ) -> Result<(), HttpError> {
@@ -69,12 +69,12 @@ pub fn check_allowed(
 
 impl HttpError {
     /// A 400 with code `bad_request`.
-    pub fn bad_request(message: impl Into<String>) -> HttpError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> HttpError {
         HttpError::Refused(Refusal::bad_request(message))
     }
 
     /// A 400 for query parameters that could not be decoded.
-    pub fn from_rejection(rejection: QueryRejection) -> HttpError {
+    pub(crate) fn from_rejection(rejection: QueryRejection) -> HttpError {
         HttpError::bad_request(format!(
             "invalid query parameters: {}",
             rejection.body_text()
@@ -119,7 +119,7 @@ impl IntoResponse for HttpError {
 }
 
 /// A JSON response that caches must not keep.
-pub fn json(status: StatusCode, body: String) -> Response {
+pub(crate) fn json(status: StatusCode, body: String) -> Response {
     (
         status,
         [
@@ -132,7 +132,7 @@ pub fn json(status: StatusCode, body: String) -> Response {
 }
 
 /// Parses `topics=a,b`: required, each a valid topic, duplicates folded, at most `max`.
-pub fn topics(raw: Option<&str>, max: usize) -> Result<Vec<String>, HttpError> {
+pub(crate) fn topics(raw: Option<&str>, max: usize) -> Result<Vec<String>, HttpError> {
     let raw = raw.unwrap_or_default();
     if raw.is_empty() {
         return Err(HttpError::bad_request(
@@ -156,7 +156,7 @@ pub fn topics(raw: Option<&str>, max: usize) -> Result<Vec<String>, HttpError> {
 }
 
 /// Parses a non-negative integer parameter (`since`, `limit`, `Last-Event-ID`).
-pub fn position(name: &str, raw: &str) -> Result<i64, HttpError> {
+pub(crate) fn position(name: &str, raw: &str) -> Result<i64, HttpError> {
     match raw.trim().parse::<i64>() {
         Ok(n) if n >= 0 => Ok(n),
         _ => Err(HttpError::bad_request(format!(

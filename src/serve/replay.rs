@@ -19,18 +19,18 @@ use crate::hub::{Hub, Published, SessionId};
 use crate::serve::AppContext;
 
 /// The `reason` of a `reset` whose `since` is older than retention.
-pub const SINCE_TOO_OLD: &str = "since_too_old";
+pub(crate) const SINCE_TOO_OLD: &str = "since_too_old";
 
 /// Longest one query of a replay read may take (a page is up to
 /// [`SCAN_WINDOWS_PER_PAGE`] of them).
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Positions one query of a replay covers at most.
-pub const SCAN_WINDOW: i64 = 10_000;
+pub(crate) const SCAN_WINDOW: i64 = 10_000;
 
 /// Windows one page reads at most before it returns what it found (maybe nothing), so a
 /// request for a rare topic far behind the head answers in bounded time.
-pub const SCAN_WINDOWS_PER_PAGE: usize = 20;
+pub(crate) const SCAN_WINDOWS_PER_PAGE: usize = 20;
 
 /// Why a page could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -127,13 +127,13 @@ pub async fn read_page(
 
 /// The head a `reset` announces: where the live stream continues (never below what has
 /// been pruned).
-pub fn reset_head(hub: &Hub, pruned: i64) -> i64 {
+pub(crate) fn reset_head(hub: &Hub, pruned: i64) -> i64 {
     hub.head().max(pruned)
 }
 
 /// What a replaying session does next.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     /// Send these events, in order.
     Events(Vec<Arc<Published>>),
     /// `since` was older than retention: send a `reset` with this head. The replay goes
@@ -151,7 +151,7 @@ pub enum Step {
 
 /// A session's replay: from `since` to the hub's head, then live.
 #[derive(Debug)]
-pub struct Replay {
+pub(crate) struct Replay {
     hub: Arc<Hub>,
     pool: Pool,
     mappings: Arc<Mappings>,
@@ -167,7 +167,7 @@ pub struct Replay {
 impl Replay {
     /// A replay for session `id` (subscribed with `replay = true`, which returned `head`)
     /// of the events on `topics` after `since`, read `session.replay_page` at a time.
-    pub fn new(
+    pub(crate) fn new(
         ctx: &AppContext,
         id: SessionId,
         topics: Vec<String>,
@@ -188,7 +188,7 @@ impl Replay {
     }
 
     /// The next step. After [`Step::Live`] the replay is over.
-    pub async fn next(&mut self) -> Result<Step, DbError> {
+    pub(crate) async fn next(&mut self) -> Result<Step, DbError> {
         let mut after = match self.after {
             Some(after) => after,
             None => match start(&self.pool, self.since).await {

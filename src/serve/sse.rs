@@ -33,10 +33,10 @@ use super::replay::{self, Replay, Step};
 use crate::hub::{Membership, Published};
 
 /// The header a reconnecting `EventSource` sends.
-pub const LAST_EVENT_ID: &str = "last-event-id";
+pub(crate) const LAST_EVENT_ID: &str = "last-event-id";
 
 /// Routes of this module.
-pub fn router() -> Router<AppContext> {
+pub(crate) fn router() -> Router<AppContext> {
     Router::new().route("/sse", get(open))
 }
 

@@ -8,12 +8,12 @@ use axum::routing::get;
 use super::AppContext;
 
 /// The dashboard page.
-pub const INDEX_HTML: &str = include_str!("../../web/index.html");
+pub(crate) const INDEX_HTML: &str = include_str!("../../web/index.html");
 /// The zero-dependency browser client.
-pub const CLIENT_JS: &str = include_str!("../../web/rowcast.js");
+pub(crate) const CLIENT_JS: &str = include_str!("../../web/rowcast.js");
 
 /// Routes of this module.
-pub fn router() -> Router<AppContext> {
+pub(crate) fn router() -> Router<AppContext> {
     Router::new()
         .route(
             "/",

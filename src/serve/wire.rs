@@ -31,7 +31,7 @@ const FRAMES_PER_WRITE: usize = 32;
 
 /// A connection's socket and what its writers must know about each other.
 #[derive(Debug)]
-pub struct Wire {
+pub(crate) struct Wire {
     stream: TcpStream,
     state: Mutex<State>,
 }
@@ -49,7 +49,7 @@ struct State {
 
 impl Wire {
     /// Wraps an accepted connection.
-    pub fn new(stream: TcpStream) -> Arc<Wire> {
+    pub(crate) fn new(stream: TcpStream) -> Arc<Wire> {
         Arc::new(Wire {
             stream,
             state: Mutex::new(State::default()),
@@ -63,23 +63,23 @@ impl Wire {
     }
 
     /// Keeps the hub from writing to this socket until [`Wire::release`].
-    pub fn hold(&self) {
+    pub(crate) fn hold(&self) {
         self.lock().held = true;
     }
 
     /// Lets the hub write to this socket again.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.lock().held = false;
     }
 
     /// Whether the connection's own writer is halfway through its buffer (it must
     /// flush before anything else is written).
-    pub fn dirty(&self) -> bool {
+    pub(crate) fn dirty(&self) -> bool {
         self.lock().dirty
     }
 
     /// Waits until the socket can take more bytes.
-    pub async fn writable(&self) -> io::Result<()> {
+    pub(crate) async fn writable(&self) -> io::Result<()> {
         self.stream.writable().await
     }
 }
@@ -187,18 +187,18 @@ fn write_frames(stream: &TcpStream, state: &mut State, payloads: &[&[u8]]) -> io
 /// socket, and writes that first finish any frame the hub left in part and that keep
 /// the hub away while a write of theirs is incomplete.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     wire: Arc<Wire>,
 }
 
 impl Conn {
     /// The connection over `wire`.
-    pub fn new(wire: Arc<Wire>) -> Conn {
+    pub(crate) fn new(wire: Arc<Wire>) -> Conn {
         Conn { wire }
     }
 
     /// The shared socket.
-    pub fn wire(&self) -> &Arc<Wire> {
+    pub(crate) fn wire(&self) -> &Arc<Wire> {
         &self.wire
     }
 }

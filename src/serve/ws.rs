@@ -31,24 +31,24 @@ use super::{AppContext, listen};
 use crate::hub::Membership;
 
 /// Close codes used by sessions.
-pub mod close {
+pub(crate) mod close {
     /// The server is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// A policy refused the connection (origin, limits).
-    pub const POLICY: u16 = 1008;
+    pub(crate) const POLICY: u16 = 1008;
     /// A frame was larger than the limit.
-    pub const TOO_LARGE: u16 = 1009;
+    pub(crate) const TOO_LARGE: u16 = 1009;
     /// The server failed (the client should reconnect and resume).
-    pub const INTERNAL: u16 = 1011;
+    pub(crate) const INTERNAL: u16 = 1011;
     /// The client read too slowly; resume with `since`.
-    pub const TOO_SLOW: u16 = 4000;
+    pub(crate) const TOO_SLOW: u16 = 4000;
     /// The token expired.
-    pub const TOKEN_EXPIRED: u16 = 4001;
+    pub(crate) const TOKEN_EXPIRED: u16 = 4001;
     /// A token refresh was refused.
-    pub const REFRESH_REFUSED: u16 = 4002;
+    pub(crate) const REFRESH_REFUSED: u16 = 4002;
 
     /// A metric label for a close code.
-    pub fn label(code: u16) -> &'static str {
+    pub(crate) fn label(code: u16) -> &'static str {
         match code {
             GOING_AWAY => "going_away",
             POLICY => "policy",
@@ -63,7 +63,7 @@ pub mod close {
 }
 
 /// Routes of this module.
-pub fn router() -> Router<AppContext> {
+pub(crate) fn router() -> Router<AppContext> {
     Router::new().route("/ws", get(upgrade))
 }
 
