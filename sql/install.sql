@@ -920,6 +920,9 @@ declare
     usage  constant text := ' (a rule is insert, update, delete, "<column> set", "<column> cleared", '
                             '"<column> changed", "<column> -> value, ..." or "<column> -> *")';
 begin
+    if length(s) > 1000 then
+        raise exception 'rowcast.watch: a rule is at most 1000 characters' using errcode = 'program_limit_exceeded';
+    end if;
     if lower(s) in ('insert', 'update', 'delete') then
         return jsonb_build_object('op', upper(s));
     end if;
@@ -999,6 +1002,10 @@ begin
             end if;
         end if;
         vals := vals || cur;
+        if cardinality(vals) > 100 then
+            raise exception 'rowcast.watch: rule % has more than 100 values', quote_literal(left(s, 60) || '...')
+                using errcode = 'program_limit_exceeded';
+        end if;
         while i <= n and substr(v, i, 1) ~ '\s' loop i := i + 1; end loop;
         exit when i > n;
         if substr(v, i, 1) <> ',' then
@@ -1025,7 +1032,8 @@ as $$
                   else '"' || replace(col, '"', '""') || '"' end
              || case rule ->> 'test'
                     when 'becomes' then ' -> ' || (select string_agg(case when v ~ '^[^\s,'']([^,'']*[^\s,''])?$' and v <> '*' then v
-                                                                          else quote_literal(v) end, ', ' order by o)
+                                                                          else '''' || replace(v, '''', '''''') || '''' end,
+                                                         ', ' order by o)
                                                    from jsonb_array_elements_text(rule -> 'values') with ordinality x(v, o))
                     when 'becomes_any' then ' -> *'
                     else ' ' || (rule ->> 'test')
@@ -1241,8 +1249,8 @@ begin
                     using errcode = 'invalid_parameter_value';
             end if;
             v := lower(v);
-        elsif class = 'number' and v !~ '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$' then
-            raise exception 'rowcast.watch: the rule for % compares numeric column "%" of table % with %, which is not a number',
+        elsif class = 'number' and v !~ '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$' then
+            raise exception 'rowcast.watch: the rule for % compares numeric column "%" of table % with %, which is not a plain decimal number',
                 event, col, tbl, quote_literal(v)
                 using errcode = 'invalid_parameter_value';
         end if;
@@ -1271,23 +1279,31 @@ declare
     named    text[] := '{}';
 begin
     rules := coalesce(rules, '[]');
-    if jsonb_typeof(rules) <> 'array' then
+    if jsonb_typeof(rules) = 'object' and rules ? 'carried' then
+        -- rowcast.follow(): the table's own rules as stored, carried forward by column
+        -- number; a rule whose column was dropped is kept as one that never fires.
+        if jsonb_typeof(rules -> 'carried') <> 'array' or jsonb_array_length(rules -> 'carried') > 100 then
+            raise exception 'rowcast.watch: carried rules must be an array of at most 100' using errcode = 'invalid_parameter_value';
+        end if;
+        for r in select e.value as v from jsonb_array_elements(rules -> 'carried') as e(value) loop
+            resolved := resolved || rowcast.carry_rule(tbl, r.v);
+            named := named || (r.v ->> 'event');
+        end loop;
+    elsif jsonb_typeof(rules) <> 'array' then
         raise exception 'rowcast.watch: rules must be a JSON array of {"when": "<rule>", "event": "<name>"}, tried in order'
             using errcode = 'invalid_parameter_value';
+    elsif jsonb_array_length(rules) > 100 then
+        raise exception 'rowcast.watch: a table has at most 100 rules of its own' using errcode = 'program_limit_exceeded';
     end if;
-    for r in select e.value as v, e.ord from jsonb_array_elements(rules) with ordinality as e(value, ord) loop
+    for r in select e.value as v, e.ord from jsonb_array_elements(case when jsonb_typeof(rules) = 'array' then rules else '[]' end)
+             with ordinality as e(value, ord) loop
         if jsonb_typeof(r.v) <> 'object' or jsonb_typeof(r.v -> 'event') is distinct from 'string'
            or jsonb_typeof(coalesce(r.v -> 'when', 'null')) not in ('string', 'null')
            or exists (select from jsonb_object_keys(r.v) k where k not in ('when', 'event')) then
             raise exception 'rowcast.watch: rule % of rules must be an object {"when": "<rule>", "event": "<name>"}, not %', r.ord, r.v
                 using errcode = 'invalid_parameter_value';
         end if;
-        ev := r.v ->> 'event';
-        if ev !~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$' or length(ev) > 100 then
-            raise exception 'rowcast.watch: event name % must be letters, digits and underscores in dot-separated parts, like booking.accepted',
-                quote_literal(ev)
-                using errcode = 'invalid_parameter_value';
-        end if;
+        ev := rowcast.checked_event(r.v ->> 'event');
         named := named || ev;
         if r.v ->> 'when' is null then
             if kind is null or not exists (select from rowcast.preset_rules p where p.kind = resolve_rules.kind and p.event = ev) then
@@ -1311,19 +1327,70 @@ begin
 end
 $$;
 
--- The table's own rules of a stored mapping, in the rule language with the columns' names
--- now (by number): what watch() is given again when a rename is followed.
-create or replace function rowcast.own_rules(tbl oid, rules jsonb) returns jsonb
-language sql
+-- An event name, checked: letters, digits and underscores in dot-separated parts (no
+-- white space or line breaks, which would break an SSE stream), at most 100 characters.
+create or replace function rowcast.checked_event(ev text) returns text
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if ev is null or ev !~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$' or length(ev) > 100 then
+        raise exception 'rowcast.watch: event name % must be letters, digits and underscores in dot-separated parts, like booking.accepted',
+            coalesce(quote_literal(ev), 'null')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    return ev;
+end
+$$;
+
+-- One of a table's own rules as stored, carried forward to a new registration by column
+-- number (rowcast.follow()): its column is named as it is now, and a rule whose column
+-- was dropped becomes one that never fires and remembers the column (`dropped`), so that
+-- no other column given that name later is read in its place. Nothing is re-parsed or
+-- re-checked against the column's type: a rename never makes it fail.
+create or replace function rowcast.carry_rule(tbl regclass, rule jsonb) returns jsonb
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select coalesce(jsonb_agg(jsonb_build_object('when', rowcast.rule_text(x.r, a.attname::text), 'event', x.r ->> 'event')
-                              order by x.ord), '[]')
-    from jsonb_array_elements(coalesce(rules, '[]')) with ordinality as x(r, ord)
-    left join pg_catalog.pg_attribute a
-           on a.attrelid = tbl and a.attnum = (x.r ->> 'attnum')::int2 and not a.attisdropped
-    where x.r ->> 'from' = 'rules'
+declare
+    ev   text;
+    col  text;
+    test text;
+begin
+    if jsonb_typeof(rule) <> 'object' then
+        raise exception 'rowcast.watch: a carried rule must be an object' using errcode = 'invalid_parameter_value';
+    end if;
+    ev := rowcast.checked_event(rule ->> 'event');
+    if rule ->> 'op' is null then
+        return jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+            'event', ev, 'op', null, 'from', 'rules', 'dropped', rule ->> 'dropped', 'attnum', rule -> 'attnum')));
+    end if;
+    if not rule ? 'attnum' then
+        if rule ->> 'op' not in ('INSERT', 'UPDATE', 'DELETE') then
+            raise exception 'rowcast.watch: a carried rule has an unknown operation' using errcode = 'invalid_parameter_value';
+        end if;
+        return jsonb_build_array(jsonb_build_object('event', ev, 'op', rule ->> 'op', 'from', 'rules'));
+    end if;
+    test := rule ->> 'test';
+    if test not in ('set', 'cleared', 'changed', 'becomes', 'becomes_any')
+       or (test = 'becomes' and (jsonb_typeof(rule -> 'values') <> 'array'
+                                 or jsonb_array_length(rule -> 'values') not between 1 and 100
+                                 or exists (select from jsonb_array_elements(rule -> 'values') v
+                                            where jsonb_typeof(v) <> 'string'))) then
+        raise exception 'rowcast.watch: a carried rule cannot be read' using errcode = 'invalid_parameter_value';
+    end if;
+    select a.attname into col from pg_catalog.pg_attribute a
+    where a.attrelid = tbl and a.attnum = (rule ->> 'attnum')::int2 and a.attnum > 0 and not a.attisdropped;
+    if col is null then
+        return jsonb_build_array(jsonb_build_object('event', ev, 'op', null, 'from', 'rules',
+                                                    'dropped', rule ->> 'column', 'attnum', rule -> 'attnum'));
+    end if;
+    return jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        'event', ev, 'op', 'UPDATE', 'test', test, 'column', col, 'attnum', (rule ->> 'attnum')::int2,
+        'values', rule -> 'values', 'from', 'rules')));
+end
 $$;
 
 -- sql/functions/50_registry.sql
@@ -1423,6 +1490,12 @@ begin
     select c.relkind, c.relname, c.relispartition, n.nspname into rel
     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
     where c.oid = tbl;
+    -- Only for whoever may watch the table: a registration names settings, and an
+    -- identical one is reused, so it must not answer anyone else.
+    if not pg_catalog.pg_has_role(session_user, (select c.relowner from pg_catalog.pg_class c where c.oid = tbl), 'USAGE') then
+        raise exception 'rowcast.watch: only the owner of % may register it', tbl
+            using errcode = 'insufficient_privilege';
+    end if;
     if rel.relkind not in ('r', 'p') then
         raise exception 'rowcast.watch: % is not a table (only tables and partitioned tables can be watched)', tbl
             using errcode = 'wrong_object_type';
@@ -1836,7 +1909,10 @@ begin
         where r.id = args[1]::int and r.relid = tbl and e.rule ->> 'from' = 'rules' and e.rule ? 'attnum'
         order by e.ord
     loop
-        if x.now_name is null then
+        if x.rule ? 'dropped' then
+            return format('column "%s", which the rule for %s read, was dropped: the rule no longer fires; run rowcast.watch again with rules that fit',
+                          x.rule ->> 'dropped', x.rule ->> 'event');
+        elsif x.now_name is null then
             return format('column "%s", which the rule for %s reads, was dropped: the table''s rows are delivered as row.*; run rowcast.watch again with rules that fit',
                           x.rule ->> 'column', x.rule ->> 'event');
         elsif x.now_name <> x.rule ->> 'column' then
@@ -1913,15 +1989,6 @@ begin
                                  where a.attrelid = tbl and a.attnum = n and not a.attisdropped)) then
         return;
     end if;
-    -- A column the table's own rules read was dropped: shown in rowcast.watched until
-    -- watch() is run again with rules that fit.
-    if r.mapping_id is not null
-       and exists (select from rowcast.mappings x cross join lateral jsonb_array_elements(x.rules) e(rule)
-                   where x.id = r.mapping_id and e.rule ->> 'from' = 'rules' and e.rule ? 'attnum'
-                     and not exists (select from pg_catalog.pg_attribute a
-                                     where a.attrelid = tbl and a.attnum = (e.rule ->> 'attnum')::int2 and not a.attisdropped)) then
-        return;
-    end if;
     -- An excluded column dropped and not added again: keep the registration (and the
     -- name it excludes) until it is, or until watch() is run again.
     if exists (select from unnest(r.exclude_columns, r.exclude_attnums) as x(name, n)
@@ -1953,12 +2020,29 @@ begin
     end if;
     select * into reg from rowcast.register(tbl::regclass, case when r.topic_default then null else r.topic end,
                                             routes, exclude, m.kind, coalesce(columns, '{}'), args[3],
-                                            rowcast.own_rules(tbl, m.rules));
+                                            jsonb_build_object('carried', coalesce(
+                                                (select jsonb_agg(e.rule order by e.ord)
+                                                 from jsonb_array_elements(m.rules) with ordinality as e(rule, ord)
+                                                 where e.rule ->> 'from' = 'rules'), '[]')));
     select coalesce(array_agg(x::int2 order by x::int2), '{}') into now_ex from unnest(args[4:]) x;
     if reg.routing_id <> r.id or reg.exclude_attnums <> now_ex then
         perform rowcast.arm_triggers(tbl::regclass, reg.routing_id, args[3], reg.exclude_attnums);
     end if;
 exception when others then
+    -- Fail closed: a column added again under an excluded name stays excluded, whatever
+    -- else could not be followed.
+    begin
+        select coalesce(array_agg(distinct a.attnum order by a.attnum), '{}') into now_ex
+        from pg_catalog.pg_attribute a
+        where a.attrelid = tbl and a.attnum > 0 and not a.attisdropped
+          and (a.attnum::text = any (args[4:]) or a.attname = any (coalesce(r.exclude_columns, '{}')));
+        if r.id is not null and now_ex is distinct from
+               (select coalesce(array_agg(x::int2 order by x::int2), '{}') from unnest(args[4:]) x) then
+            perform rowcast.arm_triggers(tbl::regclass, r.id, args[3], now_ex);
+        end if;
+    exception when others then
+        raise warning 'rowcast: could not keep the exclusions of % after a schema change: %', tbl::regclass, sqlerrm;
+    end;
     raise warning 'rowcast: could not follow the schema change of %: % (see rowcast.watched)', tbl::regclass, sqlerrm;
 end
 $$;
@@ -2129,5 +2213,5 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.confirm(regclass), rowcast.shown_name(regclass), rowcast.table_topic(regclass), rowcast.topic_escape(text),
     rowcast.resolve_table(text), rowcast.rule_text(jsonb, text) to public;
 
-insert into rowcast.functions (checksum) values ('84381f5d04297d4c') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('6f6f9eb7609083f4') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

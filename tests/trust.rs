@@ -198,9 +198,22 @@ async fn a_tenant_admin_reads_and_changes_nothing_of_another_tenant() {
             "{sql}: {message}"
         );
     }
-    // A registration of B's table made by A is inert: B's trigger does not name it, so
-    // not even a writer of B's table can use it.
-    let squat: i32 = as_a
+    // A may not even register B's table: a registration names settings, and an
+    // identical earlier one is reused, so it would tell A what B chose.
+    let message = denied(
+        as_a.query_one(
+            "select routing_id from rowcast.register('b_people', topic => 'user', routes => '{\"ssn\": \"leak\"}')",
+            &[],
+        )
+        .await,
+        "registering another tenant's table",
+    );
+    assert!(message.contains("only the owner"), "{message}");
+    // A registration of B's table that B's trigger does not name (here the installer's)
+    // is inert: not even a writer of B's table can use it.
+    let squat: i32 = db
+        .client()
+        .await
         .query_one(
             "select routing_id from rowcast.register('b_people', topic => 'user', routes => '{\"ssn\": \"leak\"}')",
             &[],

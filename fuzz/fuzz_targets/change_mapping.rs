@@ -1,5 +1,5 @@
 //! The change-to-event mapping on malformed and unusual rows: arbitrary bytes become a
-//! public [`Change`], which goes through `tail::publishable` (change -> `Event::of` ->
+//! public [`Change`], which goes through `capture::log::publishable` (change -> `Event::of` ->
 //! `events::frame`), the path every captured row takes to subscribers, with and without
 //! event rules that read the row (every kind of rule, on the columns `status`, `at` and
 //! `n`).
@@ -25,9 +25,8 @@
 use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
-use rowcast::capture::log::{Change, Op};
-use rowcast::capture::tail;
-use rowcast::events::{self, Event, Mapping, Mappings, Rule, When};
+use rowcast::capture::log;
+use rowcast::events::{self, Change, Event, Mapping, Mappings, Op, Rule, When};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -99,7 +98,7 @@ fuzz_target!(|input: &[u8]| {
 
     let mappings = Mappings::new();
     mappings.insert(rules());
-    let published = tail::publishable(&change, &mappings);
+    let published = log::publishable(&change, &mappings);
     let mapping = mappings.for_change(&change).expect("mapping 1 is loaded");
     let event = Event::of(&change, Ok(mapping.as_deref()));
     assert_eq!(published.pos, change.pos);

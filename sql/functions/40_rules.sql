@@ -27,6 +27,9 @@ declare
     usage  constant text := ' (a rule is insert, update, delete, "<column> set", "<column> cleared", '
                             '"<column> changed", "<column> -> value, ..." or "<column> -> *")';
 begin
+    if length(s) > 1000 then
+        raise exception 'rowcast.watch: a rule is at most 1000 characters' using errcode = 'program_limit_exceeded';
+    end if;
     if lower(s) in ('insert', 'update', 'delete') then
         return jsonb_build_object('op', upper(s));
     end if;
@@ -106,6 +109,10 @@ begin
             end if;
         end if;
         vals := vals || cur;
+        if cardinality(vals) > 100 then
+            raise exception 'rowcast.watch: rule % has more than 100 values', quote_literal(left(s, 60) || '...')
+                using errcode = 'program_limit_exceeded';
+        end if;
         while i <= n and substr(v, i, 1) ~ '\s' loop i := i + 1; end loop;
         exit when i > n;
         if substr(v, i, 1) <> ',' then
@@ -132,7 +139,8 @@ as $$
                   else '"' || replace(col, '"', '""') || '"' end
              || case rule ->> 'test'
                     when 'becomes' then ' -> ' || (select string_agg(case when v ~ '^[^\s,'']([^,'']*[^\s,''])?$' and v <> '*' then v
-                                                                          else quote_literal(v) end, ', ' order by o)
+                                                                          else '''' || replace(v, '''', '''''') || '''' end,
+                                                         ', ' order by o)
                                                    from jsonb_array_elements_text(rule -> 'values') with ordinality x(v, o))
                     when 'becomes_any' then ' -> *'
                     else ' ' || (rule ->> 'test')
@@ -348,8 +356,8 @@ begin
                     using errcode = 'invalid_parameter_value';
             end if;
             v := lower(v);
-        elsif class = 'number' and v !~ '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$' then
-            raise exception 'rowcast.watch: the rule for % compares numeric column "%" of table % with %, which is not a number',
+        elsif class = 'number' and v !~ '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$' then
+            raise exception 'rowcast.watch: the rule for % compares numeric column "%" of table % with %, which is not a plain decimal number',
                 event, col, tbl, quote_literal(v)
                 using errcode = 'invalid_parameter_value';
         end if;
@@ -378,23 +386,31 @@ declare
     named    text[] := '{}';
 begin
     rules := coalesce(rules, '[]');
-    if jsonb_typeof(rules) <> 'array' then
+    if jsonb_typeof(rules) = 'object' and rules ? 'carried' then
+        -- rowcast.follow(): the table's own rules as stored, carried forward by column
+        -- number; a rule whose column was dropped is kept as one that never fires.
+        if jsonb_typeof(rules -> 'carried') <> 'array' or jsonb_array_length(rules -> 'carried') > 100 then
+            raise exception 'rowcast.watch: carried rules must be an array of at most 100' using errcode = 'invalid_parameter_value';
+        end if;
+        for r in select e.value as v from jsonb_array_elements(rules -> 'carried') as e(value) loop
+            resolved := resolved || rowcast.carry_rule(tbl, r.v);
+            named := named || (r.v ->> 'event');
+        end loop;
+    elsif jsonb_typeof(rules) <> 'array' then
         raise exception 'rowcast.watch: rules must be a JSON array of {"when": "<rule>", "event": "<name>"}, tried in order'
             using errcode = 'invalid_parameter_value';
+    elsif jsonb_array_length(rules) > 100 then
+        raise exception 'rowcast.watch: a table has at most 100 rules of its own' using errcode = 'program_limit_exceeded';
     end if;
-    for r in select e.value as v, e.ord from jsonb_array_elements(rules) with ordinality as e(value, ord) loop
+    for r in select e.value as v, e.ord from jsonb_array_elements(case when jsonb_typeof(rules) = 'array' then rules else '[]' end)
+             with ordinality as e(value, ord) loop
         if jsonb_typeof(r.v) <> 'object' or jsonb_typeof(r.v -> 'event') is distinct from 'string'
            or jsonb_typeof(coalesce(r.v -> 'when', 'null')) not in ('string', 'null')
            or exists (select from jsonb_object_keys(r.v) k where k not in ('when', 'event')) then
             raise exception 'rowcast.watch: rule % of rules must be an object {"when": "<rule>", "event": "<name>"}, not %', r.ord, r.v
                 using errcode = 'invalid_parameter_value';
         end if;
-        ev := r.v ->> 'event';
-        if ev !~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$' or length(ev) > 100 then
-            raise exception 'rowcast.watch: event name % must be letters, digits and underscores in dot-separated parts, like booking.accepted',
-                quote_literal(ev)
-                using errcode = 'invalid_parameter_value';
-        end if;
+        ev := rowcast.checked_event(r.v ->> 'event');
         named := named || ev;
         if r.v ->> 'when' is null then
             if kind is null or not exists (select from rowcast.preset_rules p where p.kind = resolve_rules.kind and p.event = ev) then
@@ -418,17 +434,68 @@ begin
 end
 $$;
 
--- The table's own rules of a stored mapping, in the rule language with the columns' names
--- now (by number): what watch() is given again when a rename is followed.
-create or replace function rowcast.own_rules(tbl oid, rules jsonb) returns jsonb
-language sql
+-- An event name, checked: letters, digits and underscores in dot-separated parts (no
+-- white space or line breaks, which would break an SSE stream), at most 100 characters.
+create or replace function rowcast.checked_event(ev text) returns text
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if ev is null or ev !~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$' or length(ev) > 100 then
+        raise exception 'rowcast.watch: event name % must be letters, digits and underscores in dot-separated parts, like booking.accepted',
+            coalesce(quote_literal(ev), 'null')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    return ev;
+end
+$$;
+
+-- One of a table's own rules as stored, carried forward to a new registration by column
+-- number (rowcast.follow()): its column is named as it is now, and a rule whose column
+-- was dropped becomes one that never fires and remembers the column (`dropped`), so that
+-- no other column given that name later is read in its place. Nothing is re-parsed or
+-- re-checked against the column's type: a rename never makes it fail.
+create or replace function rowcast.carry_rule(tbl regclass, rule jsonb) returns jsonb
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select coalesce(jsonb_agg(jsonb_build_object('when', rowcast.rule_text(x.r, a.attname::text), 'event', x.r ->> 'event')
-                              order by x.ord), '[]')
-    from jsonb_array_elements(coalesce(rules, '[]')) with ordinality as x(r, ord)
-    left join pg_catalog.pg_attribute a
-           on a.attrelid = tbl and a.attnum = (x.r ->> 'attnum')::int2 and not a.attisdropped
-    where x.r ->> 'from' = 'rules'
+declare
+    ev   text;
+    col  text;
+    test text;
+begin
+    if jsonb_typeof(rule) <> 'object' then
+        raise exception 'rowcast.watch: a carried rule must be an object' using errcode = 'invalid_parameter_value';
+    end if;
+    ev := rowcast.checked_event(rule ->> 'event');
+    if rule ->> 'op' is null then
+        return jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+            'event', ev, 'op', null, 'from', 'rules', 'dropped', rule ->> 'dropped', 'attnum', rule -> 'attnum')));
+    end if;
+    if not rule ? 'attnum' then
+        if rule ->> 'op' not in ('INSERT', 'UPDATE', 'DELETE') then
+            raise exception 'rowcast.watch: a carried rule has an unknown operation' using errcode = 'invalid_parameter_value';
+        end if;
+        return jsonb_build_array(jsonb_build_object('event', ev, 'op', rule ->> 'op', 'from', 'rules'));
+    end if;
+    test := rule ->> 'test';
+    if test not in ('set', 'cleared', 'changed', 'becomes', 'becomes_any')
+       or (test = 'becomes' and (jsonb_typeof(rule -> 'values') <> 'array'
+                                 or jsonb_array_length(rule -> 'values') not between 1 and 100
+                                 or exists (select from jsonb_array_elements(rule -> 'values') v
+                                            where jsonb_typeof(v) <> 'string'))) then
+        raise exception 'rowcast.watch: a carried rule cannot be read' using errcode = 'invalid_parameter_value';
+    end if;
+    select a.attname into col from pg_catalog.pg_attribute a
+    where a.attrelid = tbl and a.attnum = (rule ->> 'attnum')::int2 and a.attnum > 0 and not a.attisdropped;
+    if col is null then
+        return jsonb_build_array(jsonb_build_object('event', ev, 'op', null, 'from', 'rules',
+                                                    'dropped', rule ->> 'column', 'attnum', rule -> 'attnum'));
+    end if;
+    return jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        'event', ev, 'op', 'UPDATE', 'test', test, 'column', col, 'attnum', (rule ->> 'attnum')::int2,
+        'values', rule -> 'values', 'from', 'rules')));
+end
 $$;

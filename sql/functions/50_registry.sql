@@ -94,6 +94,12 @@ begin
     select c.relkind, c.relname, c.relispartition, n.nspname into rel
     from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
     where c.oid = tbl;
+    -- Only for whoever may watch the table: a registration names settings, and an
+    -- identical one is reused, so it must not answer anyone else.
+    if not pg_catalog.pg_has_role(session_user, (select c.relowner from pg_catalog.pg_class c where c.oid = tbl), 'USAGE') then
+        raise exception 'rowcast.watch: only the owner of % may register it', tbl
+            using errcode = 'insufficient_privilege';
+    end if;
     if rel.relkind not in ('r', 'p') then
         raise exception 'rowcast.watch: % is not a table (only tables and partitioned tables can be watched)', tbl
             using errcode = 'wrong_object_type';

@@ -142,7 +142,10 @@ begin
         where r.id = args[1]::int and r.relid = tbl and e.rule ->> 'from' = 'rules' and e.rule ? 'attnum'
         order by e.ord
     loop
-        if x.now_name is null then
+        if x.rule ? 'dropped' then
+            return format('column "%s", which the rule for %s read, was dropped: the rule no longer fires; run rowcast.watch again with rules that fit',
+                          x.rule ->> 'dropped', x.rule ->> 'event');
+        elsif x.now_name is null then
             return format('column "%s", which the rule for %s reads, was dropped: the table''s rows are delivered as row.*; run rowcast.watch again with rules that fit',
                           x.rule ->> 'column', x.rule ->> 'event');
         elsif x.now_name <> x.rule ->> 'column' then
@@ -219,15 +222,6 @@ begin
                                  where a.attrelid = tbl and a.attnum = n and not a.attisdropped)) then
         return;
     end if;
-    -- A column the table's own rules read was dropped: shown in rowcast.watched until
-    -- watch() is run again with rules that fit.
-    if r.mapping_id is not null
-       and exists (select from rowcast.mappings x cross join lateral jsonb_array_elements(x.rules) e(rule)
-                   where x.id = r.mapping_id and e.rule ->> 'from' = 'rules' and e.rule ? 'attnum'
-                     and not exists (select from pg_catalog.pg_attribute a
-                                     where a.attrelid = tbl and a.attnum = (e.rule ->> 'attnum')::int2 and not a.attisdropped)) then
-        return;
-    end if;
     -- An excluded column dropped and not added again: keep the registration (and the
     -- name it excludes) until it is, or until watch() is run again.
     if exists (select from unnest(r.exclude_columns, r.exclude_attnums) as x(name, n)
@@ -259,12 +253,29 @@ begin
     end if;
     select * into reg from rowcast.register(tbl::regclass, case when r.topic_default then null else r.topic end,
                                             routes, exclude, m.kind, coalesce(columns, '{}'), args[3],
-                                            rowcast.own_rules(tbl, m.rules));
+                                            jsonb_build_object('carried', coalesce(
+                                                (select jsonb_agg(e.rule order by e.ord)
+                                                 from jsonb_array_elements(m.rules) with ordinality as e(rule, ord)
+                                                 where e.rule ->> 'from' = 'rules'), '[]')));
     select coalesce(array_agg(x::int2 order by x::int2), '{}') into now_ex from unnest(args[4:]) x;
     if reg.routing_id <> r.id or reg.exclude_attnums <> now_ex then
         perform rowcast.arm_triggers(tbl::regclass, reg.routing_id, args[3], reg.exclude_attnums);
     end if;
 exception when others then
+    -- Fail closed: a column added again under an excluded name stays excluded, whatever
+    -- else could not be followed.
+    begin
+        select coalesce(array_agg(distinct a.attnum order by a.attnum), '{}') into now_ex
+        from pg_catalog.pg_attribute a
+        where a.attrelid = tbl and a.attnum > 0 and not a.attisdropped
+          and (a.attnum::text = any (args[4:]) or a.attname = any (coalesce(r.exclude_columns, '{}')));
+        if r.id is not null and now_ex is distinct from
+               (select coalesce(array_agg(x::int2 order by x::int2), '{}') from unnest(args[4:]) x) then
+            perform rowcast.arm_triggers(tbl::regclass, r.id, args[3], now_ex);
+        end if;
+    exception when others then
+        raise warning 'rowcast: could not keep the exclusions of % after a schema change: %', tbl::regclass, sqlerrm;
+    end;
     raise warning 'rowcast: could not follow the schema change of %: % (see rowcast.watched)', tbl::regclass, sqlerrm;
 end
 $$;
