@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::WAIT;
+use super::{WAIT, eventually};
 
 /// The browser binary, if one is installed.
 pub fn chromium() -> Option<PathBuf> {
@@ -142,14 +142,7 @@ impl Browser {
 
     /// Waits until `expression` is true in the page; returns false after `limit`.
     pub async fn wait_for(&mut self, expression: &str, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while tokio::time::Instant::now() < deadline {
-            if self.eval(expression).await == json!(true) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
+        eventually(limit, async || self.eval(expression).await == json!(true)).await
     }
 
     /// Saves a PNG screenshot of the page to `path`.
