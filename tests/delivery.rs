@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::pipeline::NEW_BOOKING;
 use crate::support::sse::{self, get_json};
-use crate::support::{TestApp, TestDb, WAIT, positions, test_config};
+use crate::support::{TestApp, TestDb, WAIT, positions, stuck_bytes, test_config, wait_until};
 
 /// Walks `/events` from `since`, `limit` at a time, following `head`, until `n` events
 /// have arrived. Returns them and the last head.
@@ -53,6 +53,7 @@ pub async fn poll_all(
             events.len()
         );
         if !more {
+            // A polling client's pause between empty polls (the loop is bounded above).
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -193,6 +194,7 @@ async fn http_paging_with_head_walks_the_whole_log_while_writes_go_on() {
                 .await
                 .unwrap();
             if i % 25 == 0 {
+                // Pacing the writer, so that pages are read while it writes.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -347,6 +349,7 @@ async fn sse_resume_while_writes_go_on_switches_to_live_with_no_gap_and_nothing_
         for i in 0..250i64 {
             writer.query_one(NEW_BOOKING, &[&i, &2i64]).await.unwrap();
             if i % 20 == 0 {
+                // Pacing the writer, so that resumes happen while it writes.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -395,7 +398,11 @@ async fn an_sse_client_that_stops_reading_does_not_hold_up_shutdown() {
         .await
         .unwrap();
     app.wait_head(100).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the stream's data backs up in the kernel", async || {
+        let (unsent, unread) = stuck_bytes(app.addr);
+        unsent > 0 && unread > 0
+    })
+    .await;
     // `stop` panics if the service has not stopped within the wait.
     app.stop().await;
     drop(stuck);

@@ -13,7 +13,9 @@ use crate::pipeline::NEW_BOOKING;
 use crate::support::cluster::Cluster;
 use crate::support::proxy::Proxy;
 use crate::support::service::{ServiceProcess, Writer};
-use crate::support::{DEMO_SQL, TestApp, TestDb, WAIT, connect, positions, test_config};
+use crate::support::{
+    DEMO_SQL, TestApp, TestDb, WAIT, connect, eventually, positions, test_config, wait_until,
+};
 
 /// A dashboard that follows `bookings`, reconnecting (to any of `addrs`) and resuming
 /// with the last position it saw, and records every position it receives.
@@ -55,6 +57,7 @@ impl Follower {
                     }
                 }
                 *count.lock().unwrap() += 1;
+                // A reconnecting client's pause, not a wait for a condition.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
@@ -65,20 +68,23 @@ impl Follower {
         }
     }
 
+    /// How many events it has received.
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more events have arrived: the service is up and delivering.
+    async fn sees_more(&self, n: usize) {
+        let from = self.count();
+        let what = format!("the follower receives {n} events after its first {from}");
+        wait_until(&what, async || self.count() >= from + n).await;
+    }
+
     /// Waits until `n` events were seen, then checks they are exactly 1..=n.
     async fn expect_exactly(&self, n: i64) {
-        let deadline = tokio::time::Instant::now() + WAIT * 3;
-        loop {
-            let got = self.seen.lock().unwrap().len() as i64;
-            if got >= n {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {got} of {n} events arrived"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let arrived = eventually(WAIT * 3, async || self.count() as i64 >= n).await;
+        assert!(arrived, "only {} of {n} events arrived", self.count());
+        // Not a wait for a condition: room for a duplicate or a stray event to show up.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let seen = self.seen.lock().unwrap().clone();
         assert_eq!(
@@ -97,6 +103,13 @@ impl Drop for Follower {
     fn drop(&mut self) {
         self.handle.abort();
     }
+}
+
+/// Waits until the writer has committed `n` more bookings.
+async fn writes(writer: &Writer, n: u64) {
+    let from = writer.committed();
+    let what = format!("the writer commits {n} bookings after its first {from}");
+    wait_until(&what, async || writer.committed() >= from + n).await;
 }
 
 async fn own_demo_db(cluster: &Cluster) -> TestDb {
@@ -150,12 +163,13 @@ async fn sigkill_of_the_service_under_load_loses_nothing() {
     let follower = Follower::start(Arc::new(Mutex::new(vec![addr])));
     let writer = Writer::start(&db.url, Duration::from_millis(3));
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Killed while it delivers under load, and down while bookings are written.
+        follower.sees_more(50).await;
         service.kill();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        writes(&writer, 50).await;
         service = ServiceProcess::start(&db.url, Some(addr)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    follower.sees_more(50).await;
     let written = committed(&db, writer).await;
     assert!(written > 100, "only {written} writes");
     assert_eq!(sequenced_count(&db).await, written);
@@ -170,25 +184,22 @@ async fn restart_under_load(mode: &str) {
     let app = TestApp::start(&db).await;
     let follower = Follower::start(Arc::new(Mutex::new(vec![app.addr])));
     let writer = Writer::start(&db.url, Duration::from_millis(3));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    follower.sees_more(50).await;
     own.stop(mode).unwrap();
     own.resume().unwrap();
     let restarted = tokio::time::Instant::now();
     let before = follower.seen.lock().unwrap().len();
     // Live again within 5 s, without restarting the service.
-    loop {
-        if follower.seen.lock().unwrap().len() > before + 5
-            && writer.committed() as usize > before + 5
-        {
-            break;
-        }
-        assert!(
-            restarted.elapsed() < Duration::from_secs(5),
-            "not live within 5 s of the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let live = eventually(Duration::from_secs(5), async || {
+        follower.seen.lock().unwrap().len() > before + 5 && writer.committed() as usize > before + 5
+    })
+    .await;
+    assert!(
+        live,
+        "not live within 5 s of the restart ({:?} ago)",
+        restarted.elapsed()
+    );
+    follower.sees_more(50).await;
     let written = committed(&db, writer).await;
     assert_eq!(sequenced_count(&db).await, written);
     follower.expect_exactly(written).await;
@@ -220,7 +231,8 @@ async fn terminating_the_services_backends_loses_nothing() {
     let writer = Writer::start(&db.url, Duration::from_millis(3));
     let admin = db.client().await;
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Each time while the service delivers again (it has reconnected).
+        follower.sees_more(50).await;
         let killed: i64 = admin
             .query_one(
                 "select count(pg_terminate_backend(pid)) from pg_stat_activity \
@@ -232,7 +244,7 @@ async fn terminating_the_services_backends_loses_nothing() {
             .get(0);
         assert!(killed >= 2, "the tailer and the sequencer hold connections");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    follower.sees_more(50).await;
     let written = committed(&db, writer).await;
     assert_eq!(sequenced_count(&db).await, written);
     follower.expect_exactly(written).await;
@@ -363,10 +375,10 @@ async fn three_instances_keep_positions_gap_free_when_one_dies_or_its_sequencer_
     let addrs = Arc::new(Mutex::new(vec![a.addr, b.addr, c.addr]));
     let follower = Follower::start(addrs.clone());
     let writer = Writer::start(&db.url, Duration::from_millis(3));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    follower.sees_more(50).await;
     a.kill();
     addrs.lock().unwrap().retain(|addr| *addr != a.addr);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    follower.sees_more(50).await;
 
     // A sequencer whose link went silent mid-batch holds the counter row; PostgreSQL
     // ends such a session after `abandon_after` (the same setting the service uses).
@@ -376,33 +388,23 @@ async fn three_instances_keep_positions_gap_free_when_one_dies_or_its_sequencer_
         .await
         .unwrap();
     let held_at = tokio::time::Instant::now();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stalled_at: i64 = db
-        .client()
-        .await
-        .query_one("select last_pos from rowcast.sequencer", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let deadline = held_at + Duration::from_secs(10);
-    loop {
-        let now: i64 = db
-            .client()
+    let last_pos = async || -> i64 {
+        db.client()
             .await
             .query_one("select last_pos from rowcast.sequencer", &[])
             .await
             .unwrap()
-            .get(0);
-        if now > stalled_at {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no takeover after the stale holder"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+            .get(0)
+    };
+    // The holder got the row after any batch that had it committed: positions stop here.
+    let stalled_at = last_pos().await;
+    // Bookings wait behind the holder.
+    writes(&writer, 50).await;
+    let limit = Duration::from_secs(10).saturating_sub(held_at.elapsed());
+    let took_over = eventually(limit, async || last_pos().await > stalled_at).await;
+    assert!(took_over, "no takeover after the stale holder");
+    // Delivery goes on after the takeover.
+    follower.sees_more(50).await;
     let written = committed(&db, writer).await;
     assert_eq!(sequenced_count(&db).await, written);
     assert_eq!(db.positions().await, (1..=written).collect::<Vec<_>>());
@@ -439,12 +441,14 @@ async fn soak_random_faults_lose_nothing() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
+        // Random spacing of the faults, on purpose: nothing to wait for.
         tokio::time::sleep(Duration::from_millis(1500 + seed % 3000)).await;
         let fault = match seed % 5 {
             0 => {
                 let i = (seed / 7) as usize % services.len();
                 let addr = services[i].addr;
                 services[i].kill();
+                // Down for a moment on purpose, while the writer goes on.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 services[i] = ServiceProcess::start(&db.url, Some(addr)).await;
                 "sigkill service"
@@ -477,7 +481,8 @@ async fn soak_random_faults_lose_nothing() {
         };
         *counts.entry(fault).or_default() += 1;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Recovered from the last fault.
+    follower.sees_more(50).await;
     let written = committed(&db, writer).await;
     let sequenced = sequenced_count(&db).await;
     assert_eq!(

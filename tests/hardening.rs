@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 
 use crate::pipeline::NEW_BOOKING;
-use crate::support::{TestApp, TestDb, WAIT, sse, test_config};
+use crate::support::{TestApp, TestDb, WAIT, eventually, sse, test_config, wait_until};
 
 const SECRET: &str = "a-hardening-test-secret-long-enough";
 
@@ -314,6 +314,7 @@ async fn a_half_sent_second_request_on_a_kept_alive_connection_is_dropped() {
             if stream.write_all(&[*byte]).await.is_err() {
                 return;
             }
+            // Trickling on purpose, slower than the header timeout.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
@@ -379,20 +380,12 @@ async fn idle_http_connections_count_toward_max_connections_per_ip() {
     // The idle ones are still served; closing one frees its slot.
     healthz_on(&mut idle[0]).await;
     drop(idle.pop());
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    wait_until("a closed connection's slot is freed", async || {
         let mut stream = TcpStream::connect(app.addr).await.unwrap();
         stream.write_all(HEALTHZ).await.unwrap();
-        let (status, _, _) = read_response(&mut stream).await;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a closed connection's slot was never freed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        read_response(&mut stream).await.0 == 200
+    })
+    .await;
     app.stop().await;
 }
 
@@ -411,7 +404,8 @@ async fn sse_streams_and_websocket_sessions_outlive_the_idle_and_header_timeouts
     let mut ws = app.ws().await;
     ws.subscribe(&["bookings"], None).await;
     // Several idle and header timeouts pass without a byte on either (the SSE keep-alive
-    // and the WebSocket ping are 15 s and 20 s away).
+    // and the WebSocket ping are 15 s and 20 s away). Not a wait for a condition: the
+    // timeouts pass on purpose.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     db.client()
         .await
@@ -503,6 +497,8 @@ async fn an_http_poll_ahead_of_the_replica_waits_for_it_to_catch_up() {
     // 4 and 5 are committed while it waits.
     let url = db.url.clone();
     let later = tokio::spawn(async move {
+        // Not a wait for a condition: these commits come later on purpose, while the
+        // poll waits (the server shows no sign of a poll in progress to wait on).
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut client = crate::support::connect(&url).await;
         let tx = client.transaction().await.unwrap();
@@ -575,18 +571,13 @@ fn auth_on(config: &mut rowcast::Config) {
 
 /// Polls `/readyz` until it answers 200 (bounded).
 async fn wait_ready(addr: std::net::SocketAddr, token: Option<&str>) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = get_with(addr, "/readyz", token).await;
-        if status == 200 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never ready: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut last = (0, String::new());
+    let ready = eventually(WAIT, async || {
+        last = get_with(addr, "/readyz", token).await;
+        last.0 == 200
+    })
+    .await;
+    assert!(ready, "never ready: {} {}", last.0, last.1);
 }
 
 #[tokio::test]

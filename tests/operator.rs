@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::pipeline::NEW_BOOKING;
 use crate::support::cluster::Cluster;
-use crate::support::{DEMO_SQL, TestApp, TestDb, WAIT};
+use crate::support::{DEMO_SQL, TestApp, TestDb, WAIT, eventually, wait_until};
 
 async fn get(app: &TestApp, path: &str) -> (u16, String) {
     let response = reqwest::get(format!("http://{}{path}", app.addr))
@@ -78,11 +78,10 @@ async fn readyz_turns_unready_when_postgres_goes_away_and_ready_again_after() {
         client.batch_execute(DEMO_SQL).await.unwrap();
     }
     let app = TestApp::start(&db).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while get(&app, "/readyz").await.0 != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the service is ready", async || {
+        get(&app, "/readyz").await.0 == 200
+    })
+    .await;
     assert_eq!(get(&app, "/healthz").await.0, 200);
     own.stop("fast").unwrap();
     let (status, body) = get(&app, "/readyz").await;
@@ -93,18 +92,14 @@ async fn readyz_turns_unready_when_postgres_goes_away_and_ready_again_after() {
         "the process is still healthy"
     );
     own.resume().unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = get(&app, "/readyz").await;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not ready again: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut body = String::new();
+    let ready = eventually(WAIT, async || {
+        let status;
+        (status, body) = get(&app, "/readyz").await;
+        status == 200
+    })
+    .await;
+    assert!(ready, "not ready again: {body}");
     app.stop().await;
 }
 

@@ -10,7 +10,7 @@ use rowcast::capture::prune::{self, Pruned, RetentionConfig};
 use crate::delivery::poll_all;
 use crate::pipeline::NEW_BOOKING;
 use crate::support::sse::{self, get_json};
-use crate::support::{TestApp, TestDb, WAIT, positions, test_config};
+use crate::support::{TestApp, TestDb, WAIT, eventually, positions, test_config, wait_until};
 
 fn retention(keep_events: i64, max_age: Duration) -> RetentionConfig {
     RetentionConfig {
@@ -90,7 +90,6 @@ async fn the_prune_never_deletes_an_event_whose_transaction_is_still_open() {
         .await
         .unwrap();
     assert_eq!(db.positions().await, vec![1, 2, 3, 4]);
-    tokio::time::sleep(Duration::from_millis(50)).await;
 
     let keep_two = retention(2, Duration::ZERO);
     let pruned = prune::prune_once(&client, &keep_two).await.unwrap();
@@ -212,18 +211,13 @@ async fn the_prune_task_applies_the_configured_retention_on_its_interval() {
     };
     let _app = TestApp::start_with(config).await;
     book(&db, 20).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let pruned = count(&db, "select pruned_pos from rowcast.sequencer").await;
-        if pruned == 15 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pruned_pos stuck at {pruned}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut pruned = 0;
+    let done = eventually(WAIT, async || {
+        pruned = count(&db, "select pruned_pos from rowcast.sequencer").await;
+        pruned == 15
+    })
+    .await;
+    assert!(done, "pruned_pos stuck at {pruned}");
     assert_eq!(db.positions().await, (16..=20).collect::<Vec<_>>());
     assert_eq!(count(&db, "select count(*) from rowcast.events").await, 5);
 }
@@ -310,11 +304,10 @@ async fn a_replica_whose_head_was_pruned_drops_its_sessions_instead_of_a_silent_
         "the session must end, not receive {:?} after a gap",
         first.map(|e| e.pos)
     );
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while hub.head() < 10 {
-        assert!(tokio::time::Instant::now() < deadline, "the tailer went on");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the tailer goes on to position 10", async || {
+        hub.head() >= 10
+    })
+    .await;
     shutdown.cancel();
     tailer.await.unwrap();
 }

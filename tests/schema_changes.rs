@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use crate::support::service::ServiceProcess;
-use crate::support::{TestDb, WAIT, WsClient, connect};
+use crate::support::{TestDb, WAIT, WsClient, connect, eventually};
 
 /// Part of every card token written; no frame and no stored event may hold it.
 const SECRET: &str = "SECRET-CARD";
@@ -238,21 +238,19 @@ async fn writer(
 
 /// Waits (bounded) until every writer has committed `more` writes after `from`.
 async fn each_writer_commits(done: &[Arc<AtomicU64>], from: &[u64], more: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT * 3;
-    while done
-        .iter()
-        .zip(from)
-        .any(|(d, f)| d.load(Ordering::SeqCst) < f + more)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "writers stalled: {:?} from {from:?}",
-            done.iter()
-                .map(|d| d.load(Ordering::SeqCst))
-                .collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let committed = eventually(WAIT * 3, async || {
+        done.iter()
+            .zip(from)
+            .all(|(d, f)| d.load(Ordering::SeqCst) >= f + more)
+    })
+    .await;
+    assert!(
+        committed,
+        "writers stalled: {:?} from {from:?}",
+        done.iter()
+            .map(|d| d.load(Ordering::SeqCst))
+            .collect::<Vec<_>>()
+    );
 }
 
 /// Reads every event a WebSocket receives (so that the service never sees a slow

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 
 use crate::pipeline::NEW_BOOKING;
-use crate::support::{TestApp, TestDb, WsClient, connect, positions, test_config};
+use crate::support::{TestApp, TestDb, WsClient, connect, eventually, positions, test_config};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -55,6 +55,13 @@ async fn rs256_app(db: &TestDb) -> TestApp {
     ))
     .unwrap();
     TestApp::start_with(config).await
+}
+
+/// How long until the clock reads `secs` (Unix seconds); zero if it has.
+fn until_unix_time(secs: i64) -> Duration {
+    (UNIX_EPOCH + Duration::from_secs(secs as u64))
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
 }
 
 fn claims(sub: &str, exp_in: i64) -> Value {
@@ -180,11 +187,11 @@ async fn an_expiring_token_closes_the_session_unless_refreshed_for_the_same_subj
     let db = TestDb::demo().await;
     let app = rs256_app(&db).await;
 
-    let mut expiring = ws_with(&app, &rs256(&claims("7", 2))).await;
+    // Two sessions on one token that expires in 2 s; only the second is refreshed.
+    let short = claims("7", 2);
+    let mut expiring = ws_with(&app, &rs256(&short)).await;
     expiring.subscribe(&["user:7"], None).await;
-    assert_eq!(expiring.closed_with().await, 4001);
-
-    let mut refreshed = ws_with(&app, &rs256(&claims("7", 2))).await;
+    let mut refreshed = ws_with(&app, &rs256(&short)).await;
     refreshed.subscribe(&["user:7"], None).await;
     let fresh = claims("7", 600);
     refreshed
@@ -192,7 +199,10 @@ async fn an_expiring_token_closes_the_session_unless_refreshed_for_the_same_subj
         .await;
     let authed = refreshed.recv().await;
     assert_eq!(authed, json!({"type": "authed", "exp": fresh["exp"]}));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(expiring.closed_with().await, 4001);
+    // The server counts a token's life in whole seconds, so a session on it may last up to
+    // a second past `exp`: a deadline to let pass, not a condition to wait for.
+    tokio::time::sleep(until_unix_time(short["exp"].as_i64().unwrap() + 1)).await;
     refreshed.send(json!({"type": "ping"})).await;
     assert_eq!(refreshed.recv().await["type"], "pong");
     db.client()
@@ -325,16 +335,20 @@ async fn origins_frames_and_per_ip_connections_are_limited() {
         ),
     }
     drop(open.pop());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr)).await {
-            Ok(_) => break,
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(err) => panic!("a freed slot must be reusable: {err}"),
-        }
-    }
+    let mut refusal = None;
+    let reusable =
+        eventually(
+            Duration::from_secs(5),
+            async || match tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr)).await {
+                Ok(_) => true,
+                Err(err) => {
+                    refusal = Some(err.to_string());
+                    false
+                }
+            },
+        )
+        .await;
+    assert!(reusable, "a freed slot must be reusable: {refusal:?}");
 }
 
 #[tokio::test]
@@ -520,6 +534,7 @@ async fn a_client_that_does_not_finish_its_handshake_is_dropped() {
     assert!(started.elapsed() < Duration::from_secs(3));
     // An established session outlives the deadline.
     let mut ws = app.ws().await;
+    // Not a wait for a condition: the 500 ms handshake deadline passes on purpose.
     tokio::time::sleep(Duration::from_millis(800)).await;
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.recv().await["type"], "pong");

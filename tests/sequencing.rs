@@ -10,7 +10,7 @@ use rowcast::events::{Change, Op};
 use rowcast::hub::Hub;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{TestApp, TestDb, WAIT, connect, positions};
+use crate::support::{TestApp, TestDb, WAIT, connect, eventually, positions, wait_until};
 
 /// A small deterministic generator (xorshift), so failures replay.
 struct Rng(u64);
@@ -89,7 +89,8 @@ async fn concurrent_out_of_order_commits_get_gap_free_positions_in_row_order() {
                     }
                     done += 1;
                 }
-                // Some transactions stay open while others commit past them.
+                // Some transactions stay open while others commit past them (pacing, on
+                // purpose: nothing to wait for).
                 if rng.below(25) == 0 {
                     tokio::time::sleep(Duration::from_millis(10 + rng.below(40))).await;
                 }
@@ -192,14 +193,7 @@ async fn the_tailer_publishes_handed_off_changes_that_follow_its_head_and_not_af
         offers,
         shutdown.clone(),
     ));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !hub.feed_live() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the tailer connected"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the tailer is connected", async || hub.feed_live()).await;
     let mut next = async || {
         let event = tokio::time::timeout(WAIT, member.events.recv())
             .await
@@ -224,10 +218,10 @@ async fn the_tailer_publishes_handed_off_changes_that_follow_its_head_and_not_af
 }
 
 /// Sequential scans of `rowcast.events` and `rowcast.log` so far, as PostgreSQL's
-/// statistics report them. A backend reports at the end of a transaction at most once a
-/// second; the service's connections run one at least every second (the sequencer's and
-/// the tailer's timers), so what they did is reported within about two.
+/// statistics report them, once the service's connections have reported what they did
+/// until now.
 async fn sequential_scans(client: &tokio_postgres::Client) -> (i64, i64) {
+    statistics_reported(client).await;
     let row = client
         .query_one(
             "select (select seq_scan from pg_stat_user_tables where relid = 'rowcast.events'::regclass), \
@@ -237,6 +231,45 @@ async fn sequential_scans(client: &tokio_postgres::Client) -> (i64, i64) {
         .await
         .unwrap();
     (row.get(0), row.get(1))
+}
+
+/// Waits until PostgreSQL's statistics hold what every service connection did until now.
+/// A backend reports when a statement ends (just before it shows as idle), at most once a
+/// second: a connection idle after a statement that ended more than a second from now has
+/// reported everything before now. The sequencer and the tailer run statements on timers
+/// far shorter than a second; a connection still idle a second from now since before now
+/// (a spare of the pool) did nothing in between and is not waited for.
+async fn statistics_reported(client: &tokio_postgres::Client) {
+    let now: std::time::SystemTime = client
+        .query_one("select clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let waiting = async || -> Vec<String> {
+        client
+            .query(
+                "select 'a second from now has not passed' \
+                 where clock_timestamp() <= $1::timestamptz + interval '1 second' \
+                 union all \
+                 select format('%s (%s since %s): %s', pid, state, state_change, query) \
+                 from pg_stat_activity \
+                 where datname = current_database() and application_name = 'rowcast' \
+                   and not (state = 'idle' and (state_change > $1::timestamptz + interval '1 second' \
+                                               or state_change < $1::timestamptz))",
+                &[&now],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    if !eventually(WAIT, async || waiting().await.is_empty()).await {
+        panic!(
+            "the service's connections did not all report their statistics: {:?}",
+            waiting().await
+        );
+    }
 }
 
 #[tokio::test]
@@ -265,12 +298,10 @@ async fn sequencer_rounds_keep_reading_by_index_after_starting_on_an_empty_log()
         tick(id).await;
     }
     let stats = db.client().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let before = sequential_scans(&stats).await;
     for id in 13..=30 {
         tick(id).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let after = sequential_scans(&stats).await;
     assert_eq!(
         after, before,

@@ -109,6 +109,7 @@ async fn resume_with_since_gets_exactly_the_later_events_then_live_ones_while_wr
                 .await
                 .unwrap();
             if i % 20 == 0 {
+                // Pacing the writer, so that resumes happen while it writes.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::{Instant, timeout};
 
 use crate::support::cluster::Cluster;
-use crate::support::{TestApp, TestDb, WAIT, connect, test_config};
+use crate::support::{TestApp, TestDb, WAIT, connect, eventually, test_config, wait_until};
 
 /// Far beyond every bound checked here: an event picked up only by this timer fails.
 const FALLBACK: Duration = Duration::from_secs(60);
@@ -40,18 +40,16 @@ async fn sequenced(client: &tokio_postgres::Client) -> i64 {
 
 /// Waits until `count` events have positions, or panics after `limit`.
 async fn sequenced_within(client: &tokio_postgres::Client, count: i64, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let n = sequenced(client).await;
-        if n >= count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {n} of {count} events sequenced within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut n = 0;
+    let done = eventually(limit, async || {
+        n = sequenced(client).await;
+        n >= count
+    })
+    .await;
+    assert!(
+        done,
+        "only {n} of {count} events sequenced within {limit:?}"
+    );
 }
 
 fn slow_fallback(db: &TestDb) -> rowcast::Config {
@@ -179,15 +177,31 @@ async fn an_event_whose_writer_saw_the_flag_set_is_sequenced_long_before_the_fal
     // still in progress, so `late`'s event is not in that batch.
     admin.batch_execute("notify rowcast_wake").await.unwrap();
     timeout(WAIT, listener.notified()).await.unwrap();
-    let deadline = Instant::now() + WAIT;
-    while pending(&admin).await != Some(false) {
-        assert!(
-            Instant::now() < deadline,
-            "the sequencer never cleared the flag"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the sequencer clears the flag", async || {
+        pending(&admin).await == Some(false)
+    })
+    .await;
+    // A batch that starts after the clear (the re-checks follow it within milliseconds)
+    // has ended, with `late` still in progress.
+    let cleared: std::time::SystemTime = admin
+        .query_one("select clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_until("a batch after the clear has ended", async || {
+        admin
+            .query_one(
+                "select exists (select from pg_stat_activity \
+                 where datname = current_database() and pid <> pg_backend_pid() \
+                   and query like '%sequence_step_changes%' and state = 'idle' \
+                   and query_start > $1::timestamptz)",
+                &[&cleared],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+    .await;
     assert_eq!(sequenced(&admin).await, 0);
 
     // `late` commits without a wake-up of its own; the re-check still finds it.
@@ -320,14 +334,10 @@ async fn the_hint_follows_the_flag_and_a_hint_left_by_a_rolled_back_writer_is_cl
     // A round clears both.
     let app = TestApp::start_with(slow_fallback(&db)).await;
     sequenced_within(&admin, 2, WAIT).await;
-    let deadline = Instant::now() + WAIT;
-    while pending(&admin).await != Some(false) || hint(&admin).await {
-        assert!(
-            Instant::now() < deadline,
-            "the round left the flag or hint set"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("a round clears the flag and the hint", async || {
+        pending(&admin).await == Some(false) && !hint(&admin).await
+    })
+    .await;
     app.stop().await;
 
     // A writer that sets both and rolls back leaves the hint set (it is not
@@ -339,11 +349,7 @@ async fn the_hint_follows_the_flag_and_a_hint_left_by_a_rolled_back_writer_is_cl
     assert_eq!(pending(&admin).await, Some(false));
     assert!(hint(&admin).await);
     let app = TestApp::start_with(slow_fallback(&db)).await;
-    let deadline = Instant::now() + WAIT;
-    while hint(&admin).await {
-        assert!(Instant::now() < deadline, "the round left the hint set");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until("a round clears the hint", async || !hint(&admin).await).await;
     // And the next writer wakes the sequencer again.
     admin
         .batch_execute("insert into items (v) values (4)")

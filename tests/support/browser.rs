@@ -12,10 +12,44 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::WAIT;
+use super::{WAIT, eventually};
+
+/// The browser binary for `test`, or `None` when the test is to be skipped.
+///
+/// Without a browser on PATH the test is skipped, and says so on the terminal: libtest
+/// captures what a passing test prints, so the line is written to stderr directly.
+/// Under CI (`CI` set, as CI services and `.ci/run` set it: `CI=true`) a missing browser
+/// fails the test instead, since CI installs Chromium and a skip would hide that it did not.
+pub fn chromium_for(test: &str) -> Option<PathBuf> {
+    if let Some(binary) = chromium() {
+        return Some(binary);
+    }
+    assert!(
+        !under_ci(),
+        "{test}: no chromium, chromium-browser or google-chrome on PATH, and CI is set \
+         (CI={:?}): CI must run the browser tests; install Chromium (.ci/run does) \
+         or unset CI to skip them",
+        std::env::var("CI").unwrap_or_default()
+    );
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: no chromium, chromium-browser or google-chrome on PATH \
+         (under CI=true this fails)"
+    );
+    None
+}
+
+/// Whether the tests run under CI: `CI` is set to anything but empty, `0` or `false`.
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| {
+        let v = v.trim();
+        !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
+    })
+}
 
 /// The browser binary, if one is installed.
-pub fn chromium() -> Option<PathBuf> {
+fn chromium() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]
         .iter()
         .find_map(|name| {
@@ -142,14 +176,7 @@ impl Browser {
 
     /// Waits until `expression` is true in the page; returns false after `limit`.
     pub async fn wait_for(&mut self, expression: &str, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while tokio::time::Instant::now() < deadline {
-            if self.eval(expression).await == json!(true) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
+        eventually(limit, async || self.eval(expression).await == json!(true)).await
     }
 
     /// Saves a PNG screenshot of the page to `path`.

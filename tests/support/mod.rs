@@ -24,6 +24,72 @@ use rowcast::{Application, Config};
 /// How long any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How often a bounded wait looks again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Looks at `condition` every [`POLL`] until it holds or `limit` has passed (a look that
+/// is still running at the deadline counts as no). Returns whether it held.
+pub async fn eventually(limit: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, condition()).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(_) => return false,
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        tokio::time::sleep_until((now + POLL).min(deadline)).await;
+    }
+}
+
+/// Waits until `condition` holds, at most [`WAIT`]; panics saying what it waited for.
+pub async fn wait_until(what: &str, condition: impl AsyncFnMut() -> bool) {
+    assert!(
+        eventually(WAIT, condition).await,
+        "waited {WAIT:?} in vain until {what}"
+    );
+}
+
+/// Bytes held in the kernel on the TCP connections to `server`: sent by the server but
+/// not yet taken by the client's kernel, and received by the client's kernel but not yet
+/// read by the client. Both are above zero while a client has stopped reading a stream
+/// the server still writes. Reads the kernel's socket table (`/proc/net/tcp`, Linux).
+pub fn stuck_bytes(server: SocketAddr) -> (u64, u64) {
+    let table = std::fs::read_to_string("/proc/net/tcp")
+        .expect("reading /proc/net/tcp (the kernel's socket table, Linux)");
+    let port = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let (mut unsent, mut unread) = (0, 0);
+    for line in table.lines().skip(1) {
+        // sl local_address rem_address st tx_queue:rx_queue ...
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [_, local, remote, state, queues, ..] = fields[..] else {
+            continue;
+        };
+        let Some((tx, rx)) = queues.split_once(':') else {
+            continue;
+        };
+        let (tx, rx) = (
+            u64::from_str_radix(tx, 16).unwrap_or(0),
+            u64::from_str_radix(rx, 16).unwrap_or(0),
+        );
+        // 0A: listening.
+        if port(local) == Some(server.port()) && state != "0A" {
+            unsent += tx;
+        } else if port(remote) == Some(server.port()) {
+            unread += rx;
+        }
+    }
+    (unsent, unread)
+}
+
 /// The demo schema.
 pub const DEMO_SQL: &str = include_str!("../../sql/demo.sql");
 
@@ -108,22 +174,17 @@ impl TestDb {
     /// Waits until the sequencer has given positions to `count` events.
     pub async fn wait_sequenced(&self, count: i64) {
         let client = self.client().await;
-        let deadline = tokio::time::Instant::now() + WAIT * 3;
-        loop {
-            let n: i64 = client
+        let mut n: i64 = 0;
+        let sequenced = eventually(WAIT * 3, async || {
+            n = client
                 .query_one("select count(*) from rowcast.log", &[])
                 .await
                 .unwrap()
                 .get(0);
-            if n >= count {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {n} of {count} events sequenced"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            n >= count
+        })
+        .await;
+        assert!(sequenced, "only {n} of {count} events sequenced");
     }
 }
 
@@ -209,20 +270,15 @@ impl TestApp {
     /// Waits until the service's hub has published up to `pos` (the `head` of a poll on
     /// a topic nobody writes).
     pub async fn wait_head(&self, pos: i64) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        let mut head = Value::Null;
+        let reached = eventually(WAIT, async || {
             let (status, body) = sse::get_json(self.addr, "/events?topics=nobody:0").await;
             assert_eq!(status, 200, "{body}");
-            if body["head"].as_i64().unwrap() >= pos {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "head stuck at {}",
-                body["head"]
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            head = body["head"].clone();
+            head.as_i64().unwrap() >= pos
+        })
+        .await;
+        assert!(reached, "head stuck at {head}");
     }
 
     /// Shuts the service down and waits for it.

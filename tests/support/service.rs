@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::WAIT;
+use super::{WAIT, eventually};
 
 /// `rowcast serve` running as a child process.
 pub struct ServiceProcess {
@@ -60,19 +60,16 @@ impl ServiceProcess {
             .stderr(log_file)
             .spawn()
             .expect("starting rowcast serve");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(response) = reqwest::get(format!("http://{addr}/readyz")).await
-                && response.status().is_success()
-            {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let _ = child.kill();
-                let output = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("rowcast serve on {addr} did not become ready; its log:\n{output}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let ready = eventually(WAIT, async || {
+            reqwest::get(format!("http://{addr}/readyz"))
+                .await
+                .is_ok_and(|response| response.status().is_success())
+        })
+        .await;
+        if !ready {
+            let _ = child.kill();
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            panic!("rowcast serve on {addr} did not become ready; its log:\n{output}");
         }
         ServiceProcess {
             addr,
@@ -105,6 +102,8 @@ impl ServiceProcess {
                 tokio::time::Instant::now() < deadline,
                 "rowcast did not exit after SIGTERM"
             );
+            // The poll interval of this bounded wait (not `eventually`: this future is
+            // spawned, and one holding an async closure's future is not provably `Send`).
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -146,6 +145,7 @@ impl Writer {
                         tokio::spawn(conn);
                         client = Some(c);
                     } else {
+                        // A pause before connecting again, not a wait for a condition.
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -160,6 +160,7 @@ impl Writer {
                     }
                     Err(_) => client = None,
                 }
+                // Pacing the writer.
                 tokio::time::sleep(every).await;
             }
         });
