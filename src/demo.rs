@@ -49,7 +49,7 @@ pub async fn play(url: String, pace: Duration, seed: u64, shutdown: Cancellation
                 }
             }
         };
-        let step = Step {
+        let step = Writer {
             client: &client,
             pace,
             shutdown: &shutdown,
@@ -71,13 +71,13 @@ async fn connect(url: &str) -> Result<Client, DbError> {
     Ok(client)
 }
 
-struct Step<'a> {
+struct Writer<'a> {
     client: &'a Client,
     pace: Duration,
     shutdown: &'a CancellationToken,
 }
 
-impl Step<'_> {
+impl Writer<'_> {
     /// Runs one statement after a pause; returns the first column of the first row, if any.
     async fn sql(
         &self,

@@ -2,7 +2,7 @@
 //!
 //! The tailer [`Hub::publish`]es events in position order; each event's [`Frame`] is
 //! serialised once and shared by every session that receives it, at most once per
-//! session. Every session has a bounded queue ([`Events`]); a full one ends the session
+//! session. Every session has a bounded queue ([`SessionQueue`]); a full one ends the session
 //! (4000, the client resumes with `since`), so nobody waits for a slow client. A
 //! WebSocket session attaches its socket as a [`Sink`], and a few writer tasks
 //! ([`Hub::run_writer`]) write its queue straight to it. A resuming session joins in
@@ -174,9 +174,9 @@ struct Sub {
 pub struct Membership {
     id: SessionId,
     hub: Arc<Hub>,
-    /// Events for this session, in position order. Ends (`None`) when the hub dropped
+    /// SessionQueue for this session, in position order. Ends (`None`) when the hub dropped
     /// the session for being too slow.
-    pub events: Events,
+    pub events: SessionQueue,
 }
 
 impl Membership {
@@ -478,11 +478,11 @@ fn unindex(by_topic: &mut HashMap<Arc<str>, Subscribers>, id: SessionId, topics:
 /// allocation, and no buffer until the first event (then one that holds at most the
 /// capacity given to [`Hub::join`]). It ends when the hub drops its side.
 #[derive(Debug)]
-pub struct Events {
+pub struct SessionQueue {
     shared: Arc<Mutex<Queue>>,
 }
 
-/// Why [`Events::try_recv`] returned nothing.
+/// Why [`SessionQueue::try_recv`] returned nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg(test)]
 pub(crate) enum TryRecvError {
@@ -509,10 +509,10 @@ enum Sent {
     Refused,
 }
 
-/// What [`Events::write_queued`] achieved.
+/// What [`SessionQueue::write_queued`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Drained {
-    /// Events written (or started: their rest waits in the socket's wire).
+    /// SessionQueue written (or started: their rest waits in the socket's wire).
     pub(crate) sent: u64,
     /// Whether the queue and the wire are empty; otherwise wait for the socket.
     pub(crate) done: bool,
@@ -523,7 +523,7 @@ struct Queue {
     items: VecDeque<Arc<Published>>,
     /// The session's socket, which the fan-out writers write to.
     wire: Option<Arc<dyn Sink>>,
-    /// Events at or below this position are not written (the session replayed them).
+    /// SessionQueue at or below this position are not written (the session replayed them).
     written: i64,
     /// The queue is in its writer's inbox.
     handed: bool,
@@ -532,12 +532,12 @@ struct Queue {
     capacity: usize,
     /// The hub still holds the session's sender.
     sending: bool,
-    /// The session still holds its [`Events`].
+    /// The session still holds its [`SessionQueue`].
     receiving: bool,
     waker: Option<Waker>,
 }
 
-fn queue(capacity: usize) -> (Sender, Events) {
+fn queue(capacity: usize) -> (Sender, SessionQueue) {
     let shared = Arc::new(Mutex::new(Queue {
         items: VecDeque::new(),
         wire: None,
@@ -553,7 +553,7 @@ fn queue(capacity: usize) -> (Sender, Events) {
         Sender {
             shared: shared.clone(),
         },
-        Events { shared },
+        SessionQueue { shared },
     )
 }
 
@@ -612,7 +612,7 @@ fn write_for_session(shared: &Mutex<Queue>) -> u64 {
 }
 
 /// Writes the rest of any started frame, then the queued events, to the queue's socket
-/// without waiting (see [`Events::write_queued`]).
+/// without waiting (see [`SessionQueue::write_queued`]).
 fn write_queue(queue: &mut Queue, unless_held: bool) -> io::Result<Drained> {
     let Some(wire) = queue.wire.clone() else {
         return Err(io::Error::other("no socket attached to this queue"));
@@ -667,14 +667,14 @@ impl Drop for Sender {
     }
 }
 
-impl Events {
+impl SessionQueue {
     /// The next event; `None` once the queue is empty and the hub dropped the session.
     /// Cancel-safe: an event is only taken when it is returned.
     pub async fn recv(&mut self) -> Option<Arc<Published>> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// Polls for the next event (see [`Events::recv`]).
+    /// Polls for the next event (see [`SessionQueue::recv`]).
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Published>>> {
         let mut queue = lock_queue(&self.shared);
         if let Some(event) = queue.items.pop_front() {
@@ -691,7 +691,7 @@ impl Events {
     }
 
     /// Lets the hub write events straight to `wire` while nothing is queued; queued
-    /// events are then written with [`Events::write_queued`].
+    /// events are then written with [`SessionQueue::write_queued`].
     pub(crate) fn attach(&mut self, wire: Arc<dyn Sink>) {
         lock_queue(&self.shared).wire = Some(wire);
     }
@@ -730,7 +730,7 @@ impl Events {
         Ok(drained)
     }
 
-    /// Events at or below `pos` will not be written: the session sent them (replay).
+    /// SessionQueue at or below `pos` will not be written: the session sent them (replay).
     pub(crate) fn skip_through(&mut self, pos: i64) {
         let mut queue = lock_queue(&self.shared);
         queue.written = queue.written.max(pos);
@@ -748,7 +748,7 @@ impl Events {
     }
 }
 
-impl Drop for Events {
+impl Drop for SessionQueue {
     fn drop(&mut self) {
         let mut queue = lock_queue(&self.shared);
         queue.receiving = false;

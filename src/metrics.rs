@@ -87,13 +87,24 @@ const KNOWN_LABELS: &[(&str, &str, &[&str])] = &[
             "rate_limited",
             "unavailable",
             "unauthorized",
-            "too_many_connections",
             "origin_not_allowed",
+            "too_many_connections",
+            "websocket_disabled",
             "handshake_timeout",
             "idle_timeout",
         ],
     ),
 ];
+
+/// The label values `metric` starts with (empty for a metric without labels).
+#[cfg(test)]
+pub(crate) fn label_values(metric: &str) -> Vec<&'static str> {
+    KNOWN_LABELS
+        .iter()
+        .filter(|(name, _, _)| *name == metric)
+        .flat_map(|(_, _, values)| values.iter().copied())
+        .collect()
+}
 
 /// Registers every metric at zero (nothing is reset: a gauge or counter already set
 /// keeps its value).

@@ -103,7 +103,7 @@ async fn session(
         ))
         .await?;
     let rearm = listener.client.prepare("select rowcast.rearm()").await?;
-    let step = listener.client.prepare(STEP_SQL).await?;
+    let step = listener.client.prepare(BATCH_SQL).await?;
     tracing::info!("sequencer connected");
     *backoff = db::reconnect_backoff();
     let mut recheck = config.recheck_min;
@@ -130,11 +130,11 @@ async fn session(
         // Failed and timed-out rounds too: they are the slow ones.
         metrics::histogram!(crate::metrics::SEQUENCER_ROUND).record(started.elapsed());
         let (armed, rows) = result?;
-        let Step {
+        let Batch {
             sequenced: n,
             in_progress,
             changes,
-        } = Step::from_rows(&rows)?;
+        } = Batch::from_rows(&rows)?;
         if let Some(round) = round {
             round.offer(changes);
         }
@@ -172,10 +172,10 @@ async fn session(
 /// the first `changes_limit` changes it sequenced (in [`log::RANGE_SQL`]'s columns),
 /// then a row whose position is null with how many it sequenced and whether its snapshot
 /// showed transactions in progress.
-const STEP_SQL: &str = "select * from rowcast.sequence_step_changes($1, $2)";
+const BATCH_SQL: &str = "select * from rowcast.sequence_step_changes($1, $2)";
 
 /// What one batch did.
-struct Step {
+struct Batch {
     /// Events sequenced, or -1 when another replica held the counter row.
     sequenced: i64,
     /// The batch's snapshot showed transactions in progress (or a pass is unfinished).
@@ -184,19 +184,19 @@ struct Step {
     changes: Changes,
 }
 
-impl Step {
-    fn from_rows(rows: &[tokio_postgres::Row]) -> Result<Step, DbError> {
+impl Batch {
+    fn from_rows(rows: &[tokio_postgres::Row]) -> Result<Batch, DbError> {
         let (summary, changes) = rows.split_last().ok_or(DbError::Unexpected(
             "rowcast.sequence_step_changes() returned no rows",
         ))?;
-        if summary.try_get::<_, Option<i64>>(0)?.is_some() {
+        if summary.try_get::<_, Option<i64>>("pos")?.is_some() {
             return Err(DbError::Unexpected(
                 "rowcast.sequence_step_changes() did not end with its summary row",
             ));
         }
-        Ok(Step {
-            sequenced: summary.try_get(8)?,
-            in_progress: summary.try_get(9)?,
+        Ok(Batch {
+            sequenced: summary.try_get("sequenced")?,
+            in_progress: summary.try_get("in_progress")?,
             changes: changes.iter().map(log::change_from_row).collect(),
         })
     }

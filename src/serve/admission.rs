@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppContext;
 use super::auth::{AuthError, Principal, token_of};
+use super::protocol::ErrorCode;
 
 /// Limits on connections and requests (`[limits]` in the config file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,16 +128,16 @@ impl Connections {
         self: &Arc<Self>,
         ip: IpAddr,
         limits: &LimitsConfig,
-    ) -> Result<ConnectionPermit, Refusal> {
+    ) -> Result<ConnectionPermit, HttpRefusal> {
         let mut per_ip = self.lock_per_ip();
         let open = per_ip.entry(ip).or_insert(0);
         if *open >= limits.max_connections_per_ip {
             if *open == 0 {
                 per_ip.remove(&ip);
             }
-            return Err(Refusal::new(
+            return Err(HttpRefusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections",
+                ErrorCode::TooManyConnections,
                 "too many connections from this address",
             ));
         }
@@ -147,7 +148,7 @@ impl Connections {
         })
     }
 
-    fn acquire_session(self: &Arc<Self>, limits: &LimitsConfig) -> Result<Permit, Refusal> {
+    fn acquire_session(self: &Arc<Self>, limits: &LimitsConfig) -> Result<Permit, HttpRefusal> {
         let admitted = self
             .sessions
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -157,31 +158,31 @@ impl Connections {
             Ok(_) => Ok(Permit {
                 connections: self.clone(),
             }),
-            Err(_) => Err(Refusal::new(
+            Err(_) => Err(HttpRefusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_connections",
+                ErrorCode::TooManyConnections,
                 "this server has reached its connection limit; retry later or use another replica",
             )),
         }
     }
 }
 
-/// A refused request: an HTTP status and a JSON error body.
+/// A refused HTTP request: a status and a JSON error body with its [`ErrorCode`].
 #[derive(Debug, Clone)]
-pub struct Refusal {
+pub struct HttpRefusal {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
-impl Refusal {
+impl HttpRefusal {
     /// A refusal with a status, an error code and a message.
     pub(crate) fn new(
         status: StatusCode,
-        code: &'static str,
+        code: ErrorCode,
         message: impl Into<String>,
-    ) -> Refusal {
-        Refusal {
+    ) -> HttpRefusal {
+        HttpRefusal {
             status,
             code,
             message: message.into(),
@@ -195,15 +196,19 @@ impl Refusal {
     }
 }
 
-impl From<AuthError> for Refusal {
+impl From<AuthError> for HttpRefusal {
     fn from(err: AuthError) -> Self {
-        Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string())
+        HttpRefusal::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            err.to_string(),
+        )
     }
 }
 
-impl IntoResponse for Refusal {
+impl IntoResponse for HttpRefusal {
     fn into_response(self) -> Response {
-        metrics::counter!(crate::metrics::REFUSALS, "code" => self.code).increment(1);
+        metrics::counter!(crate::metrics::REFUSALS, "code" => self.code.as_str()).increment(1);
         let mut response = (
             self.status,
             Json(serde_json::json!({"type": "error", "code": self.code, "message": self.message})),
@@ -224,7 +229,7 @@ pub(crate) fn authenticate(
     ctx: &AppContext,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<Principal, Refusal> {
+) -> Result<Principal, HttpRefusal> {
     match &ctx.auth {
         None => Ok(Principal::anonymous()),
         Some(auth) => {
@@ -241,7 +246,7 @@ pub(crate) fn admit_operator(
     ctx: &AppContext,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<(), Refusal> {
+) -> Result<(), HttpRefusal> {
     let Some(auth) = &ctx.auth else {
         return Ok(());
     };
@@ -249,9 +254,9 @@ pub(crate) fn admit_operator(
     if auth.is_operator(token)? {
         Ok(())
     } else {
-        Err(Refusal::new(
+        Err(HttpRefusal::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "this endpoint is for operators: send a token with the operator role, or use the operator listener (metrics_listen)",
         ))
     }
@@ -263,23 +268,23 @@ pub(crate) fn admit_session(
     ctx: &AppContext,
     headers: &HeaderMap,
     query_token: Option<&str>,
-) -> Result<(Principal, Permit), Refusal> {
+) -> Result<(Principal, Permit), HttpRefusal> {
     check_origin(&ctx.limits, headers)?;
     let principal = authenticate(ctx, headers, query_token)?;
     let permit = ctx.connections.acquire_session(&ctx.limits)?;
     Ok((principal, permit))
 }
 
-fn check_origin(limits: &LimitsConfig, headers: &HeaderMap) -> Result<(), Refusal> {
+fn check_origin(limits: &LimitsConfig, headers: &HeaderMap) -> Result<(), HttpRefusal> {
     if limits.allowed_origins.is_empty() {
         return Ok(());
     }
     match headers.get(header::ORIGIN).map(|v| v.to_str()) {
         None => Ok(()),
         Some(Ok(origin)) if limits.allowed_origins.iter().any(|o| o == origin) => Ok(()),
-        Some(_) => Err(Refusal::new(
+        Some(_) => Err(HttpRefusal::new(
             StatusCode::FORBIDDEN,
-            "origin_not_allowed",
+            ErrorCode::OriginNotAllowed,
             "this Origin may not open sessions on this server",
         )),
     }

@@ -31,7 +31,8 @@ use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::admission::{ConnectionPermit, Connections, LimitsConfig, Refusal};
+use super::admission::{ConnectionPermit, Connections, HttpRefusal, LimitsConfig};
+use super::protocol::ErrorCode;
 use super::wire::{Conn, Wire};
 
 /// A TCP listener whose connections are counted per IP and carry deadlines.
@@ -224,9 +225,9 @@ impl Future for Answer {
             connect,
         }) = &mut self.0
         else {
-            let mut response = Refusal::new(
+            let mut response = HttpRefusal::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections",
+                ErrorCode::TooManyConnections,
                 "too many connections from this address",
             )
             .into_response();
@@ -363,13 +364,16 @@ impl Http {
             && deadline.as_mut().poll(cx).is_ready()
         {
             let (code, message) = match self.phase {
-                Phase::Idle => ("idle_timeout", "the connection was idle for too long"),
+                Phase::Idle => (
+                    ErrorCode::IdleTimeout,
+                    "the connection was idle for too long",
+                ),
                 _ => (
-                    "handshake_timeout",
+                    ErrorCode::HandshakeTimeout,
                     "the client did not complete its request in time",
                 ),
             };
-            metrics::counter!(crate::metrics::REFUSALS, "code" => code).increment(1);
+            metrics::counter!(crate::metrics::REFUSALS, "code" => code.as_str()).increment(1);
             return Err(io::Error::new(io::ErrorKind::TimedOut, message));
         }
         Ok(())

@@ -31,7 +31,8 @@ pub enum Incoming {
     },
 }
 
-/// Error codes of the `error` message.
+/// Error codes: of the `error` message, of HTTP error bodies, and of the refusals
+/// metric, spelled one way everywhere ([`ErrorCode::as_str`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -47,6 +48,18 @@ pub enum ErrorCode {
     RateLimited,
     /// The server cannot answer now (HTTP 503); retry later.
     Unavailable,
+    /// No valid token (HTTP 401).
+    Unauthorized,
+    /// The browser's Origin is not allowed (HTTP 403).
+    OriginNotAllowed,
+    /// The server, or this address, holds as many connections as allowed.
+    TooManyConnections,
+    /// `/ws` is turned off (`session.websocket = false`).
+    WebsocketDisabled,
+    /// A request's headers did not arrive in time.
+    HandshakeTimeout,
+    /// A kept-alive connection stayed idle too long.
+    IdleTimeout,
 }
 
 impl ErrorCode {
@@ -59,8 +72,31 @@ impl ErrorCode {
             ErrorCode::TooManyTopics => "too_many_topics",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::WebsocketDisabled => "websocket_disabled",
+            ErrorCode::HandshakeTimeout => "handshake_timeout",
+            ErrorCode::IdleTimeout => "idle_timeout",
         }
     }
+
+    /// Every code.
+    #[cfg(test)]
+    pub(crate) const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Forbidden,
+        ErrorCode::UnknownType,
+        ErrorCode::TooManyTopics,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Unauthorized,
+        ErrorCode::OriginNotAllowed,
+        ErrorCode::TooManyConnections,
+        ErrorCode::WebsocketDisabled,
+        ErrorCode::HandshakeTimeout,
+        ErrorCode::IdleTimeout,
+    ];
 }
 
 /// A client message that could not be accepted, with the error to send back.
@@ -237,6 +273,13 @@ impl Outgoing<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_code_is_a_label_of_the_refusals_metric_from_start() {
+        let labels = crate::metrics::label_values(crate::metrics::REFUSALS);
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(labels, codes);
+    }
 
     #[test]
     fn subscribe_with_since_parses() {

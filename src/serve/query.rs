@@ -40,14 +40,14 @@ pub(crate) enum HttpError {
     },
     /// Refused before anything was read: origin, token, limits (401, 403, 429, 503).
     #[error("request refused")]
-    Admission(super::admission::Refusal),
+    Admission(super::admission::HttpRefusal),
     /// The database failed: 503 (the cause is logged, not sent).
     #[error(transparent)]
     Db(#[from] DbError),
 }
 
-impl From<super::admission::Refusal> for HttpError {
-    fn from(refusal: super::admission::Refusal) -> Self {
+impl From<super::admission::HttpRefusal> for HttpError {
+    fn from(refusal: super::admission::HttpRefusal) -> Self {
         HttpError::Admission(refusal)
     }
 }
@@ -59,9 +59,9 @@ pub(crate) fn check_allowed(
 ) -> Result<(), HttpError> {
     match topics.iter().find(|t| !principal.allows(t)) {
         None => Ok(()),
-        Some(topic) => Err(HttpError::Admission(super::admission::Refusal::new(
+        Some(topic) => Err(HttpError::Admission(super::admission::HttpRefusal::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!("topic {topic} is not allowed for this token"),
         ))),
     }

@@ -81,9 +81,9 @@ async fn upgrade(
     Query(query): Query<WsQuery>,
 ) -> Response {
     if !ctx.session.websocket {
-        return admission::Refusal::new(
+        return admission::HttpRefusal::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "websocket_disabled",
+            super::protocol::ErrorCode::WebsocketDisabled,
             "WebSocket is turned off on this server: use /sse or /events",
         )
         .into_response();
