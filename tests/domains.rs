@@ -2,44 +2,14 @@
 //! schema with other names, mapped in its watch registration) reach subscribers as the
 //! exact sequence of domain events, on the topics of the people involved.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
-use tokio_postgres::Client;
 
-use crate::support::{TestApp, TestDb, WsClient};
-
-const QUIET: Duration = Duration::from_millis(300);
-
-fn names(events: &[Value]) -> Vec<&str> {
-    events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect()
-}
+use crate::support::{TestApp, TestDb, WsClient, expect_events, run};
 
 async fn subscribed(app: &TestApp, topics: &[&str]) -> WsClient {
     let mut ws = app.ws().await;
     ws.subscribe(topics, None).await;
     ws
-}
-
-/// Runs each statement in its own transaction, in order.
-async fn run(client: &Client, statements: &[&str]) {
-    for sql in statements {
-        client
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|err| panic!("{sql}: {err}"));
-    }
-}
-
-/// Receives exactly the events named, in order, then nothing more.
-async fn expect(ws: &mut WsClient, expected: &[&str]) -> Vec<Value> {
-    let events = ws.events(expected.len()).await;
-    assert_eq!(names(&events), expected);
-    ws.expect_silence(QUIET).await;
-    events
 }
 
 #[tokio::test]
@@ -69,7 +39,7 @@ async fn domains_a_meeting_reaches_its_participants_and_court_rep_on_their_topic
     )
     .await;
 
-    let all = expect(
+    let all = expect_events(
         &mut meeting,
         &[
             "meeting.created",
@@ -85,7 +55,7 @@ async fn domains_a_meeting_reaches_its_participants_and_court_rep_on_their_topic
         ],
     )
     .await;
-    let mine = expect(
+    let mine = expect_events(
         &mut first,
         &[
             "participant.joined",
@@ -96,8 +66,8 @@ async fn domains_a_meeting_reaches_its_participants_and_court_rep_on_their_topic
         ],
     )
     .await;
-    expect(&mut second, &["participant.joined", "participant.left"]).await;
-    expect(
+    expect_events(&mut second, &["participant.joined", "participant.left"]).await;
+    expect_events(
         &mut rep,
         &[
             "meeting.created",
@@ -160,7 +130,7 @@ async fn booking_scenario(
     let mut client = subscribed(&app, &["user:7"]).await;
     let mut provider = subscribed(&app, &["provider:3"]).await;
     run(&db.client().await, writes).await;
-    let for_client = expect(
+    let for_client = expect_events(
         &mut client,
         &[
             "booking.created",
@@ -173,7 +143,7 @@ async fn booking_scenario(
         ],
     )
     .await;
-    let for_provider = expect(
+    let for_provider = expect_events(
         &mut provider,
         &[
             "booking.created",
@@ -352,7 +322,7 @@ async fn domains_a_course_is_requested_assigned_rescheduled_completed_and_anothe
         ],
     )
     .await;
-    let all = expect(
+    let all = expect_events(
         &mut organization,
         &[
             "course.requested",
@@ -365,7 +335,7 @@ async fn domains_a_course_is_requested_assigned_rescheduled_completed_and_anothe
         ],
     )
     .await;
-    expect(
+    expect_events(
         &mut instructor,
         &[
             "course.assigned",
@@ -422,7 +392,7 @@ async fn domains_tables_no_domain_knows_give_row_events_on_their_routing_topics(
         ],
     )
     .await;
-    let events = expect(
+    let events = expect_events(
         &mut team,
         &["row.inserted", "row.inserted", "row.updated", "row.deleted"],
     )
@@ -433,7 +403,7 @@ async fn domains_tables_no_domain_knows_give_row_events_on_their_routing_topics(
         .collect();
     assert_eq!(tables, ["squads", "wallets", "wallets", "squads"]);
     assert_eq!(events[2]["old"], json!({"balance": 0}));
-    expect(
+    expect_events(
         &mut admin,
         &[
             "row.inserted",
@@ -444,7 +414,7 @@ async fn domains_tables_no_domain_knows_give_row_events_on_their_routing_topics(
         ],
     )
     .await;
-    let mine = expect(&mut user, &["row.inserted", "row.inserted", "row.updated"]).await;
+    let mine = expect_events(&mut user, &["row.inserted", "row.inserted", "row.updated"]).await;
     assert_eq!(mine[1]["table"], "ratings");
     assert_eq!(
         mine[1]["topics"],
@@ -652,7 +622,7 @@ async fn domains_a_mapping_broken_after_watch_is_reported_at_start_and_its_rows_
         ],
     )
     .await;
-    let events = expect(&mut ws, &["row.inserted", "row.updated", "booking.created"]).await;
+    let events = expect_events(&mut ws, &["row.inserted", "row.updated", "booking.created"]).await;
     assert_eq!(events[1]["old"], json!({"status": "REQUESTED"}));
     assert!(rowcast::events::mapping::unmapped_rows() >= unmapped + 2);
 }
@@ -684,7 +654,7 @@ async fn domains_a_replay_reads_each_event_with_the_mapping_it_was_captured_with
     let app = TestApp::start(&db).await;
     let mut ws = app.ws().await;
     ws.subscribe(&["booking:1"], Some(0)).await;
-    let events = expect(
+    let events = expect_events(
         &mut ws,
         &["row.inserted", "booking.accepted", "booking.cancelled"],
     )

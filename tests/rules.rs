@@ -3,7 +3,6 @@
 //! refuses rules that do not fit with a clear error, and rules follow schema changes.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use rowcast::events::{Change, Op};
 use rowcast::events::{Event, Mapping, Rule, frame};
@@ -11,31 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
-use crate::support::{TestApp, TestDb, WsClient};
-
-const QUIET: Duration = Duration::from_millis(300);
-
-/// Runs each statement in its own transaction, in order.
-async fn run(client: &Client, statements: &[&str]) {
-    for sql in statements {
-        client
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|err| panic!("{sql}: {err}"));
-    }
-}
-
-/// Receives exactly the events named, in order, then nothing more.
-async fn expect(ws: &mut WsClient, expected: &[&str]) -> Vec<Value> {
-    let events = ws.events(expected.len()).await;
-    let names: Vec<&str> = events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, expected);
-    ws.expect_silence(QUIET).await;
-    events
-}
+use crate::support::{TestApp, TestDb, expect_events, run};
 
 /// The message of the database error a statement fails with.
 async fn refused(client: &Client, sql: &str) -> String {
@@ -495,7 +470,7 @@ async fn an_app_shaped_like_prisma_or_moodle_gets_its_own_events_from_rules() {
         ],
     )
     .await;
-    let events = expect(
+    let events = expect_events(
         &mut ws,
         &[
             "booking.created",
@@ -695,7 +670,7 @@ async fn rules_follow_a_renamed_column_and_a_dropped_or_retyped_one_is_shown() {
         ],
     )
     .await;
-    expect(&mut ws, &["row.inserted", "task.finished"]).await;
+    expect_events(&mut ws, &["row.inserted", "task.finished"]).await;
     let watched = client
         .query_one(
             "select rules, problem from rowcast.watched where table_name = 'tasks'",
@@ -762,7 +737,7 @@ async fn rules_follow_a_renamed_column_and_a_dropped_or_retyped_one_is_shown() {
         ),
         "{problem}"
     );
-    expect(&mut ws, &["row.updated"]).await;
+    expect_events(&mut ws, &["row.updated"]).await;
     app.stop().await;
 }
 

@@ -435,3 +435,25 @@ impl WsClient {
 pub fn positions(events: &[Value]) -> Vec<i64> {
     events.iter().map(|e| e["pos"].as_i64().unwrap()).collect()
 }
+
+/// Runs each statement in its own transaction, in order.
+pub async fn run(client: &Client, statements: &[&str]) {
+    for sql in statements {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
+    }
+}
+
+/// Receives exactly the events named, in order, then nothing more for 300 ms.
+pub async fn expect_events(ws: &mut WsClient, expected: &[&str]) -> Vec<Value> {
+    let events = ws.events(expected.len()).await;
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(names, expected);
+    ws.expect_silence(Duration::from_millis(300)).await;
+    events
+}
