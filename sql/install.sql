@@ -890,6 +890,20 @@ begin
 end
 $$;
 
+-- The last position handed out, as the caller's snapshot sees it: every event at or
+-- below it is visible in that snapshot. An application reads its first screen and this
+-- in one `repeatable read` transaction, then subscribes with `since` = this position:
+-- the events after it bring every change the screen lacks (some it already shows, which
+-- applying in order repeats harmlessly). Callable by anyone; it returns a number only.
+create or replace function rowcast.head() returns bigint
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select s.last_pos from rowcast.sequencer s where s.singleton
+$$;
+
 -- sql/functions/40_rules.sql
 -- Event rules: the rule language, resolving rules and domain fields against a table.
 --
@@ -2206,12 +2220,12 @@ $$;
 
 -- What everyone may call: the capture path's wake-up, what rowcast.watched calls with the
 -- caller's rights (the catalog and the registration's problem only), the names watch()
--- reports, and the resolution of a table name. Everything else is revoked from public;
+-- reports, the resolution of a table name, and the head position for a first screen. Everything else is revoked from public;
 -- grant_service() and grant_admin() give each role its part.
 revoke execute on all functions in schema rowcast from public;
 grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), rowcast.registration_problem(oid, text[]),
     rowcast.confirm(regclass), rowcast.shown_name(regclass), rowcast.table_topic(regclass), rowcast.topic_escape(text),
-    rowcast.resolve_table(text), rowcast.rule_text(jsonb, text) to public;
+    rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head() to public;
 
-insert into rowcast.functions (checksum) values ('6f6f9eb7609083f4') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('322e2260b2f13160') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

@@ -221,8 +221,11 @@ async fn http_paging_with_head_walks_the_whole_log_while_writes_go_on() {
     let (status, body) = get_json(app.addr, &format!("/events?topics=user:7&since={head}")).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"events": [], "head": 300, "more": false}));
-    // Default limit 100.
+    // Without since a poll starts live, like a WebSocket or SSE subscription.
     let (_, body) = get_json(app.addr, "/events?topics=bookings").await;
+    assert_eq!(body, json!({"events": [], "head": 300, "more": false}));
+    // Default limit 100.
+    let (_, body) = get_json(app.addr, "/events?topics=bookings&since=0").await;
     assert_eq!(body["events"].as_array().unwrap().len(), 100);
     assert_eq!(body["head"], 100);
     assert_eq!(body["more"], true, "a full page before the head");

@@ -10,6 +10,7 @@ mod dashboard;
 mod delivery;
 mod domains;
 mod faults;
+mod first_screen;
 mod hardening;
 mod operator;
 mod pipeline;

@@ -202,7 +202,8 @@ export class Rowcast {
     this._conn = { close: () => { active = false; } };
     while (active && !this._stopped) {
       try {
-        const query = this._query({ topics: this.topics.join(","), since: this.lastPos ?? 0, limit: 500 });
+        // Without a position yet, the first poll starts live (the server answers its head).
+        const query = this._query({ topics: this.topics.join(","), since: this.lastPos, limit: 500 });
         const headers = token ? { Authorization: `Bearer ${token}` } : {};
         const response = await fetch(`${this.url}/events?${query}`, { headers });
         if (response.status === 410) {

@@ -253,3 +253,17 @@ begin
     return n;
 end
 $$;
+
+-- The last position handed out, as the caller's snapshot sees it: every event at or
+-- below it is visible in that snapshot. An application reads its first screen and this
+-- in one `repeatable read` transaction, then subscribes with `since` = this position:
+-- the events after it bring every change the screen lacks (some it already shows, which
+-- applying in order repeats harmlessly). Callable by anyone; it returns a number only.
+create or replace function rowcast.head() returns bigint
+language sql
+stable
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select s.last_pos from rowcast.sequencer s where s.singleton
+$$;

@@ -5,7 +5,8 @@
 //! byte for byte, for `pos > N`, at most `M` (default [`DEFAULT_LIMIT`], at most
 //! [`MAX_LIMIT`]); `H` is the next `since`, and `more` says to poll again at once. A
 //! `since` ahead of this replica waits up to `session.catch_up_wait`; one older than
-//! retention is `410` with a `reset`. docs/protocol.md has the semantics.
+//! retention is `410` with a `reset`; without `since` the poll starts live (no events, the
+//! head). docs/protocol.md has the semantics.
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -39,10 +40,11 @@ async fn poll(
     let principal = admission::authenticate(&ctx, &headers, params.token.as_deref())?;
     let topics = query::topics(params.topics.as_deref(), ctx.session.max_topics)?;
     query::check_allowed(&principal, &topics)?;
-    let since = match params.since.as_deref() {
-        Some(raw) => query::position("since", raw)?,
-        None => 0,
-    };
+    let since = params
+        .since
+        .as_deref()
+        .map(|raw| query::position("since", raw))
+        .transpose()?;
     let limit = match params.limit.as_deref() {
         None => DEFAULT_LIMIT,
         Some(raw) => match query::position("limit", raw)? {
@@ -55,6 +57,11 @@ async fn poll(
         },
     };
 
+    // Without `since` a poll starts live, like a WebSocket or SSE subscription: no
+    // events, and this replica's head to poll on from.
+    let Some(since) = since else {
+        return Ok(page(&[], ctx.hub.head(), false));
+    };
     // Everything up to the hub's head has been read by this replica's tailer, so it is
     // all in the log: a read bounded by it is complete.
     let mut head = ctx.hub.head();
