@@ -46,7 +46,7 @@ comment on column rowcast.events.op is
 comment on column rowcast.events.data is
     'the new row (INSERT, UPDATE) or the old row (DELETE), minus excluded columns';
 comment on column rowcast.events.old is
-    'UPDATE only: the previous row minus excluded columns; over 1 kB only its changed columns. The changed columns are the entries that differ from data';
+    'UPDATE: the previous row minus excluded columns; over 1 kB only its changed columns (the entries that differ from data). PUBLISH: {"topic", "event"}';
 comment on column rowcast.events.routing_id is
     'the registration the capture trigger named; the sequencer checks it against the event''s table';
 
@@ -77,6 +77,17 @@ create policy writers_append_their_own_changes on rowcast.events for insert to p
         or case op when 'INSERT' then pg_stat_get_xact_tuples_inserted(relid) > 0
                    when 'UPDATE' then pg_stat_get_xact_tuples_updated(relid) > 0
                    when 'DELETE' then pg_stat_get_xact_tuples_deleted(relid) > 0 end);
+-- Applications publish events of their own (rowcast.publish()): no table (relid 0), a
+-- topic with a ':' (so never a table's topic) and an event name, kept in `old`, and the
+-- payload in `data`. The same checks as rowcast.publish() makes, so a direct insert can
+-- do no more than the function.
+create policy apps_publish on rowcast.events for insert to public
+    with check (op = 'PUBLISH' and relid = 0 and routing_id is null
+                and jsonb_typeof(old) = 'object'
+                and length(old ->> 'topic') <= 200
+                and old ->> 'topic' ~ '^[^[:space:],*:%]+:[^[:space:],*]+$'
+                and length(old ->> 'event') <= 100
+                and old ->> 'event' ~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$');
 create policy readers on rowcast.events for select using (true);
 
 -- ── The sequenced log ────────────────────────────────────────────────────────────────

@@ -53,7 +53,7 @@ comment on column rowcast.events.op is
 comment on column rowcast.events.data is
     'the new row (INSERT, UPDATE) or the old row (DELETE), minus excluded columns';
 comment on column rowcast.events.old is
-    'UPDATE only: the previous row minus excluded columns; over 1 kB only its changed columns. The changed columns are the entries that differ from data';
+    'UPDATE: the previous row minus excluded columns; over 1 kB only its changed columns (the entries that differ from data). PUBLISH: {"topic", "event"}';
 comment on column rowcast.events.routing_id is
     'the registration the capture trigger named; the sequencer checks it against the event''s table';
 
@@ -84,6 +84,17 @@ create policy writers_append_their_own_changes on rowcast.events for insert to p
         or case op when 'INSERT' then pg_stat_get_xact_tuples_inserted(relid) > 0
                    when 'UPDATE' then pg_stat_get_xact_tuples_updated(relid) > 0
                    when 'DELETE' then pg_stat_get_xact_tuples_deleted(relid) > 0 end);
+-- Applications publish events of their own (rowcast.publish()): no table (relid 0), a
+-- topic with a ':' (so never a table's topic) and an event name, kept in `old`, and the
+-- payload in `data`. The same checks as rowcast.publish() makes, so a direct insert can
+-- do no more than the function.
+create policy apps_publish on rowcast.events for insert to public
+    with check (op = 'PUBLISH' and relid = 0 and routing_id is null
+                and jsonb_typeof(old) = 'object'
+                and length(old ->> 'topic') <= 200
+                and old ->> 'topic' ~ '^[^[:space:],*:%]+:[^[:space:],*]+$'
+                and length(old ->> 'event') <= 100
+                and old ->> 'event' ~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$');
 create policy readers on rowcast.events for select using (true);
 
 -- ── The sequenced log ────────────────────────────────────────────────────────────────
@@ -314,7 +325,7 @@ create table rowcast.functions (
     applied_on timestamptz not null default clock_timestamp()
 );
 
-insert into rowcast.schema_history (version, name, applied_on, checksum) values (1, 'schema', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '7546724450425428778');
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (1, 'schema', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '301782345348287454');
 
 -- sql/functions/10_topics.sql
 -- Topics: how a table and its rows are named on the wire, and how an application names a table.
@@ -633,6 +644,38 @@ begin
 end
 $$;
 
+-- An application's own event: `event` on `topic` with `payload`, in the caller's
+-- transaction, so it is delivered only if that commits, positioned after the row events
+-- the transaction wrote before it, and replayed like any other. The topic must hold a
+-- ':' (`stats:global`, `meeting:5`), so it is never a table's topic; the payload is
+-- stored whole (no NOTIFY payload limit). Runs with the caller's rights: the policy on
+-- rowcast.events makes the same checks for a direct insert.
+create or replace function rowcast.publish(topic text, event text, payload jsonb default '{}')
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set row_security = on
+as $$
+begin
+    if topic is null or length(topic) > 200 or topic !~ '^[^[:space:],*:%]+:[^[:space:],*]+$' then
+        raise exception 'rowcast.publish: topic % must look like prefix:value (no white space, commas, * or %% in it, at most 200 characters)',
+            coalesce(quote_literal(topic), 'null')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if event is null or length(event) > 100 or event !~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$' then
+        raise exception 'rowcast.publish: event name % must be letters, digits and underscores in dot-separated parts, like stats.updated',
+            coalesce(quote_literal(event), 'null')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    insert into rowcast.events (relid, op, data, old)
+    values (0, 'PUBLISH', coalesce(payload, '{}'), jsonb_build_object('topic', topic, 'event', event));
+    if pg_sequence_last_value('rowcast.wake_hint'::regclass) is null
+       or current_setting('transaction_isolation') <> 'read committed' then
+        perform rowcast.request_wake();
+    end if;
+end
+$$;
+
 -- sql/functions/30_sequence.sql
 -- Sequencing and retention: gap-free positions for committed events, and pruning by position.
 --
@@ -719,7 +762,8 @@ begin
     ), ins as (
         insert into rowcast.log (pos, event_id, txid, topics, routing_id)
         select st.last_pos + row_number() over (order by b.id), b.id, b.txid,
-               coalesce(rowcast.topics_of(r, b.op, b.data, b.old), '{}'),
+               case when b.op = 'PUBLISH' and b.relid = 0 then array[b.old ->> 'topic']
+                    else coalesce(rowcast.topics_of(r, b.op, b.data, b.old), '{}') end,
                r.id
         from batch b
         left join rowcast.routings r
@@ -774,8 +818,8 @@ begin
         return query
             select l.pos, coalesce(r.table_name, ''), e.op, l.topics,
                    to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                   case when r.id is not null then e.data::text end,
-                   case when r.id is not null then e.old::text end,
+                   case when r.id is not null or e.op = 'PUBLISH' then e.data::text end,
+                   case when r.id is not null or e.op = 'PUBLISH' then e.old::text end,
                    r.mapping_id, null::bigint, null::boolean
             from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id
             left join rowcast.routings r on r.id = l.routing_id
@@ -2220,12 +2264,14 @@ $$;
 
 -- What everyone may call: the capture path's wake-up, what rowcast.watched calls with the
 -- caller's rights (the catalog and the registration's problem only), the names watch()
--- reports, the resolution of a table name, and the head position for a first screen. Everything else is revoked from public;
+-- reports, the resolution of a table name, the head position for a first screen, and
+-- an application's own events. Everything else is revoked from public;
 -- grant_service() and grant_admin() give each role its part.
 revoke execute on all functions in schema rowcast from public;
 grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), rowcast.registration_problem(oid, text[]),
     rowcast.confirm(regclass), rowcast.shown_name(regclass), rowcast.table_topic(regclass), rowcast.topic_escape(text),
-    rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head() to public;
+    rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
+    rowcast.publish(text, text, jsonb) to public;
 
-insert into rowcast.functions (checksum) values ('322e2260b2f13160') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('674c80fd81e8bc24') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

@@ -192,3 +192,77 @@ async fn a_first_screen_read_with_rowcast_head_then_resumed_converges_to_the_tab
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_apps_own_event_is_delivered_only_on_commit_after_its_transactions_row_events() {
+    let db = TestDb::demo().await;
+    let installer = db.client().await;
+    let role = format!("{}_pub", db.name);
+    run(
+        &installer,
+        &[&format!(
+            "drop role if exists {role}; create role {role} login;
+             grant select, insert on bookings to {role};"
+        )],
+    )
+    .await;
+    let app = TestApp::start(&db).await;
+    let mut ws = app.ws().await;
+    ws.subscribe(&["stats:global", "bookings"], None).await;
+    // The application's role: no grant on rowcast at all.
+    let writer = connect(&format!("{} user={role}", db.url)).await;
+    let insert = "insert into bookings (client_id, provider_id, starts_at, ends_at, price)
+                  values (7, 3, now(), now() + interval '1 hour', 10);";
+    writer
+        .batch_execute(&format!(
+            "begin; {insert} select rowcast.publish('stats:global', 'stats.updated', '{{\"n\": 1}}'); rollback;"
+        ))
+        .await
+        .unwrap();
+    let big = "x".repeat(100_000);
+    writer
+        .batch_execute(&format!(
+            "begin; {insert}
+             select rowcast.publish('stats:global', 'stats.updated',
+                                    jsonb_build_object('n', 2, 'blob', '{big}'));
+             commit;"
+        ))
+        .await
+        .unwrap();
+    let events =
+        crate::support::expect_events(&mut ws, &["booking.created", "stats.updated"]).await;
+    let (row, published) = (&events[0], &events[1]);
+    assert_eq!(published["pos"], row["pos"].as_i64().unwrap() + 1);
+    assert_eq!(published["op"], "PUBLISH");
+    assert_eq!(published["table"], Value::Null);
+    assert_eq!(published["topics"], serde_json::json!(["stats:global"]));
+    assert_eq!(published["data"]["n"], 2);
+    assert_eq!(published["data"]["blob"].as_str().unwrap().len(), 100_000);
+    assert!(published.get("old").is_none(), "{}", published["op"]);
+    // A topic that could be a table's, or a bad name, is refused, even by a direct insert.
+    for sql in [
+        "select rowcast.publish('bookings', 'booking.created', '{}')",
+        "select rowcast.publish('user:7', 'bad name', '{}')",
+        "insert into rowcast.events (relid, op, data, old)
+         values (0, 'PUBLISH', '{}', '{\"topic\": \"bookings\", \"event\": \"booking.created\"}')",
+        "insert into rowcast.events (relid, op, data, old)
+         values ('bookings'::regclass, 'PUBLISH', '{}', '{\"topic\": \"user:7\", \"event\": \"x\"}')",
+    ] {
+        let err = writer.batch_execute(sql).await.unwrap_err();
+        let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+        assert!(
+            message.contains("prefix:value")
+                || message.contains("event name")
+                || message.contains("row-level security"),
+            "{sql}: {message}"
+        );
+    }
+    ws.expect_silence(Duration::from_millis(300)).await;
+    drop(writer);
+    app.stop().await;
+    run(
+        &installer,
+        &[&format!("drop owned by {role}; drop role {role}")],
+    )
+    .await;
+}

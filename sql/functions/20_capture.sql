@@ -122,3 +122,35 @@ begin
     end if;
 end
 $$;
+
+-- An application's own event: `event` on `topic` with `payload`, in the caller's
+-- transaction, so it is delivered only if that commits, positioned after the row events
+-- the transaction wrote before it, and replayed like any other. The topic must hold a
+-- ':' (`stats:global`, `meeting:5`), so it is never a table's topic; the payload is
+-- stored whole (no NOTIFY payload limit). Runs with the caller's rights: the policy on
+-- rowcast.events makes the same checks for a direct insert.
+create or replace function rowcast.publish(topic text, event text, payload jsonb default '{}')
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set row_security = on
+as $$
+begin
+    if topic is null or length(topic) > 200 or topic !~ '^[^[:space:],*:%]+:[^[:space:],*]+$' then
+        raise exception 'rowcast.publish: topic % must look like prefix:value (no white space, commas, * or %% in it, at most 200 characters)',
+            coalesce(quote_literal(topic), 'null')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if event is null or length(event) > 100 or event !~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$' then
+        raise exception 'rowcast.publish: event name % must be letters, digits and underscores in dot-separated parts, like stats.updated',
+            coalesce(quote_literal(event), 'null')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    insert into rowcast.events (relid, op, data, old)
+    values (0, 'PUBLISH', coalesce(payload, '{}'), jsonb_build_object('topic', topic, 'event', event));
+    if pg_sequence_last_value('rowcast.wake_hint'::regclass) is null
+       or current_setting('transaction_isolation') <> 'read committed' then
+        perform rowcast.request_wake();
+    end if;
+end
+$$;

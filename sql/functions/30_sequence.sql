@@ -83,7 +83,8 @@ begin
     ), ins as (
         insert into rowcast.log (pos, event_id, txid, topics, routing_id)
         select st.last_pos + row_number() over (order by b.id), b.id, b.txid,
-               coalesce(rowcast.topics_of(r, b.op, b.data, b.old), '{}'),
+               case when b.op = 'PUBLISH' and b.relid = 0 then array[b.old ->> 'topic']
+                    else coalesce(rowcast.topics_of(r, b.op, b.data, b.old), '{}') end,
                r.id
         from batch b
         left join rowcast.routings r
@@ -138,8 +139,8 @@ begin
         return query
             select l.pos, coalesce(r.table_name, ''), e.op, l.topics,
                    to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                   case when r.id is not null then e.data::text end,
-                   case when r.id is not null then e.old::text end,
+                   case when r.id is not null or e.op = 'PUBLISH' then e.data::text end,
+                   case when r.id is not null or e.op = 'PUBLISH' then e.old::text end,
                    r.mapping_id, null::bigint, null::boolean
             from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id
             left join rowcast.routings r on r.id = l.routing_id

@@ -41,9 +41,11 @@ $$;
 
 -- What everyone may call: the capture path's wake-up, what rowcast.watched calls with the
 -- caller's rights (the catalog and the registration's problem only), the names watch()
--- reports, the resolution of a table name, and the head position for a first screen. Everything else is revoked from public;
+-- reports, the resolution of a table name, the head position for a first screen, and
+-- an application's own events. Everything else is revoked from public;
 -- grant_service() and grant_admin() give each role its part.
 revoke execute on all functions in schema rowcast from public;
 grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), rowcast.registration_problem(oid, text[]),
     rowcast.confirm(regclass), rowcast.shown_name(regclass), rowcast.table_topic(regclass), rowcast.topic_escape(text),
-    rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head() to public;
+    rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
+    rowcast.publish(text, text, jsonb) to public;

@@ -30,9 +30,10 @@ macro_rules! select_changes {
         concat!(
             "select l.pos, coalesce(r.table_name, ''), e.op, l.topics, ",
             "to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), ",
-            // An event of no registration (appended by hand) is never read back whole.
-            "case when r.id is not null then e.data::text end, ",
-            "case when r.id is not null then e.old::text end, ",
+            // An event of no registration (appended by hand) is never read back whole; an
+            // application's own event (PUBLISH) has none.
+            "case when r.id is not null or e.op = 'PUBLISH' then e.data::text end, ",
+            "case when r.id is not null or e.op = 'PUBLISH' then e.old::text end, ",
             "r.mapping_id ",
             "from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id ",
             "left join rowcast.routings r on r.id = l.routing_id ",

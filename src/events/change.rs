@@ -13,6 +13,8 @@ pub enum Op {
     Delete,
     /// The table was truncated.
     Truncate,
+    /// An application published an event of its own (`rowcast.publish()`).
+    Publish,
 }
 
 impl Op {
@@ -23,6 +25,7 @@ impl Op {
             Op::Update => "UPDATE",
             Op::Delete => "DELETE",
             Op::Truncate => "TRUNCATE",
+            Op::Publish => "PUBLISH",
         }
     }
 
@@ -33,6 +36,7 @@ impl Op {
             "UPDATE" => Some(Op::Update),
             "DELETE" => Some(Op::Delete),
             "TRUNCATE" => Some(Op::Truncate),
+            "PUBLISH" => Some(Op::Publish),
             _ => None,
         }
     }

@@ -32,6 +32,13 @@ pub enum Event {
     TableTruncated,
 }
 
+/// What `rowcast.publish()` stores beside an application's payload.
+#[derive(serde::Deserialize)]
+struct Published<'a> {
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+}
+
 impl Event {
     /// The generic event names.
     pub const GENERIC: [&'static str; 4] = [
@@ -45,8 +52,24 @@ impl Event {
     /// without rules, or that no rule names, is a generic row event, and so is a row the
     /// rules cannot read, which is counted and logged ([`mapping::unmapped_rows`]).
     pub fn of(change: &Change, mapping: Result<Option<&Mapping>, MapError>) -> Event {
-        if change.op == Op::Truncate {
-            return Event::TableTruncated;
+        match change.op {
+            Op::Truncate => return Event::TableTruncated,
+            Op::Publish => {
+                // The name the application gave, checked when it was stored.
+                let name = change.old.as_deref().and_then(|meta| {
+                    serde_json::from_str::<Published>(meta.get())
+                        .ok()
+                        .map(|p| Arc::<str>::from(p.event.as_ref()))
+                });
+                return match name {
+                    Some(name) => Event::Named(name),
+                    None => {
+                        mapping::record_unmapped(change, &MapError::NotAnObject);
+                        Event::Row(Op::Publish)
+                    }
+                };
+            }
+            _ => {}
         }
         let named = mapping.and_then(|mapping| match mapping {
             Some(mapping) => mapping.event_of(change).map(|name| name.cloned()),
@@ -70,6 +93,7 @@ impl Event {
             Event::Row(Op::Update) => "row.updated",
             Event::Row(Op::Delete) => "row.deleted",
             Event::Row(Op::Truncate) | Event::TableTruncated => "table.truncated",
+            Event::Row(Op::Publish) => "event.published",
         }
     }
 }
@@ -81,7 +105,7 @@ struct WireEvent<'a> {
     kind: &'static str,
     pos: i64,
     event: &'a str,
-    table: &'a str,
+    table: Option<&'a str>,
     op: &'static str,
     topics: &'a [String],
     ts: &'a str,
@@ -93,18 +117,24 @@ struct WireEvent<'a> {
 
 /// Serialises a change as the wire protocol's `event` message, once for all sessions.
 /// `data` and `old` are the app's rows exactly as captured, under the app's own column
-/// names, whatever rules named the event.
+/// names, whatever rules named the event. An application's own event has no table
+/// (`null`) and no `old`; its `data` is the payload as published.
 pub fn frame(change: &Change, event: &Event) -> String {
+    let published = change.op == Op::Publish;
     let wire = WireEvent {
         kind: "event",
         pos: change.pos,
         event: event.name(),
-        table: &change.table,
+        table: (!published).then_some(change.table.as_str()),
         op: change.op.as_str(),
         topics: &change.topics,
         ts: &change.ts,
         data: change.data.as_deref(),
-        old: change.old.as_deref(),
+        old: if published {
+            None
+        } else {
+            change.old.as_deref()
+        },
     };
     // Serialising borrowed strings and already-valid JSON cannot fail.
     serde_json::to_string(&wire).expect("an event frame always serialises")

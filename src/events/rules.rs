@@ -91,7 +91,9 @@ impl Rule {
     fn from_stored(s: Stored) -> Option<Rule> {
         let when = match (s.op.as_deref(), s.test.as_deref(), s.column) {
             (None, None, None) => When::Never,
-            (Some(op), None, None) => When::Op(Op::parse(op).filter(|op| *op != Op::Truncate)?),
+            (Some(op), None, None) => When::Op(
+                Op::parse(op).filter(|op| matches!(op, Op::Insert | Op::Update | Op::Delete))?,
+            ),
             (Some("UPDATE"), Some(test), Some(column)) => match test {
                 "set" => When::Set(column),
                 "cleared" => When::Cleared(column),
