@@ -23,6 +23,7 @@
 //! - [`serve`] is the HTTP side: [`serve::ws`], [`serve::sse`] and [`serve::http`], all
 //!   resuming through [`serve::replay`]; [`serve::admission`] and [`serve::auth`] decide
 //!   who may connect and follow what; health, metrics and the dashboard.
+//! - [`follow`] prints the stream in a terminal (`rowcast tail`).
 //! - [`app`] starts all of the above; [`config`] holds the settings, [`db`] connection
 //!   setup, [`admin`] the DBA commands, [`embedded`] a throwaway PostgreSQL for [`demo`].
 
@@ -34,6 +35,7 @@ pub mod db;
 pub mod demo;
 pub mod embedded;
 pub mod events;
+pub mod follow;
 pub mod hub;
 pub mod metrics;
 pub mod migrate;

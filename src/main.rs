@@ -61,6 +61,23 @@ enum Command {
     },
     /// Print the SQL-only install script (what `sql/install.sql` holds).
     InstallSql,
+    /// Follow the event stream from a terminal: what each write produces.
+    Tail {
+        #[command(flatten)]
+        db: AdminDb,
+        /// Only events on this topic (repeatable; all events without it).
+        #[arg(long = "topic", value_name = "TOPIC")]
+        topics: Vec<String>,
+        /// Start after this position (0: everything retained); without it, live only.
+        #[arg(long)]
+        since: Option<i64>,
+        /// Print each event's JSON frame, as subscribers receive it.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Start a demo: PostgreSQL (a throwaway cluster unless DATABASE_URL is set), the
     /// demo schema, a writer playing attendance, booking and course activity, and the
     /// live dashboard.
@@ -245,6 +262,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("rowcast removed: triggers and schema dropped, app tables untouched");
         }
         Command::InstallSql => print!("{}", admin::install_sql()),
+        Command::Tail {
+            db,
+            topics,
+            since,
+            json,
+            count,
+        } => {
+            let pg = db::pg_config(&db.url()?)?;
+            let options = rowcast::follow::TailOptions {
+                topics,
+                since,
+                json,
+                count,
+            };
+            rowcast::follow::tail(&pg, &options, &mut std::io::stdout().lock()).await?;
+        }
         Command::Demo {
             listen,
             pace_ms,

@@ -378,3 +378,95 @@ async fn mixed_case_tables_are_named_as_the_app_spells_them_and_the_printed_name
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn tail_prints_retained_and_live_events_as_subscribers_get_them() {
+    let db = TestDb::demo().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "insert into bookings (client_id, provider_id, starts_at, ends_at, price)
+             select 7 + i % 2, 3, now(), now() + interval '1 hour', i from generate_series(1, 6) i",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute("select rowcast.sequence()")
+        .await
+        .unwrap();
+    let url = db.url.as_str();
+    let out = rowcast(&[
+        "tail",
+        "--admin-url",
+        url,
+        "--since",
+        "0",
+        "--topic",
+        "user:7",
+        "--json",
+        "--count",
+        "3",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let frames: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(frames.len(), 3);
+    for frame in &frames {
+        assert_eq!(frame["event"], "booking.created");
+        assert_eq!(frame["data"]["client_id"], 7);
+        assert!(frame["data"].get("card_token").is_none());
+    }
+    // Live: from the head on, a new write is printed as it is sequenced.
+    let head: i64 = client
+        .query_one("select last_pos from rowcast.sequencer", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let live = tokio::process::Command::new(env!("CARGO_BIN_EXE_rowcast"))
+        .args([
+            "tail",
+            "--admin-url",
+            url,
+            "--since",
+            &head.to_string(),
+            "--count",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    client
+        .batch_execute("update bookings set status = 'CONFIRMED' where id = 1")
+        .await
+        .unwrap();
+    client
+        .batch_execute("select rowcast.sequence()")
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(crate::support::WAIT, live.wait_with_output())
+        .await
+        .expect("tail printed the live event")
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.contains("booking.accepted") && line.contains("bookings"),
+        "{line}"
+    );
+    // A since older than retention is refused clearly.
+    client
+        .batch_execute("update rowcast.sequencer set pruned_pos = 5")
+        .await
+        .unwrap();
+    let out = rowcast(&["tail", "--admin-url", url, "--since", "2"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("older than what the log keeps"),
+        "{}",
+        text(&out)
+    );
+}
