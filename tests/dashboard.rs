@@ -49,11 +49,18 @@ async fn the_dashboard_shows_a_row_written_with_sql_and_survives_losing_websocke
             .await,
         "the booking written with SQL never appeared"
     );
-    assert_eq!(
+    // The counts render on the next frame after the feed.
+    assert!(
+        browser
+            .wait_for(
+                "document.getElementById('b-pending').textContent === '1'",
+                WAIT
+            )
+            .await,
+        "pending bookings: {}",
         browser
             .eval("document.getElementById('b-pending').textContent")
-            .await,
-        "1"
+            .await
     );
     browser.screenshot(&artifact("dashboard.png")).await;
 

@@ -891,3 +891,49 @@ async fn rules_are_bounded_in_number_and_size() {
     let err = err.as_db_error().unwrap().message().to_string();
     assert!(err.contains("at most 1000 characters"), "{err}");
 }
+
+#[tokio::test]
+async fn an_sse_client_asking_for_unnamed_events_gets_every_rule_named_event_as_a_message() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    run(
+        &client,
+        &[
+            "create table jobs (id int primary key, done_at timestamptz)",
+            r#"select rowcast.watch('jobs', rules => '[{"when": "done_at set", "event": "job.finished"}]')"#,
+        ],
+    )
+    .await;
+    let app = TestApp::start(&db).await;
+    let mut named = crate::support::sse::open(app.addr, "topics=jobs", None)
+        .await
+        .unwrap();
+    let mut unnamed = crate::support::sse::open(app.addr, "topics=jobs&unnamed=1", None)
+        .await
+        .unwrap();
+    for stream in [&mut named, &mut unnamed] {
+        assert_eq!(stream.next().await.event.as_deref(), Some("subscribed"));
+    }
+    run(
+        &client,
+        &[
+            "insert into jobs values (1, null)",
+            "update jobs set done_at = now() where id = 1",
+        ],
+    )
+    .await;
+    for expected in ["row.inserted", "job.finished"] {
+        let block = named.next().await;
+        assert_eq!(block.event.as_deref(), Some(expected));
+        let block = unnamed.next().await;
+        assert_eq!(block.event, None, "{block:?}");
+        assert_eq!(block.json()["event"], expected);
+        assert_eq!(
+            block.id.as_deref(),
+            Some(block.json()["pos"].to_string().as_str())
+        );
+    }
+    let refused = crate::support::sse::open(app.addr, "topics=jobs&unnamed=yes", None).await;
+    assert_eq!(refused.err().map(|(status, _)| status), Some(400));
+    app.stop().await;
+}

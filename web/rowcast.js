@@ -14,20 +14,6 @@
 // be opened. The token goes in the query string (browsers cannot set headers on
 // WebSocket or EventSource), so it may reach proxy logs: keep tokens short-lived.
 
-/** Event names the server may send; SSE needs a listener per name. */
-const KNOWN_EVENTS = [
-  "row.inserted", "row.updated", "row.deleted", "table.truncated",
-  "meeting.started", "meeting.ended", "meeting.created", "meeting.updated", "meeting.deleted",
-  "participant.joined", "participant.left", "attendance.updated", "attendance.deleted",
-  "court_card.created", "court_card.updated", "court_card.deleted",
-  "booking.created", "booking.accepted", "booking.rejected", "booking.cancelled",
-  "booking.status_changed", "booking.updated", "booking.deleted",
-  "payment.created", "payment.status_changed", "payment.updated", "payment.deleted",
-  "payout.created", "payout.status_changed", "payout.updated", "payout.deleted",
-  "course.requested", "course.assigned", "course.rescheduled", "course.completed",
-  "course.cancelled", "course.updated", "course.deleted",
-];
-
 const TRANSPORTS = ["ws", "sse", "poll"];
 
 export class Rowcast {
@@ -170,7 +156,8 @@ export class Rowcast {
   }
 
   _openEventSource(token, opened) {
-    const query = this._query({ topics: this.topics.join(","), since: this.lastPos, token });
+    // unnamed=1: every event arrives at onmessage, whatever name a table's rules gave it.
+    const query = this._query({ topics: this.topics.join(","), since: this.lastPos, token, unnamed: 1 });
     let source;
     try {
       source = new EventSource(`${this.url}/sse?${query}`);
@@ -180,8 +167,7 @@ export class Rowcast {
     let wasOpen = false;
     this._conn = { close: () => source.close() };
     const onEvent = (msg) => this._deliver(JSON.parse(msg.data));
-    const names = new Set([...KNOWN_EVENTS, ...this._handlers.keys()]);
-    for (const name of names) source.addEventListener(name, onEvent);
+    source.addEventListener("subscribed", onEvent);
     source.addEventListener("reset", onEvent);
     source.onmessage = onEvent;
     source.onopen = () => { wasOpen = true; opened(); };

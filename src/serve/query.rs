@@ -24,6 +24,9 @@ pub(crate) struct Params {
     pub(crate) limit: Option<String>,
     /// The token, for clients that cannot send `Authorization` (may reach proxy logs).
     pub(crate) token: Option<String>,
+    /// `/sse` only: `unnamed=1` sends events without an `event:` field, so that an
+    /// EventSource delivers every event, whatever its name, to `onmessage`.
+    pub(crate) unnamed: Option<String>,
 }
 
 /// Why an HTTP request was answered with an error.

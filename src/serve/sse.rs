@@ -50,6 +50,11 @@ async fn open(
     let topics = query::topics(params.topics.as_deref(), ctx.session.max_topics)?;
     query::check_allowed(&principal, &topics)?;
     let since = resume_position(&headers, params.since.as_deref())?;
+    let named = match params.unnamed.as_deref() {
+        None | Some("0") | Some("false") => true,
+        Some("1") | Some("true") => false,
+        Some(_) => return Err(HttpError::bad_request("unnamed must be 1 or 0")),
+    };
 
     let member = ctx.hub.join(ctx.session.queue);
     let head = ctx
@@ -80,6 +85,7 @@ async fn open(
         cursor: 0,
         replay,
         pending: VecDeque::from([subscribed]),
+        named,
     };
     let events = stream::unfold(session, |mut session| async move {
         let event = session.next().await?;
@@ -113,6 +119,8 @@ struct Session {
     replay: Option<Replay>,
     /// Events ready to send.
     pending: VecDeque<Event>,
+    /// Whether events carry their name in the `event:` field.
+    named: bool,
 }
 
 impl Session {
@@ -133,7 +141,7 @@ impl Session {
                         for event in events {
                             if event.pos > self.cursor {
                                 self.cursor = event.pos;
-                                self.pending.push_back(sse_event(&event));
+                                self.pending.push_back(sse_event(&event, self.named));
                             }
                         }
                     }
@@ -162,7 +170,7 @@ impl Session {
                 event = self.member.events.recv() => match event {
                     Some(event) if event.pos > self.cursor => {
                         self.cursor = event.pos;
-                        return Some(sse_event(&event));
+                        return Some(sse_event(&event, self.named));
                     }
                     Some(_) => {}
                     None => {
@@ -175,11 +183,14 @@ impl Session {
     }
 }
 
-fn sse_event(event: &Published) -> Event {
-    Event::default()
-        .id(event.pos.to_string())
-        .event(event.event.name())
-        .data(event.frame.as_str())
+fn sse_event(event: &Published, named: bool) -> Event {
+    let sse = Event::default().id(event.pos.to_string());
+    let sse = if named {
+        sse.event(event.event.name())
+    } else {
+        sse
+    };
+    sse.data(event.frame.as_str())
 }
 
 fn reset_event(head: i64) -> Event {
