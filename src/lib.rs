@@ -23,7 +23,8 @@
 //! - [`serve`] is the HTTP side: [`serve::ws`], [`serve::sse`] and [`serve::http`], all
 //!   resuming through [`serve::replay`]; [`serve::admission`] and [`serve::auth`] decide
 //!   who may connect and follow what; health, metrics and the dashboard.
-//! - [`follow`] prints the stream in a terminal (`rowcast tail`).
+//! - [`follow`] prints the stream in a terminal (`rowcast tail`); [`types`] writes
+//!   TypeScript declarations of the watched tables' events (`rowcast types`).
 //! - [`app`] starts all of the above; [`config`] holds the settings, [`db`] connection
 //!   setup, [`admin`] the DBA commands, [`embedded`] a throwaway PostgreSQL for [`demo`].
 
@@ -40,6 +41,7 @@ pub mod hub;
 pub mod metrics;
 pub mod migrate;
 pub mod serve;
+pub mod types;
 
 pub use app::Application;
 pub use config::Config;

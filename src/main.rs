@@ -61,6 +61,8 @@ enum Command {
     },
     /// Print the SQL-only install script (what `sql/install.sql` holds).
     InstallSql,
+    /// Print TypeScript declarations of every watched table's events (see web/rowcast.d.ts).
+    Types(AdminDb),
     /// Follow the event stream from a terminal: what each write produces.
     Tail {
         #[command(flatten)]
@@ -262,6 +264,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("rowcast removed: triggers and schema dropped, app tables untouched");
         }
         Command::InstallSql => print!("{}", admin::install_sql()),
+        Command::Types(db) => {
+            let client = connect(&db.url()?).await?;
+            print!("{}", rowcast::types::typescript(&client).await?);
+        }
         Command::Tail {
             db,
             topics,

@@ -470,3 +470,74 @@ async fn tail_prints_retained_and_live_events_as_subscribers_get_them() {
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn types_declares_each_watched_tables_row_and_event_names_without_excluded_columns() {
+    let db = TestDb::demo().await;
+    db.client()
+        .await
+        .batch_execute(
+            r#"create type "BookingStatus" as enum ('pending', 'accepted', 'awaiting_host');
+               create table "Booking" ("id" text primary key, "status" "BookingStatus" not null,
+                                       "paid" boolean, "meta" jsonb, "secret" text);
+               select rowcast.watch('"Booking"', domain => 'booking', exclude => array['secret'],
+                      rules => '[{"when": "status -> awaiting_host", "event": "booking.awaiting_host"}]');"#,
+        )
+        .await
+        .unwrap();
+    let out = rowcast(&["types", "--admin-url", db.url.as_str()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ts = String::from_utf8_lossy(&out.stdout).to_string();
+    for expected in [
+        "import type { RowcastEvent } from \"./rowcast.js\";",
+        "export interface BookingsRow {",
+        "  \"client_id\": number;",
+        "  \"status\": string;",
+        "export interface BookingRow {",
+        "  \"status\": \"pending\" | \"accepted\" | \"awaiting_host\";",
+        "  \"paid\": boolean | null;",
+        "  \"meta\": unknown | null;",
+        "\"booking.awaiting_host\"",
+        "\"booking.accepted\"",
+        "export type BookingEvent = RowcastEvent<\"Booking\",",
+        "export type WatchedEvent = ",
+    ] {
+        assert!(ts.contains(expected), "{expected} missing from:\n{ts}");
+    }
+    assert!(
+        !ts.contains("card_token") && !ts.contains("\"secret\""),
+        "{ts}"
+    );
+    // With a TypeScript compiler on the machine, the declarations compile strictly
+    // against the client's own.
+    if let Ok(tsc) = which_tsc() {
+        let dir = std::env::temp_dir().join(format!("rowcast-types-{}", db.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("events.ts"), &ts).unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/web/rowcast.d.ts"),
+            dir.join("rowcast.d.ts"),
+        )
+        .unwrap();
+        let out = Command::new(tsc)
+            .args([
+                "--strict", "--noEmit", "--target", "es2022", "--module", "es2022",
+            ])
+            .arg(dir.join("events.ts"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tsc: {}", text(&out));
+    } else {
+        eprintln!("no tsc on PATH: the declarations were checked structurally only");
+    }
+}
+
+/// A TypeScript compiler on PATH, if there is one.
+fn which_tsc() -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("tsc"))
+        .find(|path| path.is_file())
+        .ok_or(())
+}

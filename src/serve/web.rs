@@ -1,4 +1,5 @@
-//! The live dashboard (`/`) and the browser client (`/rowcast.js`), embedded in the binary.
+//! The live dashboard (`/`) and the browser client (`/rowcast.js`, its types at
+//! `/rowcast.d.ts`), embedded in the binary.
 
 use axum::Router;
 use axum::http::header;
@@ -11,6 +12,8 @@ use super::AppContext;
 pub(crate) const INDEX_HTML: &str = include_str!("../../web/index.html");
 /// The zero-dependency browser client.
 pub(crate) const CLIENT_JS: &str = include_str!("../../web/rowcast.js");
+/// The client's TypeScript declarations.
+pub(crate) const CLIENT_DTS: &str = include_str!("../../web/rowcast.d.ts");
 
 /// Routes of this module.
 pub(crate) fn router() -> Router<AppContext> {
@@ -25,6 +28,18 @@ pub(crate) fn router() -> Router<AppContext> {
             }),
         )
         .route("/rowcast.js", get(client_js))
+        .route(
+            "/rowcast.d.ts",
+            get(|| async {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/typescript; charset=utf-8",
+                    )],
+                    CLIENT_DTS,
+                )
+            }),
+        )
 }
 
 async fn client_js() -> impl IntoResponse {
