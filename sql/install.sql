@@ -537,6 +537,11 @@ set timezone = 'UTC'
 set row_security = on
 as $$
 declare
+    -- The trigger's arguments, as rowcast.arm_triggers() writes them.
+    registration int  := tg_argv[0];
+    watched      oid  := tg_argv[1];
+    wake         text := tg_argv[2];
+    -- tg_argv[3:]: the column numbers of excluded columns, in the watched table.
     new_row jsonb;
     old_row jsonb;
     gone    text[];
@@ -550,7 +555,7 @@ begin
     if tg_nargs > 3 then
         -- Names from the watched table (a partition's column numbers may differ).
         for i in 3 .. tg_nargs - 1 loop
-            gone := gone || coalesce((pg_identify_object_as_address('pg_class'::regclass, tg_argv[1]::oid,
+            gone := gone || coalesce((pg_identify_object_as_address('pg_class'::regclass, watched,
                                                                     tg_argv[i]::int)).object_names[3], '');
         end loop;
         new_row := new_row - gone;
@@ -571,11 +576,11 @@ begin
     end if;
 
     insert into rowcast.events (relid, op, data, old, routing_id)
-    values (tg_relid, tg_op, new_row, old_row, tg_argv[0]::int);
+    values (tg_relid, tg_op, new_row, old_row, registration);
 
     -- The event row is inserted before the flag is read, so that a sequencer that cleared
     -- the flag after this read sees the event.
-    if tg_argv[2] = 'notify'
+    if wake = 'notify'
        and (pg_sequence_last_value('rowcast.wake_hint'::regclass) is null
             or current_setting('transaction_isolation') <> 'read committed') then
         perform rowcast.request_wake();
@@ -591,9 +596,12 @@ set search_path = pg_catalog, pg_temp
 set timezone = 'UTC'
 set row_security = on
 as $$
+declare
+    registration int  := tg_argv[0];
+    wake         text := tg_argv[2];
 begin
-    insert into rowcast.events (relid, op, routing_id) values (tg_relid, 'TRUNCATE', tg_argv[0]::int);
-    if tg_argv[2] = 'notify' then
+    insert into rowcast.events (relid, op, routing_id) values (tg_relid, 'TRUNCATE', registration);
+    if wake = 'notify' then
         perform rowcast.request_wake();
     end if;
     return null;
@@ -2273,5 +2281,5 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
     rowcast.publish(text, text, jsonb) to public;
 
-insert into rowcast.functions (checksum) values ('674c80fd81e8bc24') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('3256e7a4419d881d') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;
