@@ -937,3 +937,33 @@ async fn an_sse_client_asking_for_unnamed_events_gets_every_rule_named_event_as_
     assert_eq!(refused.err().map(|(status, _)| status), Some(400));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_excluded_column_added_again_stays_excluded_even_when_a_routing_column_was_dropped() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    run(
+        &client,
+        &[
+            "create table accounts (id int primary key, owner int, api_key text)",
+            r#"select rowcast.watch('accounts', routes => '{"owner": "user"}', exclude => array['api_key'])"#,
+            // The registration can no longer be followed: its routing column is gone.
+            "alter table accounts drop column owner",
+            "alter table accounts add column api_key_new bytea;
+             alter table accounts drop column api_key;
+             alter table accounts rename column api_key_new to api_key;",
+            "insert into accounts (id, api_key) values (1, 'sk_live_SECRET')",
+            "select rowcast.sequence()",
+        ],
+    )
+    .await;
+    let data: Value = client
+        .query_one(
+            "select e.data from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(data, json!({"id": 1}));
+}

@@ -189,6 +189,28 @@ as $$
     from pg_catalog.pg_class c where c.oid = tbl
 $$;
 
+-- Re-arms a table's current registration so that every column now named like one of its
+-- excluded columns, or numbered like one, is excluded: a column dropped and added again
+-- under an excluded name (a type change the way some migration tools make it) is never
+-- captured, whatever else a schema change broke. Called by rowcast.follow() first.
+create or replace function rowcast.keep_exclusions(tbl oid, r rowcast.routings, args text[]) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    now_ex int2[];
+begin
+    select coalesce(array_agg(distinct a.attnum order by a.attnum), '{}') into now_ex
+    from pg_catalog.pg_attribute a
+    where a.attrelid = tbl and a.attnum > 0 and not a.attisdropped
+      and (a.attnum::text = any (args[4:]) or a.attname = any (coalesce(r.exclude_columns, '{}')));
+    if r.id is not null and now_ex is distinct from
+           (select coalesce(array_agg(x::int2 order by x::int2), '{}') from unnest(args[4:]) x) then
+        perform rowcast.arm_triggers(tbl::regclass, r.id, args[3], now_ex);
+    end if;
+end
+$$;
+
 -- Follows a watched table through ALTER TABLE: when it or a column its registration uses
 -- was renamed (or its key changed), registers it again from its column numbers (its
 -- rules too) and points its triggers at the new registration, in the same transaction.
@@ -217,6 +239,8 @@ begin
     if not found or rowcast.problem_of(tbl, args) is null then
         return;
     end if;
+    perform rowcast.keep_exclusions(tbl, r, args);
+    args := rowcast.capture_args(tbl);
     if exists (select from unnest(r.route_attnums) n
                where not exists (select from pg_catalog.pg_attribute a
                                  where a.attrelid = tbl and a.attnum = n and not a.attisdropped)) then
@@ -265,14 +289,9 @@ exception when others then
     -- Fail closed: a column added again under an excluded name stays excluded, whatever
     -- else could not be followed.
     begin
-        select coalesce(array_agg(distinct a.attnum order by a.attnum), '{}') into now_ex
-        from pg_catalog.pg_attribute a
-        where a.attrelid = tbl and a.attnum > 0 and not a.attisdropped
-          and (a.attnum::text = any (args[4:]) or a.attname = any (coalesce(r.exclude_columns, '{}')));
-        if r.id is not null and now_ex is distinct from
-               (select coalesce(array_agg(x::int2 order by x::int2), '{}') from unnest(args[4:]) x) then
-            perform rowcast.arm_triggers(tbl::regclass, r.id, args[3], now_ex);
-        end if;
+        -- The trigger's arguments as the rolled-back body left them (not `args`, which
+        -- may hold what the body did before it failed).
+        perform rowcast.keep_exclusions(tbl, r, rowcast.capture_args(tbl));
     exception when others then
         raise warning 'rowcast: could not keep the exclusions of % after a schema change: %', tbl::regclass, sqlerrm;
     end;
