@@ -155,3 +155,110 @@ async fn rowcast_demo_serves_the_page_and_produces_events_within_seconds() {
         .unwrap();
     assert!(status.success(), "demo exited with {status}");
 }
+
+#[tokio::test]
+async fn a_client_kept_from_a_first_screen_by_polling_alone_shows_the_table_after_a_burst() {
+    let Some(binary) = chromium_for(
+        "dashboard::a_client_kept_from_a_first_screen_by_polling_alone_shows_the_table_after_a_burst",
+    ) else {
+        return;
+    };
+    let db = TestDb::demo().await;
+    let installer = db.client().await;
+    installer
+        .batch_execute(
+            "insert into bookings (client_id, provider_id, starts_at, ends_at, price)
+             select 7, 3, now(), now() + interval '1 hour', i from generate_series(1, 20) i",
+        )
+        .await
+        .unwrap();
+    installer
+        .batch_execute("select rowcast.sequence()")
+        .await
+        .unwrap();
+    // The backend's first screen: rows and head in one snapshot.
+    let screen: serde_json::Value = installer
+        .query_one(
+            "select jsonb_build_object(
+                 'rows', (select jsonb_agg(jsonb_build_object('table', 'bookings', 'data', to_jsonb(b) - 'card_token'))
+                          from bookings b),
+                 'head', rowcast.head())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let app = TestApp::start(&db).await;
+    let addr = app.addr;
+    let mut browser = Browser::launch(&binary).await;
+    browser.goto(&format!("http://{addr}/")).await;
+    // Two clients that may only poll: one kept from the first screen, one live only.
+    browser
+        .eval(&format!(
+            "window.got = [];
+             import('/rowcast.js').then((m) => {{
+               const screen = {screen};
+               window.kept = new m.Rowcast({{ topics: ['bookings'], transports: ['poll'], pollInterval: 100,
+                                               since: screen.head, state: {{ initial: screen.rows }} }});
+               window.kept.start();
+               window.live = new m.Rowcast({{ topics: ['bookings'], transports: ['poll'], pollInterval: 100 }});
+               window.live.on('*', (e) => window.got.push(e.pos));
+               window.live.start();
+             }});"
+        ))
+        .await;
+    assert!(
+        browser
+            .wait_for(
+                "window.kept && window.kept.status === 'polling' && window.live.status === 'polling' && window.live.lastPos !== null",
+                WAIT
+            )
+            .await,
+        "the clients never started polling"
+    );
+    let opened: i64 = browser.eval("window.live.lastPos").await.as_i64().unwrap();
+    installer
+        .batch_execute(
+            "update bookings set status = 'CONFIRMED' where id % 3 = 0;
+             delete from bookings where id % 5 = 0;
+             insert into bookings (client_id, provider_id, starts_at, ends_at, price)
+             select 8, 3, now(), now() + interval '1 hour', i from generate_series(1, 5) i;",
+        )
+        .await
+        .unwrap();
+    let expected: String = installer
+        .query_one(
+            "select string_agg(id || ':' || status, ',' order by id) from bookings",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let shown = "[...window.kept.rows.get('bookings').values()].sort((a, b) => a.id - b.id)
+                  .map((r) => r.id + ':' + r.status).join(',')";
+    assert!(
+        browser
+            .wait_for(&format!("{shown} === '{expected}'"), WAIT)
+            .await,
+        "the kept rows {} are not the table {expected}",
+        browser.eval(shown).await
+    );
+    // The live-only client gets what was written after it opened, and only that.
+    assert!(
+        browser.wait_for("window.got.length >= 10", WAIT).await,
+        "the live-only client got {}",
+        browser.eval("window.got").await
+    );
+    let got = browser.eval("window.got").await;
+    let got: Vec<i64> = got
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_i64())
+        .collect();
+    assert!(
+        !got.is_empty() && got.iter().all(|pos| *pos > opened),
+        "{got:?} after {opened}"
+    );
+    app.stop().await;
+}

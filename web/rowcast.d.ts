@@ -44,6 +44,25 @@ export interface RowcastOptions {
   transports?: RowcastTransport[];
   /** Milliseconds between HTTP polls (default 2000). */
   pollInterval?: number;
+  /** Keep the current rows in `rows`, from a first screen read with `rowcast.head()`. */
+  state?: {
+    /** The first screen (pass the head it was read with as `since`). */
+    initial?: { table: string; data: Record<string, unknown> }[];
+    /** A row's key (default: its `id`). */
+    key?: (table: string, row: Record<string, unknown>) => unknown;
+  };
+}
+
+/** What the `change` handler receives when `state` keeps the rows. */
+export interface RowcastChange {
+  table: string;
+  op: "INSERT" | "UPDATE" | "DELETE" | "TRUNCATE";
+  /** The row's key (null for TRUNCATE). */
+  key: unknown;
+  /** The row now, or null when it is gone. */
+  row: Record<string, unknown> | null;
+  /** All rows of the table now, by key. */
+  rows: Map<unknown, Record<string, unknown>>;
 }
 
 export class Rowcast<E extends RowcastEvent = RowcastEvent> {
@@ -54,6 +73,8 @@ export class Rowcast<E extends RowcastEvent = RowcastEvent> {
   readonly lastUpdated: Date | null;
   readonly status: RowcastStatus;
   readonly transport: RowcastTransport | null;
+  /** With `state`: table -> (key -> row), kept current by the events; else null. */
+  readonly rows: Map<string, Map<unknown, Record<string, unknown>>> | null;
   /** One event name; returns a function that removes the handler. */
   on<N extends E["event"]>(name: N, handler: (event: Extract<E, { event: N }>) => void): () => void;
   /** Every event. */
@@ -63,6 +84,8 @@ export class Rowcast<E extends RowcastEvent = RowcastEvent> {
     name: "status",
     handler: (status: { status: RowcastStatus; transport: RowcastTransport | null; lastPos: number | null }) => void,
   ): () => void;
+  /** With `state`: a row changed (or a table was truncated). */
+  on(name: "change", handler: (change: RowcastChange) => void): () => void;
   /** History was pruned past the position asked for: refetch state, then go on live. */
   on(name: "reset", handler: (reset: { type: "reset"; reason: string; head: number }) => void): () => void;
   /** Connects, and keeps reconnecting until stop(). */

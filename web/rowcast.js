@@ -8,6 +8,10 @@
 //   rc.on("reset", ({ head }) => ...);           // history was pruned: refetch state
 //   rc.start();
 //
+// With `state: { initial }` the client keeps `rc.rows` (table -> key -> row) current and
+// reports every change to `rc.on("change", ...)`: start it from a first screen read with
+// `rowcast.head()` and pass that head as `since`.
+//
 // It connects over WebSocket, resumes after every disconnect with the last position it
 // saw (so nothing is missed or doubled), reconnects with jittered exponential backoff,
 // and falls back to Server-Sent Events and then to HTTP polling when WebSocket cannot
@@ -25,6 +29,10 @@ export class Rowcast {
    * @param {number} [options.since] resume after this position (default: live only)
    * @param {string[]} [options.transports] order of transports to try
    * @param {number} [options.pollInterval] milliseconds between HTTP polls
+   * @param {object} [options.state] keep the current rows: `rows` maps each table to its rows by key
+   * @param {{table: string, data: object}[]} [options.state.initial] the first screen the rows start from
+   *   (read with `rowcast.head()` in one transaction; pass that head as `since`)
+   * @param {function(string, object): *} [options.state.key] a row's key (default: its `id`)
    */
   constructor(options = {}) {
     this.url = (options.url || globalThis.location?.origin || "").replace(/\/$/, "");
@@ -42,6 +50,13 @@ export class Rowcast {
     this._stopped = true;
     this._conn = null;
     this._timer = null;
+    /** With `state`: table -> (key -> row), kept current by the events. */
+    this.rows = null;
+    if (options.state) {
+      this._key = options.state.key || ((table, row) => row.id);
+      this.rows = new Map();
+      for (const { table, data } of options.state.initial || []) this._table(table).set(this._key(table, data), data);
+    }
   }
 
   /** Registers a handler; returns a function that removes it. */
@@ -84,11 +99,33 @@ export class Rowcast {
     return t || null;
   }
 
+  _table(table) {
+    if (!this.rows.has(table)) this.rows.set(table, new Map());
+    return this.rows.get(table);
+  }
+
+  /** Applies a row event to `rows` and reports it to the `change` handlers. */
+  _keep(event) {
+    if (!this.rows || event.table === null) return;
+    const rows = this._table(event.table);
+    if (event.op === "TRUNCATE") {
+      rows.clear();
+      this._emit("change", { table: event.table, op: event.op, key: null, row: null, rows });
+      return;
+    }
+    if (!event.data) return;
+    const key = this._key(event.table, event.data);
+    const row = event.op === "DELETE" ? null : event.data;
+    if (row === null) rows.delete(key); else rows.set(key, row);
+    this._emit("change", { table: event.table, op: event.op, key, row, rows });
+  }
+
   _deliver(message) {
     if (message.type === "event") {
       if (this.lastPos !== null && message.pos <= this.lastPos) return;
       this.lastPos = message.pos;
       this.lastUpdated = new Date();
+      this._keep(message);
       this._emit(message.event, message);
       this._emit("*", message);
     } else if (message.type === "reset") {
