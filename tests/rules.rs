@@ -37,6 +37,18 @@ async fn stored_rules(client: &Client, table: &str) -> Mapping {
     Mapping::new(row.get(0), rules)
 }
 
+/// The row of the one event in the log, as stored.
+async fn only_logged_row(client: &Client) -> Value {
+    client
+        .query_one(
+            "select e.data from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 fn op(name: &str) -> Op {
     match name {
         "INSERT" => Op::Insert,
@@ -797,14 +809,7 @@ async fn a_schema_change_that_cannot_be_followed_keeps_a_re_added_excluded_colum
         ],
     )
     .await;
-    let data: Value = client
-        .query_one(
-            "select e.data from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let data = only_logged_row(&client).await;
     assert!(data.get("api_key").is_none(), "{data}");
     assert_eq!(data["location"], "x");
 }
@@ -957,13 +962,6 @@ async fn an_excluded_column_added_again_stays_excluded_even_when_a_routing_colum
         ],
     )
     .await;
-    let data: Value = client
-        .query_one(
-            "select e.data from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let data = only_logged_row(&client).await;
     assert_eq!(data, json!({"id": 1}));
 }
