@@ -131,34 +131,42 @@ create index if not exists courses_instructor_id on public.courses (instructor_i
 
 -- watch --------------------------------------------------------------------
 -- Column names follow the domains' field names, so no `columns` mapping is needed.
+-- snapshot => true: the dashboard reads its first screen from GET /snapshot.
 
 select rowcast.watch('public.meetings', topic => 'meeting',
        routes => '{"court_rep_id": "court_rep", "organization_id": "organization"}',
-       domain => 'meeting');
+       domain => 'meeting',
+       snapshot => true);
 
 select rowcast.watch('public.attendance', topic => 'attendance',
        routes => '{"meeting_id": "meeting", "participant_id": "participant"}',
-       domain => 'attendance');
+       domain => 'attendance',
+       snapshot => true);
 
 select rowcast.watch('public.court_cards', topic => 'court_card',
        routes => '{"meeting_id": "meeting", "participant_id": "participant", "court_rep_id": "court_rep"}',
-       domain => 'court_card');
+       domain => 'court_card',
+       snapshot => true);
 
 select rowcast.watch('public.bookings', topic => 'booking',
        routes => '{"client_id": "user", "provider_id": "provider"}',
        exclude => array['card_token'],
-       domain => 'booking');
+       domain => 'booking',
+       snapshot => true);
 
 select rowcast.watch('public.payments', topic => 'payment',
        routes => '{"booking_id": "booking", "client_id": "user", "provider_id": "provider"}',
-       domain => 'payment');
+       domain => 'payment',
+       snapshot => true);
 
 select rowcast.watch('public.payouts', topic => 'payout',
        routes => '{"provider_id": "provider"}',
-       domain => 'payout');
+       domain => 'payout',
+       snapshot => true);
 
 select rowcast.watch('public.courses', topic => 'course',
        routes => '{"organization_id": "organization", "instructor_id": "instructor", "requested_by": "user"}',
-       domain => 'course');
+       domain => 'course',
+       snapshot => true);
 
 commit;

@@ -327,6 +327,24 @@ create table rowcast.functions (
 
 insert into rowcast.schema_history (version, name, applied_on, checksum) values (1, 'schema', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '301782345348287454');
 
+-- migration V2__first_screen
+-- The first screen: which registrations serve snapshots, and which topics an event's row left.
+
+-- Set by rowcast.watch(..., snapshot => true): GET /snapshot may return the table's
+-- current rows (the service role then needs select on the table).
+alter table rowcast.routings add column snapshot boolean not null default false;
+comment on column rowcast.routings.snapshot is
+    'whether GET /snapshot may return the table''s current rows (rowcast.watch(..., snapshot => true))';
+
+-- An UPDATE that moves a row off a row topic or a routed topic: the topics from the new
+-- row come first in `topics`, then the ones only the old row had. Null when every topic
+-- gets the whole event.
+alter table rowcast.log add column kept smallint;
+comment on column rowcast.log.kept is
+    'null: every topic gets the whole event; n: the first n topics do, the rest are topics the row left (they get a key-only row.left)';
+
+insert into rowcast.schema_history (version, name, applied_on, checksum) values (2, 'first_screen', to_char(now() at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '10990677135690905440');
+
 -- sql/functions/10_topics.sql
 -- Topics: how a table and its rows are named on the wire, and how an application names a table.
 --
@@ -449,16 +467,19 @@ $$;
 
 -- The topics of an event: the table, the row (its primary key, from the new and the old
 -- row) and one per routing column (new and old value), in that order, without repeats;
--- a TRUNCATE is on the table topic only. For an UPDATE a value of the old row is the old
+-- a TRUNCATE is on the table topic only. The topics of the new row come first; `kept`
+-- is how many they are when an UPDATE moved the row off others (its old row topic, an old
+-- routing value), which follow and get a key-only `row.left` instead of the row, and null
+-- when every topic gets the whole event. For an UPDATE a value of the old row is the old
 -- value when `old` has the column, else the new one. Excluded columns are never part of
 -- a topic (watch() refuses to exclude a key or routing column). Called by
 -- rowcast.sequence_step() for every event of a batch; reads no table.
-create or replace function rowcast.topics_of(r rowcast.routings, op text, data jsonb, old jsonb) returns text[]
+create or replace function rowcast.route_event(r rowcast.routings, op text, data jsonb, old jsonb,
+                                               out topics text[], out kept int)
 language plpgsql
 immutable
 as $$
 declare
-    topics text[];
     t      text;
     v      text;
     c      text;
@@ -466,11 +487,11 @@ declare
     n      int;
 begin
     if r.id is null then
-        return null;
+        return;
     end if;
     topics := array[r.table_topic];
     if op operator(pg_catalog.=) 'TRUNCATE' then
-        return topics;
+        return;
     end if;
     n := coalesce(pg_catalog.cardinality(r.route_columns), 0);
     if pg_catalog.cardinality(r.key_columns) > 0 then
@@ -491,8 +512,9 @@ begin
         end if;
     end loop;
     if op operator(pg_catalog.<>) 'UPDATE' or old is null then
-        return topics;
+        return;
     end if;
+    kept := pg_catalog.cardinality(topics);
     if pg_catalog.cardinality(r.key_columns) > 0 then
         t := r.topic;
         foreach c in array r.key_columns loop
@@ -514,8 +536,32 @@ begin
             topics := topics operator(pg_catalog.||) t;
         end if;
     end loop;
-    return topics;
+    if pg_catalog.cardinality(topics) operator(pg_catalog.=) kept then
+        kept := null;
+    end if;
 end
+$$;
+
+-- The topics of an event (rowcast.route_event() without `kept`).
+create or replace function rowcast.topics_of(r rowcast.routings, op text, data jsonb, old jsonb) returns text[]
+language sql
+immutable
+as $$
+    select e.topics from rowcast.route_event(r, op, data, old) e
+$$;
+
+-- What a topic an UPDATE moved the row off gets instead of the row (`row.left`): the
+-- row's primary key as it was, as JSON text; null when every topic gets the whole event
+-- (`kept` null). A table without a primary key gives '{}'.
+create or replace function rowcast.left_key(r rowcast.routings, kept int, data jsonb, old jsonb) returns text
+language sql
+immutable
+as $$
+    select case when kept is not null and r.id is not null then
+        coalesce((select pg_catalog.jsonb_object_agg(k, case when old operator(pg_catalog.?) k
+                                                             then old operator(pg_catalog.->) k
+                                                             else data operator(pg_catalog.->) k end)
+                  from pg_catalog.unnest(r.key_columns) k), '{}'::jsonb)::text end
 $$;
 
 -- sql/functions/20_capture.sql
@@ -768,11 +814,11 @@ begin
           and (r.disarmed_at is not null
                or r.table_name = coalesce(rowcast.shown_name(r.relid::regclass), r.table_name))
     ), ins as (
-        insert into rowcast.log (pos, event_id, txid, topics, routing_id)
+        insert into rowcast.log (pos, event_id, txid, topics, kept, routing_id)
         select st.last_pos + row_number() over (order by b.id), b.id, b.txid,
                case when b.op = 'PUBLISH' and b.relid = 0 then array[b.old ->> 'topic']
-                    else coalesce(rowcast.topics_of(r, b.op, b.data, b.old), '{}') end,
-               r.id
+                    else coalesce(t.topics, '{}') end,
+               t.kept, r.id
         from batch b
         left join rowcast.routings r
           on r.id = b.routing_id
@@ -780,6 +826,7 @@ begin
          and (r.disarmed_at is null or b.ts < r.disarmed_at)
          and (r.relid = b.relid
               or r.relid in (select a.relid from pg_partition_ancestors(b.relid) a))
+        left join lateral rowcast.route_event(r, b.op, b.data, b.old) t on true
         returning pos, event_id
     )
     select count(*), max(event_id) into sequenced, top_id from ins;
@@ -804,12 +851,21 @@ $$;
 
 -- rowcast.sequence_step(), returning what it sequenced: one row per event in position
 -- order, the first `changes_limit` of them (the columns the service reads the log with,
--- the row as text, `ts` in UTC), then one row whose `pos` is null with the step's
--- `sequenced` and `in_progress`. The table name and rules come from the event's checked
--- registration. It returns captured rows: only the service role may execute it.
+-- the row as text, `ts` in UTC), then one row whose `pos` is null with the step's `sequenced`
+-- and `in_progress`. It returns captured rows: only the service role may execute it.
+do $$
+begin
+    -- Its columns grew (kept, left_key): the older definition must go first.
+    if exists (select from pg_catalog.pg_proc p
+               where p.oid = pg_catalog.to_regprocedure('rowcast.sequence_step_changes(integer, integer)')
+                 and not 'kept' = any (p.proargnames)) then
+        drop function rowcast.sequence_step_changes(integer, integer);
+    end if;
+end
+$$;
 create or replace function rowcast.sequence_step_changes(batch_limit integer, changes_limit integer)
 returns table (pos bigint, table_name text, op text, topics text[], ts text, data text,
-               old text, mapping_id int, sequenced bigint, in_progress boolean)
+               old text, mapping_id int, kept int, left_key text, sequenced bigint, in_progress boolean)
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
@@ -828,7 +884,8 @@ begin
                    to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
                    case when r.id is not null or e.op = 'PUBLISH' then e.data::text end,
                    case when r.id is not null or e.op = 'PUBLISH' then e.old::text end,
-                   r.mapping_id, null::bigint, null::boolean
+                   r.mapping_id, l.kept::int, rowcast.left_key(r, l.kept, e.data, e.old),
+                   null::bigint, null::boolean
             from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id
             left join rowcast.routings r on r.id = l.routing_id
             where l.pos > upto - step.sequenced and l.pos <= upto
@@ -837,7 +894,7 @@ begin
     end if;
     return query
         select null::bigint, null::text, null::text, null::text[], null::text, null::text,
-               null::text, null::int, step.sequenced, step.in_progress;
+               null::text, null::int, null::int, null::text, step.sequenced, step.in_progress;
 end
 $$;
 
@@ -1518,6 +1575,12 @@ $$;
 -- the table's owner (or the installer) can arrange. Security definer because nobody else
 -- may write the registry; it reads only the catalog and its arguments, and evaluates no
 -- user code.
+-- register() and watch() took no `snapshot` before: their older definitions go first
+-- (`rowcast migrate` gives their grants to the new ones).
+drop function if exists rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb);
+drop function if exists rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb);
+drop function if exists rowcast.watch(text, text, jsonb, text[], text, jsonb, text, jsonb);
+
 create or replace function rowcast.register(
     tbl     regclass,
     topic   text    default null,
@@ -1527,6 +1590,7 @@ create or replace function rowcast.register(
     columns jsonb   default '{}',
     wake    text    default 'notify',
     rules   jsonb   default null,
+    snapshot boolean default false,
     out routing_id int,
     out exclude_attnums int2[]
 )
@@ -1683,6 +1747,11 @@ begin
             bad, tbl, case when bad = any (keys) then 'the row topic (primary key)' else 'a routing topic' end
             using errcode = 'invalid_parameter_value';
     end if;
+    snapshot := coalesce(snapshot, false);
+    if snapshot and cardinality(keys) = 0 then
+        raise exception 'rowcast.watch: snapshot => true needs a primary key on % (a snapshot is read in key order, page by page)', tbl
+            using errcode = 'invalid_parameter_value';
+    end if;
 
     select coalesce(array_agg(x order by x), '{}') into exclude_attnums from unnest(exclude_attnums) x;
     select coalesce(array_agg(a.attname::text order by a.attnum), '{}') into bad_names
@@ -1694,14 +1763,14 @@ begin
       and r.topic_default = t_default and r.key_columns = keys and r.key_attnums = key_nums
       and r.route_columns = r_cols and r.route_attnums = r_nums and r.route_topics = r_topics
       and r.exclude_columns = bad_names and r.exclude_attnums = exclude_attnums
-      and r.mapping_id is not distinct from m_id
+      and r.mapping_id is not distinct from m_id and r.snapshot = register.snapshot
     order by r.id limit 1;
     if routing_id is null then
         insert into rowcast.routings as r (relid, table_name, table_topic, topic, topic_default, key_columns, key_attnums,
                                            route_columns, route_attnums, route_topics, exclude_columns,
-                                           exclude_attnums, mapping_id)
+                                           exclude_attnums, mapping_id, snapshot)
         values (tbl, shown, t_topic, topic, t_default, keys, key_nums, r_cols, r_nums, r_topics, bad_names,
-                exclude_attnums, m_id)
+                exclude_attnums, m_id, snapshot)
         returning r.id into routing_id;
     end if;
 end
@@ -1769,7 +1838,8 @@ create or replace function rowcast.watch(
     domain  text    default null,
     columns jsonb   default '{}',
     wake    text    default 'notify',
-    rules   jsonb   default null
+    rules   jsonb   default null,
+    snapshot boolean default false
 ) returns text
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -1781,7 +1851,7 @@ begin
         raise exception 'rowcast.watch: only the owner of % may watch it (creating its trigger needs ownership)', tbl
             using errcode = 'insufficient_privilege';
     end if;
-    select * into reg from rowcast.register(tbl, topic, routes, exclude, domain, columns, wake, rules);
+    select * into reg from rowcast.register(tbl, topic, routes, exclude, domain, columns, wake, rules, snapshot);
     perform rowcast.arm_triggers(tbl, reg.routing_id, wake, reg.exclude_attnums);
     return rowcast.shown_name(tbl);
 end
@@ -1796,11 +1866,12 @@ create or replace function rowcast.watch(
     domain  text    default null,
     columns jsonb   default '{}',
     wake    text    default 'notify',
-    rules   jsonb   default null
+    rules   jsonb   default null,
+    snapshot boolean default false
 ) returns text
 language sql
 as $$
-    select rowcast.watch(rowcast.resolve_table(tbl), topic, routes, exclude, domain, columns, wake, rules)
+    select rowcast.watch(rowcast.resolve_table(tbl), topic, routes, exclude, domain, columns, wake, rules, snapshot)
 $$;
 
 -- Stop watching a table: remove its triggers. Events already captured stay in the log
@@ -1828,6 +1899,224 @@ create or replace function rowcast.unwatch(tbl text) returns boolean
 language sql
 as $$
     select rowcast.unwatch(rowcast.resolve_table(tbl))
+$$;
+
+-- sql/functions/55_snapshot.sql
+-- The first screen: the current rows behind some topics, read by the service for
+-- GET /snapshot, page by page, in the caller's snapshot.
+--
+-- Re-runnable: `rowcast migrate` applies every file of sql/functions/ after the versioned
+-- migrations, each time. One current definition per object.
+
+-- Where the rows of each topic come from: one source per topic and current registration
+-- watched with `snapshot => true` that publishes on it, numbered in the order of the
+-- topics (then registration, then the kind of match): the table topic (every row), a row
+-- topic (the row whose primary key it names) or a routed topic (the rows whose routing
+-- column holds its value). Columns are given by number. A registration is current while
+-- its table's trigger names it under the name it was registered with.
+create or replace function rowcast.snapshot_sources(topics text[])
+returns table (source int, topic text, relid oid, table_name text, key_attnums int2[],
+               exclude_attnums int2[], exclude_columns text[], filter_attnums int2[], filter_value text)
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select (row_number() over (order by t.ord, r.id, f.kind, f.i))::int, t.topic, r.relid, r.table_name,
+           r.key_attnums, r.exclude_attnums, r.exclude_columns, f.attnums, f.value
+    from unnest(topics) with ordinality as t(topic, ord)
+    join rowcast.routings r
+      on r.snapshot and r.armed_at is not null and r.disarmed_at is null
+     and r.table_name = rowcast.shown_name(r.relid::regclass)
+    cross join lateral (
+        select 0 as kind, 0::bigint as i, '{}'::int2[] as attnums, null::text as value
+        where t.topic = r.table_topic
+        union all
+        select 1, 0, r.key_attnums, substr(t.topic, length(r.topic) + 2)
+        where cardinality(r.key_attnums) > 0 and starts_with(t.topic, r.topic || ':')
+        union all
+        select 2, x.i, array[x.n], substr(t.topic, length(x.p) + 2)
+        from unnest(r.route_topics, r.route_attnums) with ordinality as x(p, n, i)
+        where starts_with(t.topic, x.p || ':')
+    ) f
+$$;
+
+-- Whether `value` reads as a `type`: a topic's value that does not cannot name a row.
+-- Only called with built-in types and enums, whose input functions are PostgreSQL's own.
+create or replace function rowcast.reads_as(value text, type regtype) returns boolean
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    execute format('select $1::%s', type) using value;
+    return true;
+exception when data_exception then
+    return false;
+end
+$$;
+
+-- The type a column's values are read and compared as: a domain's base type (so no
+-- domain constraint is evaluated), else the type itself.
+create or replace function rowcast.base_type(t oid) returns oid
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    with recursive d(oid, base, depth) as (
+        select y.oid, y.typbasetype, 0 from pg_catalog.pg_type y where y.oid = t
+        union all
+        select y.oid, y.typbasetype, d.depth + 1 from d join pg_catalog.pg_type y on y.oid = d.base
+        where d.base <> 0 and d.depth < 32
+    )
+    select d.oid from d where d.base = 0
+$$;
+
+-- Whether the service can read, serialise and compare a column of type `t` without
+-- running code someone else wrote: a built-in type, or an enum or an array of one with
+-- no cast to json (which to_jsonb would call). A composite, range or other user-defined
+-- type may carry functions of its owner, which must never run with the service's rights.
+create or replace function rowcast.plain_type(t oid) returns boolean
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select case when b.oid < 16384 then true
+                when y.typtype = 'e' then not exists (
+                    select from pg_catalog.pg_cast c
+                    where c.castsource = b.oid and c.casttarget in ('json'::regtype, 'jsonb'::regtype))
+                when y.typelem <> 0 and y.typcategory = 'A' then rowcast.plain_type(y.typelem)
+                else false end
+    from (select rowcast.base_type(t) as oid) b
+    join pg_catalog.pg_type y on y.oid = b.oid
+$$;
+
+-- One page of the current rows of `topics`: at most `page_limit` rows, from source
+-- `from_source` (rowcast.snapshot_sources) on, after the key `after_key` (its columns as
+-- text) in that source, in key order. Each row is the table's row as a capture stores it
+-- (to_jsonb in UTC, under its current column names) without its excluded columns, which
+-- are never read (by number, or by the name they were excluded under), with its source
+-- and key for the next page. Runs with the caller's rights: the service role needs
+-- `select` on the table (or on every column but the excluded ones), and is told the
+-- grant when it lacks it. Nothing the table's owner wrote runs: a table with row-level
+-- security (its policies would run as the caller) or a column of a type that may carry
+-- its owner's functions is refused. Read it in the same repeatable-read transaction as
+-- rowcast.head().
+create or replace function rowcast.snapshot_rows(topics text[], from_source int, after_key text[], page_limit int)
+returns table (source int, topic text, table_name text, data text, key text[])
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+as $$
+#variable_conflict use_column
+declare
+    s        record;
+    cols     text;
+    names    text;
+    k_names  text[];
+    k_types  text[];
+    f_exprs  text[];
+    f_names  text[];
+    f_types  text[];
+    parts    text[];
+    filter   text;
+    later    text;
+    bad      text;
+    taken    int := 0;
+    n        int;
+    i        int;
+begin
+    if page_limit is null or page_limit < 1 then
+        raise exception 'rowcast.snapshot_rows: page_limit must be at least 1' using errcode = 'invalid_parameter_value';
+    end if;
+    for s in select * from rowcast.snapshot_sources(topics) x
+             where x.source >= coalesce(from_source, 1) order by x.source loop
+        select string_agg(format('t.%I', a.attname), ', ' order by a.attnum),
+               string_agg(quote_ident(a.attname), ', ' order by a.attnum),
+               min(a.attname) filter (where not rowcast.plain_type(a.atttypid))
+        into cols, names, bad
+        from pg_catalog.pg_attribute a
+        where a.attrelid = s.relid and a.attnum > 0 and not a.attisdropped
+          and not a.attnum = any (s.exclude_attnums) and not a.attname::text = any (s.exclude_columns);
+        if bad is not null then
+            raise exception 'rowcast.snapshot: column "%" of % has a type that may run its owner''s functions; exclude it or watch % without snapshot',
+                bad, s.relid::regclass, s.relid::regclass
+                using errcode = 'feature_not_supported';
+        end if;
+        if exists (select from pg_catalog.pg_class c where c.oid = s.relid and c.relrowsecurity)
+           and not (select r.rolbypassrls from pg_catalog.pg_roles r where r.rolname = current_user) then
+            raise exception 'rowcast.snapshot: % has row-level security, whose policies would run as the service role; turn snapshot off for it',
+                s.relid::regclass
+                using errcode = 'feature_not_supported';
+        end if;
+        select array_agg(a.attname::text order by k.ord),
+               array_agg(format_type(rowcast.base_type(a.atttypid), null) order by k.ord)
+        into k_names, k_types
+        from unnest(s.key_attnums) with ordinality as k(n, ord)
+        join pg_catalog.pg_attribute a on a.attrelid = s.relid and a.attnum = k.n and not a.attisdropped;
+        -- A key column dropped or renamed to an excluded name: the registration is held
+        -- (see rowcast.watched); it serves no rows until it is watched again.
+        continue when cols is null or cardinality(k_names) is distinct from cardinality(s.key_attnums)
+                      or k_names && s.exclude_columns;
+
+        filter := 'true';
+        if s.filter_value is not null then
+            -- The topic's value is the JSON text of the column(s) in the captured row
+            -- (joined by ':' for a key of several columns), which the filter matches
+            -- exactly; an equality on the column's own type lets an index serve it.
+            select array_agg(format('pg_catalog.jsonb_build_array(t.%I) ->> 0', a.attname) order by f.ord),
+                   array_agg(a.attname::text order by f.ord),
+                   array_agg(format_type(rowcast.base_type(a.atttypid), null) order by f.ord)
+            into f_exprs, f_names, f_types
+            from unnest(s.filter_attnums) with ordinality as f(n, ord)
+            join pg_catalog.pg_attribute a on a.attrelid = s.relid and a.attnum = f.n and not a.attisdropped;
+            continue when cardinality(f_exprs) is distinct from cardinality(s.filter_attnums);
+            filter := format('%s = $1', array_to_string(f_exprs, ' || '':'' || '));
+            parts := case when cardinality(f_names) = 1 then array[s.filter_value]
+                          else string_to_array(s.filter_value, ':') end;
+            if cardinality(parts) = cardinality(f_names) then
+                for i in 1 .. cardinality(parts) loop
+                    -- A value that does not read as the column's type names no row.
+                    continue when not rowcast.reads_as(parts[i], f_types[i]::regtype);
+                    filter := filter || format(' and t.%I = %L::%s', f_names[i], parts[i], f_types[i]);
+                end loop;
+            end if;
+        end if;
+        later := 'true';
+        if s.source = from_source and after_key is not null then
+            if cardinality(after_key) is distinct from cardinality(k_names)
+               or exists (select from unnest(after_key, k_types) as x(v, t) where x.v is null or not rowcast.reads_as(x.v, x.t::regtype)) then
+                raise exception 'rowcast.snapshot: the cursor does not fit %: ask for the first page again', s.table_name
+                    using errcode = 'invalid_parameter_value';
+            end if;
+            select format('(%s) > (%s)', string_agg(format('t.%I', x.name), ', ' order by x.ord),
+                          string_agg(format('%L::%s', x.v, x.t), ', ' order by x.ord))
+            into later
+            from unnest(k_names, after_key, k_types) with ordinality as x(name, v, t, ord);
+        end if;
+        begin
+            -- `only`: rows of tables inheriting from it are not captured with it.
+            return query execute format(
+                'select %s, %L, %L, (select pg_catalog.to_jsonb(c) from (select %s) c)::text, array[%s] '
+                'from %s %s t where %s and %s order by %s limit %s',
+                s.source, s.topic, s.table_name, cols,
+                (select string_agg(format('t.%I::text', k), ', ') from unnest(k_names) k),
+                case when (select c.relkind from pg_catalog.pg_class c where c.oid = s.relid) = 'r' then 'only' else '' end,
+                s.relid::regclass, filter, later,
+                (select string_agg(format('t.%I', k), ', ') from unnest(k_names) k),
+                page_limit - taken)
+            using s.filter_value;
+        exception when insufficient_privilege then
+            raise exception 'rowcast.snapshot: role % may not read %: grant select on % to %',
+                current_user, s.relid::regclass, s.relid::regclass, quote_ident(current_user)
+                using errcode = 'insufficient_privilege',
+                      hint = format('or grant select (%s) on %s to %s', names, s.relid::regclass, quote_ident(current_user));
+        end;
+        get diagnostics n = row_count;
+        taken := taken + n;
+        exit when taken >= page_limit;
+    end loop;
+end
 $$;
 
 -- sql/functions/60_schema_changes.sql
@@ -2113,7 +2402,8 @@ begin
                                             jsonb_build_object('carried', coalesce(
                                                 (select jsonb_agg(e.rule order by e.ord)
                                                  from jsonb_array_elements(m.rules) with ordinality as e(rule, ord)
-                                                 where e.rule ->> 'from' = 'rules'), '[]')));
+                                                 where e.rule ->> 'from' = 'rules'), '[]')),
+                                            r.snapshot);
     select coalesce(array_agg(x::int2 order by x::int2), '{}') into now_ex from unnest(args[4:]) x;
     if reg.routing_id <> r.id or reg.exclude_attnums <> now_ex then
         perform rowcast.arm_triggers(tbl::regclass, reg.routing_id, args[3], reg.exclude_attnums);
@@ -2215,7 +2505,8 @@ select t.tgrelid::regclass as "table",
                                             'event', x.rule ->> 'event', 'from', x.rule ->> 'from') order by x.ord)
         from jsonb_array_elements(m.rules) with ordinality as x(rule, ord)
         left join pg_catalog.pg_attribute a
-               on a.attrelid = t.tgrelid and a.attnum = (x.rule ->> 'attnum')::int2 and not a.attisdropped) as rules
+               on a.attrelid = t.tgrelid and a.attnum = (x.rule ->> 'attnum')::int2 and not a.attisdropped) as rules,
+       coalesce(r.snapshot, false) as snapshot
 from (select distinct on (x.tgrelid) x.* from pg_catalog.pg_trigger x
       where x.tgparentid = 0 and x.tgfoid = 'rowcast.capture()'::regprocedure
       order by x.tgrelid, x.tgname = 'rowcast_capture' desc, x.tgname) t
@@ -2280,10 +2571,10 @@ as $$
 begin
     execute format('grant usage on schema rowcast to %s', role);
     execute format('grant select on rowcast.watched, rowcast.captured, rowcast.domain_fields, rowcast.preset_rules to %s', role);
-    execute format('grant execute on function rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb), '
-                   'rowcast.watch(text, text, jsonb, text[], text, jsonb, text, jsonb), '
+    execute format('grant execute on function rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb, boolean), '
+                   'rowcast.watch(text, text, jsonb, text[], text, jsonb, text, jsonb, boolean), '
                    'rowcast.unwatch(regclass), rowcast.unwatch(text), '
-                   'rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb), '
+                   'rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb, boolean), '
                    'rowcast.arm_triggers(regclass, integer, text, int2[]), '
                    'rowcast.capture(), rowcast.capture_truncate() to %s', role);
 end
@@ -2298,7 +2589,10 @@ revoke execute on all functions in schema rowcast from public;
 grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), rowcast.registration_problem(oid, text[]),
     rowcast.confirm(regclass), rowcast.shown_name(regclass), rowcast.table_topic(regclass), rowcast.topic_escape(text),
     rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
+    rowcast.left_key(rowcast.routings, integer, jsonb, jsonb),
+    rowcast.snapshot_sources(text[]), rowcast.snapshot_rows(text[], integer, text[], integer),
+    rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.plain_type(oid),
     rowcast.publish(text, text, jsonb) to public;
 
-insert into rowcast.functions (checksum) values ('594b1b02e0a67773') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('7ca377527c43c09c') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

@@ -88,6 +88,10 @@ pub struct WatchSpec {
     /// `--rule 'timecompleted set => course.completed'` (repeatable; docs/events.md).
     #[arg(long = "rule", value_name = "WHEN => EVENT")]
     pub(crate) rules: Vec<String>,
+    /// Let `GET /snapshot` return the table's current rows (the service role then needs
+    /// `select` on it; see docs/dba.md).
+    #[arg(long)]
+    pub(crate) snapshot: bool,
 }
 
 /// The `rules` argument of `rowcast.watch` from `--rule WHEN => EVENT` options (`null`
@@ -132,7 +136,8 @@ pub async fn watch(client: &Client, spec: &WatchSpec) -> Result<String, AdminErr
     let row = client
         .query_one(
             "select rowcast.watch($1::text, topic => $2, routes => $3, exclude => $4, \
-             domain => $5, columns => $6, wake => coalesce($7, 'notify'), rules => $8)",
+             domain => $5, columns => $6, wake => coalesce($7, 'notify'), rules => $8, \
+             snapshot => $9)",
             &[
                 &spec.table,
                 &spec.topic,
@@ -142,6 +147,7 @@ pub async fn watch(client: &Client, spec: &WatchSpec) -> Result<String, AdminErr
                 &columns,
                 &spec.wake,
                 &rules,
+                &spec.snapshot,
             ],
         )
         .await?;

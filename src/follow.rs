@@ -96,6 +96,14 @@ pub async fn tail(
                 match row {
                     Ok(change) => {
                         let published = log::publishable(change, &mappings);
+                        // With --topic, what a subscriber of those topics gets: the
+                        // event, or `row.left` on topics the row left.
+                        let shown = if options.topics.is_empty() {
+                            Some(&published)
+                        } else {
+                            published.for_topics(|t| options.topics.iter().any(|o| o == t))
+                        };
+                        let Some(published) = shown else { continue };
                         if options.json {
                             writeln!(out, "{}", published.frame.as_str())?;
                         } else {

@@ -80,6 +80,29 @@ pub struct Published {
     pub topics: Vec<String>,
     /// The `event` message, serialised once.
     pub frame: Frame,
+    /// When an UPDATE moved the row off some topics: how many of `topics`, from the
+    /// first, get this event; the rest get [`Published::left`].
+    pub kept: Option<usize>,
+    /// What the topics the row left get instead (`row.left`, the key only).
+    pub left: Option<Arc<Published>>,
+}
+
+impl Published {
+    /// What a session subscribed to `wants` gets of this event: the event itself when
+    /// one of its topics that keep the row is wanted, else the key-only `row.left` when
+    /// one the row left is, else nothing.
+    pub fn for_topics(self: &Arc<Self>, wants: impl Fn(&str) -> bool) -> Option<&Arc<Published>> {
+        let kept = self.kept.unwrap_or(self.topics.len());
+        if self.topics[..kept.min(self.topics.len())]
+            .iter()
+            .any(|t| wants(t))
+        {
+            return Some(self);
+        }
+        self.left
+            .as_ref()
+            .filter(|left| left.topics.iter().any(|t| wants(t)))
+    }
 }
 
 /// Identifies a session in the hub.
@@ -416,8 +439,16 @@ impl Hub {
         let mut dropped = Vec::new();
         let writing = self.writing.load(Ordering::Acquire);
         let mut handed: Vec<Vec<Arc<Mutex<Queue>>>> = Vec::new();
-        for event in events {
-            for topic in &event.topics {
+        for published in events {
+            // The topics that keep the row come first: a session subscribed to one of
+            // them gets the event, one subscribed only to topics the row left gets
+            // `row.left`.
+            let kept = published.kept.unwrap_or(usize::MAX);
+            for (index, topic) in published.topics.iter().enumerate() {
+                let event = match &published.left {
+                    Some(left) if index >= kept => left,
+                    _ => published,
+                };
                 let Some(ids) = by_topic.get(topic.as_str()) else {
                     continue;
                 };
@@ -442,7 +473,7 @@ impl Hub {
                     }
                 }
             }
-            *head = event.pos;
+            *head = published.pos;
         }
         *head = (*head).max(upto);
         for (writer, queues) in self.writers.iter().zip(handed) {
@@ -768,11 +799,47 @@ mod tests {
             event: Event::Row(crate::events::Op::Update),
             topics: topics.iter().map(|t| t.to_string()).collect(),
             frame: Frame::new(format!("frame {pos}")),
+            kept: None,
+            left: None,
         })
     }
 
     fn topics(list: &[&str]) -> Vec<String> {
         list.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn topics_a_row_left_get_the_left_frame_and_the_others_the_event() {
+        let hub = Hub::new(0);
+        let left = Arc::new(Published {
+            pos: 1,
+            event: Event::Left,
+            topics: topics(&["user:7"]),
+            frame: Frame::new("left".into()),
+            kept: None,
+            left: None,
+        });
+        let moved = Arc::new(Published {
+            pos: 1,
+            event: Event::Row(crate::events::Op::Update),
+            topics: topics(&["bookings", "user:8", "user:7"]),
+            frame: Frame::new("moved".into()),
+            kept: Some(2),
+            left: Some(left),
+        });
+        let mut seven = hub.join(8);
+        hub.subscribe(seven.id(), topics(&["user:7"]), false);
+        let mut eight = hub.join(8);
+        hub.subscribe(eight.id(), topics(&["user:8"]), false);
+        let mut both = hub.join(8);
+        hub.subscribe(both.id(), topics(&["user:7", "user:8"]), false);
+        hub.publish(&[moved], 0);
+        assert_eq!(seven.events.try_recv().unwrap().frame.as_str(), "left");
+        assert_eq!(eight.events.try_recv().unwrap().frame.as_str(), "moved");
+        assert_eq!(both.events.try_recv().unwrap().frame.as_str(), "moved");
+        for m in [&mut seven, &mut eight, &mut both] {
+            assert!(m.events.try_recv().is_err());
+        }
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub(crate) const FUNCTIONS: &[(&str, &str)] = &[
         include_str!("../sql/functions/50_registry.sql"),
     ),
     (
+        "55_snapshot.sql",
+        include_str!("../sql/functions/55_snapshot.sql"),
+    ),
+    (
         "60_schema_changes.sql",
         include_str!("../sql/functions/60_schema_changes.sql"),
     ),
@@ -184,12 +188,33 @@ async fn run(client: &mut Client) -> Result<Vec<i64>, MigrateError> {
         .collect())
 }
 
-/// Applies every file of [`FUNCTIONS`] and records their checksum, in one transaction.
+/// Remembers who may execute which `rowcast` function (by name; not its owner, not
+/// public): a file of [`FUNCTIONS`] that replaces a function by one of another signature
+/// drops the old one, and with it the grants a DBA made to it.
+const SAVE_GRANTS_SQL: &str = "create temp table rowcast_kept_grants on commit drop as \
+     select p.proname::text as name, a.grantee \
+     from pg_catalog.pg_proc p cross join lateral pg_catalog.aclexplode(p.proacl) a \
+     where p.pronamespace = 'rowcast'::regnamespace and a.privilege_type = 'EXECUTE' \
+       and a.grantee <> 0 and a.grantee <> p.proowner";
+
+/// Gives those grants back to every function of the same name that lacks them.
+const RESTORE_GRANTS_SQL: &str = "do $$ declare g record; begin \
+     for g in select distinct p.oid::regprocedure as f, k.grantee::regrole as r \
+              from rowcast_kept_grants k join pg_catalog.pg_proc p \
+                on p.proname = k.name and p.pronamespace = 'rowcast'::regnamespace \
+              where not pg_catalog.has_function_privilege(k.grantee, p.oid, 'EXECUTE') loop \
+         execute pg_catalog.format('grant execute on function %s to %s', g.f, g.r); \
+     end loop; end $$";
+
+/// Applies every file of [`FUNCTIONS`] and records their checksum, in one transaction,
+/// keeping the grants made to functions a file replaces.
 async fn install_functions(client: &mut Client) -> Result<(), MigrateError> {
     let tx = client.transaction().await?;
+    tx.batch_execute(SAVE_GRANTS_SQL).await?;
     for (_, sql) in FUNCTIONS {
         tx.batch_execute(sql).await?;
     }
+    tx.batch_execute(RESTORE_GRANTS_SQL).await?;
     tx.batch_execute(&record_functions_sql()).await?;
     tx.commit().await?;
     Ok(())

@@ -111,9 +111,10 @@ pub async fn typescript(client: &Client) -> Result<String, DbError> {
         let _ = writeln!(out, "/** The events of {table}. */");
         let _ = writeln!(
             out,
-            "export type {name}Event = RowcastEvent<{}, {}, {name}Row>;",
+            "export type {name}Event = RowcastEvent<{}, {}, {name}Row> | RowcastEvent<{}, \"row.left\", Partial<{name}Row>>;",
             literal(table),
-            union.join(" | ")
+            union.join(" | "),
+            literal(table)
         );
         all.push(format!("{name}Event"));
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use crate::support::{TestApp, TestDb, WAIT, WsClient, connect, run};
+use crate::support::sse::get_json;
+use crate::support::{TestApp, TestDb, WAIT, WsClient, connect, run, test_config};
 
 /// The rows a first screen shows, by id, as events carry them (no `card_token`).
 type Screen = BTreeMap<i64, Value>;
@@ -46,13 +47,29 @@ async fn first_screen(app_role: &mut Client, client: Option<i64>) -> (Screen, i6
 }
 
 /// Applies an event to a screen of rows on a topic: the row as the event carries it, or
-/// gone when it was deleted or no longer belongs to the topic (`keep`).
+/// gone when it was deleted or left the topic (`row.left`, which carries only the key).
+/// Every other event must carry a row that belongs on the topic (`keep`): a topic never
+/// gets a row that moved elsewhere.
 fn apply(screen: &mut Screen, event: &Value, keep: impl Fn(&Value) -> bool) {
     let data = &event["data"];
     let id = data["id"]
         .as_i64()
         .expect("every booking event carries its id");
-    if event["op"] == "DELETE" || !keep(data) {
+    if event["event"] == "row.left" {
+        assert_eq!(
+            data.as_object().unwrap().len(),
+            1,
+            "row.left carries the key only: {event}"
+        );
+        assert!(event.get("old").is_none(), "{event}");
+        screen.remove(&id);
+        return;
+    }
+    assert!(
+        keep(data),
+        "a row that is not on the topic arrived: {event}"
+    );
+    if event["op"] == "DELETE" {
         screen.remove(&id);
     } else {
         screen.insert(id, data.clone());
@@ -259,6 +276,334 @@ async fn an_apps_own_event_is_delivered_only_on_commit_after_its_transactions_ro
     }
     ws.expect_silence(Duration::from_millis(300)).await;
     drop(writer);
+    app.stop().await;
+    run(
+        &installer,
+        &[&format!("drop owned by {role}; drop role {role}")],
+    )
+    .await;
+}
+
+/// Reads `/snapshot` of `topics`, `limit` rows a page, following `next` to the end: the
+/// rows by id, the head of the first page, and how many pages it took.
+pub(crate) async fn snapshot(
+    addr: std::net::SocketAddr,
+    topics: &str,
+    limit: usize,
+) -> (Screen, i64, usize) {
+    let mut screen = Screen::new();
+    let mut cursor: Option<String> = None;
+    let mut head = None;
+    let mut pages = 0;
+    loop {
+        let mut path = format!("/snapshot?topics={topics}&limit={limit}");
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let (status, page) = get_json(addr, &path).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let first = *head.get_or_insert(page["head"].as_i64().unwrap());
+        assert_eq!(
+            page["head"], first,
+            "every page repeats the first page's head"
+        );
+        let rows = page["rows"].as_array().unwrap();
+        assert!(rows.len() <= limit);
+        for row in rows {
+            assert_eq!(row["table"], "bookings", "{row}");
+            let data = row["data"].clone();
+            screen.insert(data["id"].as_i64().unwrap(), data);
+        }
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    (screen, head.unwrap(), pages)
+}
+
+#[tokio::test]
+async fn a_snapshot_read_mid_burst_then_resumed_from_its_head_converges_to_the_table() {
+    let db = TestDb::demo().await;
+    let installer = db.client().await;
+    run(
+        &installer,
+        &[
+            "insert into bookings (client_id, provider_id, starts_at, ends_at, price, card_token)
+           select 7 + i % 2, 3, now(), now() + interval '1 hour', i, 'tok_' || i
+           from generate_series(1, 60) i",
+        ],
+    )
+    .await;
+    let app = TestApp::start(&db).await;
+    let writers: Vec<_> = (0..4)
+        .map(|seed| tokio::spawn(write(db.url.clone(), seed + 10, 3)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Small pages, so that the writers change the table between them.
+    let (mut all, all_head, pages) = snapshot(app.addr, "bookings", 7).await;
+    assert!(pages > 3, "{pages} pages");
+    let (mut mine, mine_head, _) = snapshot(app.addr, "user:7", 5).await;
+    assert!(
+        mine.values().all(|row| row["client_id"] == 7),
+        "a user topic's snapshot holds only its rows"
+    );
+    for screen in [&all, &mine] {
+        assert!(
+            screen.values().all(|row| row.get("card_token").is_none()),
+            "excluded columns never appear in a snapshot"
+        );
+    }
+    let mut ws_all = app.ws().await;
+    ws_all.subscribe(&["bookings"], Some(all_head)).await;
+    let mut ws_mine = app.ws().await;
+    ws_mine.subscribe(&["user:7"], Some(mine_head)).await;
+    let mut committed = 0;
+    for writer in writers {
+        committed += writer.await.unwrap();
+    }
+    assert!(committed > 50, "the writers wrote {committed} statements");
+    converge(&mut ws_all, &mut all, &installer, None).await;
+    converge(&mut ws_mine, &mut mine, &installer, Some(7)).await;
+    // A snapshot taken now is the table.
+    let (now, _, _) = snapshot(app.addr, "bookings", 1000).await;
+    assert_eq!(now, table(&installer, None).await);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_row_moving_to_another_user_leaves_the_old_topic_with_its_key_only() {
+    let db = TestDb::demo().await;
+    let installer = db.client().await;
+    let app = TestApp::start(&db).await;
+    let mut seven = app.ws().await;
+    seven.subscribe(&["user:7"], None).await;
+    let mut eight = app.ws().await;
+    eight.subscribe(&["user:8"], None).await;
+    let mut both = app.ws().await;
+    both.subscribe(&["user:7", "user:8"], None).await;
+    let mut row = app.ws().await;
+    row.subscribe(&["booking:1"], None).await;
+    run(
+        &installer,
+        &[
+            "insert into bookings (id, client_id, provider_id, starts_at, ends_at, price, card_token)
+             overriding system value values (1, 7, 3, now(), now() + interval '1 hour', 10, 'secret')",
+            "update bookings set client_id = 8, price = 11 where id = 1",
+            "update bookings set id = 2 where id = 1",
+        ],
+    )
+    .await;
+    let inserted = seven.events(1).await.remove(0);
+    assert_eq!(inserted["event"], "booking.created");
+    // user:7 learns only that the row left it: no column of the new row.
+    let left = seven.events(1).await.remove(0);
+    assert_eq!(left["event"], "row.left");
+    assert_eq!(left["op"], "UPDATE");
+    assert_eq!(left["data"], serde_json::json!({"id": 1}));
+    assert_eq!(left["topics"], serde_json::json!(["user:7"]));
+    assert!(left.get("old").is_none());
+    assert_eq!(
+        left["pos"].as_i64().unwrap(),
+        inserted["pos"].as_i64().unwrap() + 1
+    );
+    // user:8 gets the whole event, old values included.
+    let moved = eight.events(1).await.remove(0);
+    assert_eq!(moved["pos"], left["pos"]);
+    assert_eq!(moved["event"], "booking.updated");
+    assert_eq!(moved["data"]["client_id"], 8);
+    assert_eq!(moved["old"]["client_id"], 7);
+    // A session on both topics gets the whole event once.
+    let seen = both.events(2).await;
+    assert_eq!(seen[1]["event"], "booking.updated");
+    assert_eq!(seen[1]["pos"], left["pos"]);
+    // The row topic: the whole event while the key stays; when the key changes, the old
+    // row topic gets row.left with the old key.
+    let on_row = row.events(3).await;
+    assert_eq!(on_row[1]["event"], "booking.updated");
+    assert_eq!(on_row[2]["event"], "row.left");
+    assert_eq!(on_row[2]["data"], serde_json::json!({"id": 1}));
+    // Replay gives each topic the same frames, over the WebSocket and HTTP polling.
+    let since = inserted["pos"].as_i64().unwrap() - 1;
+    let mut replayed = app.ws().await;
+    replayed.subscribe(&["user:7"], Some(since)).await;
+    let again = replayed.events(2).await;
+    assert_eq!(again[1], left);
+    let (status, page) = get_json(app.addr, &format!("/events?topics=user:7&since={since}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["events"][1], left);
+    seven.expect_silence(Duration::from_millis(200)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_is_refused_for_topics_a_token_may_not_follow_or_no_table_serves() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    const SECRET: &str = "a-first-screen-test-secret-long-enough";
+    let db = TestDb::demo().await;
+    let installer = db.client().await;
+    run(
+        &installer,
+        &[
+            "insert into bookings (client_id, provider_id, starts_at, ends_at, price, card_token)
+             select 7 + i % 2, 3, now(), now() + interval '1 hour', i, 'tok' from generate_series(1, 6) i",
+            "create table notes (id int primary key, body text)",
+            "select rowcast.watch('notes')",
+            "create table logs (line text)",
+        ],
+    )
+    .await;
+    // A snapshot needs a key to page by.
+    let err = installer
+        .execute("select rowcast.watch('logs', snapshot => true)", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error().unwrap().message().contains("primary key"),
+        "{err:?}"
+    );
+    let mut config = test_config(&db.url);
+    config.auth = toml::from_str(&format!(
+        r#"
+        secret = "{SECRET}"
+        [[allow]]
+        topics = ["user:{{sub}}", "notes"]
+        "#
+    ))
+    .unwrap();
+    let app = TestApp::start_with(config).await;
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({"sub": "7", "exp": 4_000_000_000u64}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let get = |query: String| {
+        let token = token.clone();
+        async move { get_json(app.addr, &format!("/snapshot?{query}&token={token}")).await }
+    };
+    let (status, page) = get("topics=user:7".into()).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["rows"].as_array().unwrap().len(), 3);
+    for topics in ["user:8", "bookings", "user:7,booking:1"] {
+        let (status, body) = get(format!("topics={topics}")).await;
+        assert_eq!(status, 403, "{topics}: {body}");
+        assert_eq!(body["code"], "forbidden");
+    }
+    let (status, body) = get_json(app.addr, "/snapshot?topics=user:7").await;
+    assert_eq!(status, 401, "{body}");
+    // Watched without snapshot: refused, and says why.
+    let (status, body) = get("topics=notes".into()).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot => true"),
+        "{body}"
+    );
+    // A cursor that is not one a page gave.
+    for cursor in ["garbage", "1.1.WyJ4Il0", "1.1.WyIxIiwiMiJd"] {
+        let (status, body) = get(format!("topics=user:7&cursor={cursor}")).await;
+        assert_eq!(status, 400, "{cursor}: {body}");
+    }
+    let (status, _) = get("topics=user:7&limit=0".into()).await;
+    assert_eq!(status, 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_reads_with_the_service_roles_rights_and_never_runs_a_tenants_code() {
+    let db = TestDb::demo().await;
+    let installer = db.client().await;
+    let role = format!("{}_snap", db.name);
+    run(
+        &installer,
+        &[
+            &format!(
+                "drop role if exists {role}; create role {role} login;
+                 select rowcast.grant_service('{role}');"
+            ),
+            // A quoted mixed-case table with an enum, an excluded column and a renamed one.
+            r#"create type "Stage" as enum ('draft', 'live')"#,
+            r#"create table "Post" ("postId" int primary key, "authorId" int, "Stage" "Stage", secret text)"#,
+            r#"select rowcast.watch('"Post"', routes => '{"authorId": "author"}', exclude => '{secret}', snapshot => true)"#,
+            r#"insert into "Post" values (1, 5, 'draft', 's1'), (2, 5, 'live', 's2'), (3, 6, 'live', 's3')"#,
+            r#"alter table "Post" rename column "Stage" to "phase""#,
+        ],
+    )
+    .await;
+    let app = TestApp::start_with(test_config(&format!("{} user={role}", db.url))).await;
+    // Without select on the table: the DBA is told the grant.
+    let (status, body) = get_json(app.addr, "/snapshot?topics=author:5").await;
+    assert_eq!(status, 503, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(r#"grant select on public."Post" to {role}"#)),
+        "{message}"
+    );
+    // A column grant that leaves the excluded column out is enough.
+    run(
+        &installer,
+        &[&format!(
+            r#"grant select ("postId", "authorId", "phase") on "Post" to {role}"#
+        )],
+    )
+    .await;
+    let (status, body) = get_json(app.addr, "/snapshot?topics=author:5").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["rows"],
+        serde_json::json!([
+            {"topic": "author:5", "table": "Post", "data": {"postId": 1, "authorId": 5, "phase": "draft"}},
+            {"topic": "author:5", "table": "Post", "data": {"postId": 2, "authorId": 5, "phase": "live"}},
+        ])
+    );
+    let (status, body) = get_json(app.addr, "/snapshot?topics=Post:3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["data"]["postId"], 3);
+    // A value that is not the column's type names no row.
+    let (status, body) = get_json(app.addr, "/snapshot?topics=author:abc").await;
+    assert_eq!(
+        (status, body["rows"].as_array().unwrap().len()),
+        (200, 0),
+        "{body}"
+    );
+    // A tenant's function, through a cast to json or a row-level security policy, never
+    // runs with the service's rights: such a table is refused.
+    run(
+        &installer,
+        &[
+            r#"create function stage_json("Stage") returns json language sql as $$ select '"x"'::json $$"#,
+            r#"create cast ("Stage" as json) with function stage_json("Stage")"#,
+        ],
+    )
+    .await;
+    let (status, body) = get_json(app.addr, "/snapshot?topics=author:5").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("phase"),
+        "{body}"
+    );
+    run(
+        &installer,
+        &[
+            r#"drop cast ("Stage" as json)"#,
+            r#"alter table "Post" enable row level security"#,
+            r#"create policy anyone on "Post" using (true)"#,
+        ],
+    )
+    .await;
+    let (status, body) = get_json(app.addr, "/snapshot?topics=author:5").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("row-level security"),
+        "{body}"
+    );
     app.stop().await;
     run(
         &installer,

@@ -73,6 +73,8 @@ fn change(table: &str, op: Op, data: &str, old: Option<&str>) -> Change {
         data: Some(raw(data)),
         old: old.map(raw),
         mapping_id: Some(1),
+        kept: None,
+        left_key: None,
     }
 }
 
@@ -374,6 +376,8 @@ async fn docs_examples_are_what_the_presets_and_the_serialiser_send() {
             data: example.data.map(|r| raw(r.get())),
             old: example.old.map(|r| raw(r.get())),
             mapping_id: mapping.as_ref().map(|m| m.id),
+            kept: None,
+            left_key: None,
         };
         let event = Event::of(&change, Ok(mapping.as_ref()));
         assert_eq!(event.name(), example.event, "{text}");

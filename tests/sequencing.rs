@@ -166,6 +166,8 @@ fn handed_off(pos: i64) -> Result<Change, MalformedRow> {
         data: Some(serde_json::value::to_raw_value(&serde_json::json!({ "id": pos })).unwrap()),
         old: None,
         mapping_id: None,
+        kept: None,
+        left_key: None,
     })
 }
 

@@ -15,11 +15,12 @@ export interface RowcastEvent<
   /** The app's table (`schema.table` outside public); null for an app's own event. */
   table: Table;
   op: "INSERT" | "UPDATE" | "DELETE" | "TRUNCATE" | "PUBLISH";
-  /** Every topic the event is published on. */
+  /** Every topic the event is published on; for `row.left`, the topics the row left. */
   topics: string[];
   /** Time of the change, RFC 3339 in UTC with milliseconds. */
   ts: string;
-  /** The new row (the deleted one for DELETE), minus excluded columns; absent for TRUNCATE. */
+  /** The new row (the deleted one for DELETE), minus excluded columns; absent for TRUNCATE;
+   *  for `row.left` (an UPDATE moved the row off the topics followed) its primary key only. */
   data?: Row;
   /** UPDATE only: the previous values of the changed columns. */
   old?: Partial<Row>;
@@ -44,8 +45,11 @@ export interface RowcastOptions {
   transports?: RowcastTransport[];
   /** Milliseconds between HTTP polls (default 2000). */
   pollInterval?: number;
-  /** Keep the current rows in `rows`, from a first screen read with `rowcast.head()`. */
+  /** Keep the current rows in `rows`, from the server's `/snapshot` or from a first screen
+   *  read with `rowcast.head()`. */
   state?: {
+    /** Read the first screen from `/snapshot` (again after a `reset`) and go on from its head. */
+    snapshot?: boolean;
     /** The first screen (pass the head it was read with as `since`). */
     initial?: { table: string; data: Record<string, unknown> }[];
     /** A row's key (default: its `id`). */
@@ -55,14 +59,16 @@ export interface RowcastOptions {
 
 /** What the `change` handler receives when `state` keeps the rows. */
 export interface RowcastChange {
-  table: string;
-  op: "INSERT" | "UPDATE" | "DELETE" | "TRUNCATE";
-  /** The row's key (null for TRUNCATE). */
+  /** Null for SNAPSHOT: every table's rows were read again. */
+  table: string | null;
+  /** LEFT: the row moved off the topics followed (`row.left`), and is gone from `rows`. */
+  op: "INSERT" | "UPDATE" | "DELETE" | "TRUNCATE" | "LEFT" | "SNAPSHOT";
+  /** The row's key (null for TRUNCATE and SNAPSHOT). */
   key: unknown;
   /** The row now, or null when it is gone. */
   row: Record<string, unknown> | null;
-  /** All rows of the table now, by key. */
-  rows: Map<unknown, Record<string, unknown>>;
+  /** All rows of the table now, by key (null for SNAPSHOT). */
+  rows: Map<unknown, Record<string, unknown>> | null;
 }
 
 export class Rowcast<E extends RowcastEvent = RowcastEvent> {

@@ -8,9 +8,10 @@
 //   rc.on("reset", ({ head }) => ...);           // history was pruned: refetch state
 //   rc.start();
 //
-// With `state: { initial }` the client keeps `rc.rows` (table -> key -> row) current and
-// reports every change to `rc.on("change", ...)`: start it from a first screen read with
-// `rowcast.head()` and pass that head as `since`.
+// With `state` the client keeps `rc.rows` (table -> key -> row) current and reports every
+// change to `rc.on("change", ...)`: `state: { snapshot: true }` reads the first screen from
+// the server's /snapshot and continues from its head; `state: { initial }` starts from a
+// first screen your backend read with `rowcast.head()` (pass that head as `since`).
 //
 // It connects over WebSocket, resumes after every disconnect with the last position it
 // saw (so nothing is missed or doubled), reconnects with jittered exponential backoff,
@@ -30,6 +31,8 @@ export class Rowcast {
    * @param {string[]} [options.transports] order of transports to try
    * @param {number} [options.pollInterval] milliseconds between HTTP polls
    * @param {object} [options.state] keep the current rows: `rows` maps each table to its rows by key
+   * @param {boolean} [options.state.snapshot] start from the server's `/snapshot` of the topics (and
+   *   read it again after a `reset`)
    * @param {{table: string, data: object}[]} [options.state.initial] the first screen the rows start from
    *   (read with `rowcast.head()` in one transaction; pass that head as `since`)
    * @param {function(string, object): *} [options.state.key] a row's key (default: its `id`)
@@ -54,6 +57,8 @@ export class Rowcast {
     this.rows = null;
     if (options.state) {
       this._key = options.state.key || ((table, row) => row.id);
+      this._fromSnapshot = Boolean(options.state.snapshot);
+      this._snapshotRead = false;
       this.rows = new Map();
       for (const { table, data } of options.state.initial || []) this._table(table).set(this._key(table, data), data);
     }
@@ -104,7 +109,9 @@ export class Rowcast {
     return this.rows.get(table);
   }
 
-  /** Applies a row event to `rows` and reports it to the `change` handlers. */
+  /** Applies a row event to `rows` and reports it to the `change` handlers. A `row.left`
+   * (the row moved off every topic followed here; it carries only the key) drops it, and
+   * reports op `LEFT`. */
   _keep(event) {
     if (!this.rows || event.table === null) return;
     const rows = this._table(event.table);
@@ -115,9 +122,37 @@ export class Rowcast {
     }
     if (!event.data) return;
     const key = this._key(event.table, event.data);
-    const row = event.op === "DELETE" ? null : event.data;
+    const left = event.event === "row.left";
+    const row = event.op === "DELETE" || left ? null : event.data;
     if (row === null) rows.delete(key); else rows.set(key, row);
-    this._emit("change", { table: event.table, op: event.op, key, row, rows });
+    this._emit("change", { table: event.table, op: left ? "LEFT" : event.op, key, row, rows });
+  }
+
+  /** Reads the first screen from `/snapshot`, page by page, and continues from its head. */
+  async _readSnapshot(token) {
+    const rows = new Map();
+    let head = null;
+    let cursor = null;
+    do {
+      const query = this._query({ topics: this.topics.join(","), cursor, limit: 1000 });
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const response = await fetch(`${this.url}/snapshot?${query}`, { headers });
+      if (!response.ok) {
+        const body = await response.json().catch(() => ({}));
+        throw Object.assign(new Error(body.message || `snapshot: HTTP ${response.status}`), { body });
+      }
+      const page = await response.json();
+      if (head === null) head = page.head;
+      for (const { table, data } of page.rows) {
+        if (!rows.has(table)) rows.set(table, new Map());
+        rows.get(table).set(this._key(table, data), data);
+      }
+      cursor = page.next;
+    } while (cursor);
+    this.rows = rows;
+    this.lastPos = head;
+    this._snapshotRead = true;
+    this._emit("change", { table: null, op: "SNAPSHOT", key: null, row: null, rows: null });
   }
 
   _deliver(message) {
@@ -131,6 +166,12 @@ export class Rowcast {
     } else if (message.type === "reset") {
       this.lastPos = message.head;
       this._emit("reset", message);
+      if (this._fromSnapshot) {
+        // Events were pruned before they could be applied: read the screen again.
+        this._snapshotRead = false;
+        this._close();
+        this._retry(true);
+      }
     } else if (message.type === "error") {
       this._emit("error", message);
     } else if (message.type === "subscribed" && this.lastPos === null) {
@@ -150,6 +191,15 @@ export class Rowcast {
       return this._retry(false);
     }
     if (this._stopped) return;
+    if (this._fromSnapshot && !this._snapshotRead) {
+      try {
+        await this._readSnapshot(token);
+      } catch (err) {
+        this._emit("error", { type: "error", code: err.body?.code || "snapshot", message: String(err.message || err) });
+        return this._retry(false);
+      }
+      if (this._stopped) return;
+    }
     const opened = () => {
       this._failures = 0;
       this._setStatus(this.transport === "poll" ? "polling" : "live");

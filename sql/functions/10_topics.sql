@@ -119,16 +119,19 @@ $$;
 
 -- The topics of an event: the table, the row (its primary key, from the new and the old
 -- row) and one per routing column (new and old value), in that order, without repeats;
--- a TRUNCATE is on the table topic only. For an UPDATE a value of the old row is the old
+-- a TRUNCATE is on the table topic only. The topics of the new row come first; `kept`
+-- is how many they are when an UPDATE moved the row off others (its old row topic, an old
+-- routing value), which follow and get a key-only `row.left` instead of the row, and null
+-- when every topic gets the whole event. For an UPDATE a value of the old row is the old
 -- value when `old` has the column, else the new one. Excluded columns are never part of
 -- a topic (watch() refuses to exclude a key or routing column). Called by
 -- rowcast.sequence_step() for every event of a batch; reads no table.
-create or replace function rowcast.topics_of(r rowcast.routings, op text, data jsonb, old jsonb) returns text[]
+create or replace function rowcast.route_event(r rowcast.routings, op text, data jsonb, old jsonb,
+                                               out topics text[], out kept int)
 language plpgsql
 immutable
 as $$
 declare
-    topics text[];
     t      text;
     v      text;
     c      text;
@@ -136,11 +139,11 @@ declare
     n      int;
 begin
     if r.id is null then
-        return null;
+        return;
     end if;
     topics := array[r.table_topic];
     if op operator(pg_catalog.=) 'TRUNCATE' then
-        return topics;
+        return;
     end if;
     n := coalesce(pg_catalog.cardinality(r.route_columns), 0);
     if pg_catalog.cardinality(r.key_columns) > 0 then
@@ -161,8 +164,9 @@ begin
         end if;
     end loop;
     if op operator(pg_catalog.<>) 'UPDATE' or old is null then
-        return topics;
+        return;
     end if;
+    kept := pg_catalog.cardinality(topics);
     if pg_catalog.cardinality(r.key_columns) > 0 then
         t := r.topic;
         foreach c in array r.key_columns loop
@@ -184,6 +188,30 @@ begin
             topics := topics operator(pg_catalog.||) t;
         end if;
     end loop;
-    return topics;
+    if pg_catalog.cardinality(topics) operator(pg_catalog.=) kept then
+        kept := null;
+    end if;
 end
+$$;
+
+-- The topics of an event (rowcast.route_event() without `kept`).
+create or replace function rowcast.topics_of(r rowcast.routings, op text, data jsonb, old jsonb) returns text[]
+language sql
+immutable
+as $$
+    select e.topics from rowcast.route_event(r, op, data, old) e
+$$;
+
+-- What a topic an UPDATE moved the row off gets instead of the row (`row.left`): the
+-- row's primary key as it was, as JSON text; null when every topic gets the whole event
+-- (`kept` null). A table without a primary key gives '{}'.
+create or replace function rowcast.left_key(r rowcast.routings, kept int, data jsonb, old jsonb) returns text
+language sql
+immutable
+as $$
+    select case when kept is not null and r.id is not null then
+        coalesce((select pg_catalog.jsonb_object_agg(k, case when old operator(pg_catalog.?) k
+                                                             then old operator(pg_catalog.->) k
+                                                             else data operator(pg_catalog.->) k end)
+                  from pg_catalog.unnest(r.key_columns) k), '{}'::jsonb)::text end
 $$;

@@ -81,11 +81,11 @@ begin
           and (r.disarmed_at is not null
                or r.table_name = coalesce(rowcast.shown_name(r.relid::regclass), r.table_name))
     ), ins as (
-        insert into rowcast.log (pos, event_id, txid, topics, routing_id)
+        insert into rowcast.log (pos, event_id, txid, topics, kept, routing_id)
         select st.last_pos + row_number() over (order by b.id), b.id, b.txid,
                case when b.op = 'PUBLISH' and b.relid = 0 then array[b.old ->> 'topic']
-                    else coalesce(rowcast.topics_of(r, b.op, b.data, b.old), '{}') end,
-               r.id
+                    else coalesce(t.topics, '{}') end,
+               t.kept, r.id
         from batch b
         left join rowcast.routings r
           on r.id = b.routing_id
@@ -93,6 +93,7 @@ begin
          and (r.disarmed_at is null or b.ts < r.disarmed_at)
          and (r.relid = b.relid
               or r.relid in (select a.relid from pg_partition_ancestors(b.relid) a))
+        left join lateral rowcast.route_event(r, b.op, b.data, b.old) t on true
         returning pos, event_id
     )
     select count(*), max(event_id) into sequenced, top_id from ins;
@@ -117,12 +118,21 @@ $$;
 
 -- rowcast.sequence_step(), returning what it sequenced: one row per event in position
 -- order, the first `changes_limit` of them (the columns the service reads the log with,
--- the row as text, `ts` in UTC), then one row whose `pos` is null with the step's
--- `sequenced` and `in_progress`. The table name and rules come from the event's checked
--- registration. It returns captured rows: only the service role may execute it.
+-- the row as text, `ts` in UTC), then one row whose `pos` is null with the step's `sequenced`
+-- and `in_progress`. It returns captured rows: only the service role may execute it.
+do $$
+begin
+    -- Its columns grew (kept, left_key): the older definition must go first.
+    if exists (select from pg_catalog.pg_proc p
+               where p.oid = pg_catalog.to_regprocedure('rowcast.sequence_step_changes(integer, integer)')
+                 and not 'kept' = any (p.proargnames)) then
+        drop function rowcast.sequence_step_changes(integer, integer);
+    end if;
+end
+$$;
 create or replace function rowcast.sequence_step_changes(batch_limit integer, changes_limit integer)
 returns table (pos bigint, table_name text, op text, topics text[], ts text, data text,
-               old text, mapping_id int, sequenced bigint, in_progress boolean)
+               old text, mapping_id int, kept int, left_key text, sequenced bigint, in_progress boolean)
 language plpgsql
 security definer
 set search_path = pg_catalog, pg_temp
@@ -141,7 +151,8 @@ begin
                    to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
                    case when r.id is not null or e.op = 'PUBLISH' then e.data::text end,
                    case when r.id is not null or e.op = 'PUBLISH' then e.old::text end,
-                   r.mapping_id, null::bigint, null::boolean
+                   r.mapping_id, l.kept::int, rowcast.left_key(r, l.kept, e.data, e.old),
+                   null::bigint, null::boolean
             from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id
             left join rowcast.routings r on r.id = l.routing_id
             where l.pos > upto - step.sequenced and l.pos <= upto
@@ -150,7 +161,7 @@ begin
     end if;
     return query
         select null::bigint, null::text, null::text, null::text[], null::text, null::text,
-               null::text, null::int, step.sequenced, step.in_progress;
+               null::text, null::int, null::int, null::text, step.sequenced, step.in_progress;
 end
 $$;
 

@@ -56,6 +56,12 @@ $$;
 -- the table's owner (or the installer) can arrange. Security definer because nobody else
 -- may write the registry; it reads only the catalog and its arguments, and evaluates no
 -- user code.
+-- register() and watch() took no `snapshot` before: their older definitions go first
+-- (`rowcast migrate` gives their grants to the new ones).
+drop function if exists rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb);
+drop function if exists rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb);
+drop function if exists rowcast.watch(text, text, jsonb, text[], text, jsonb, text, jsonb);
+
 create or replace function rowcast.register(
     tbl     regclass,
     topic   text    default null,
@@ -65,6 +71,7 @@ create or replace function rowcast.register(
     columns jsonb   default '{}',
     wake    text    default 'notify',
     rules   jsonb   default null,
+    snapshot boolean default false,
     out routing_id int,
     out exclude_attnums int2[]
 )
@@ -221,6 +228,11 @@ begin
             bad, tbl, case when bad = any (keys) then 'the row topic (primary key)' else 'a routing topic' end
             using errcode = 'invalid_parameter_value';
     end if;
+    snapshot := coalesce(snapshot, false);
+    if snapshot and cardinality(keys) = 0 then
+        raise exception 'rowcast.watch: snapshot => true needs a primary key on % (a snapshot is read in key order, page by page)', tbl
+            using errcode = 'invalid_parameter_value';
+    end if;
 
     select coalesce(array_agg(x order by x), '{}') into exclude_attnums from unnest(exclude_attnums) x;
     select coalesce(array_agg(a.attname::text order by a.attnum), '{}') into bad_names
@@ -232,14 +244,14 @@ begin
       and r.topic_default = t_default and r.key_columns = keys and r.key_attnums = key_nums
       and r.route_columns = r_cols and r.route_attnums = r_nums and r.route_topics = r_topics
       and r.exclude_columns = bad_names and r.exclude_attnums = exclude_attnums
-      and r.mapping_id is not distinct from m_id
+      and r.mapping_id is not distinct from m_id and r.snapshot = register.snapshot
     order by r.id limit 1;
     if routing_id is null then
         insert into rowcast.routings as r (relid, table_name, table_topic, topic, topic_default, key_columns, key_attnums,
                                            route_columns, route_attnums, route_topics, exclude_columns,
-                                           exclude_attnums, mapping_id)
+                                           exclude_attnums, mapping_id, snapshot)
         values (tbl, shown, t_topic, topic, t_default, keys, key_nums, r_cols, r_nums, r_topics, bad_names,
-                exclude_attnums, m_id)
+                exclude_attnums, m_id, snapshot)
         returning r.id into routing_id;
     end if;
 end
@@ -307,7 +319,8 @@ create or replace function rowcast.watch(
     domain  text    default null,
     columns jsonb   default '{}',
     wake    text    default 'notify',
-    rules   jsonb   default null
+    rules   jsonb   default null,
+    snapshot boolean default false
 ) returns text
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -319,7 +332,7 @@ begin
         raise exception 'rowcast.watch: only the owner of % may watch it (creating its trigger needs ownership)', tbl
             using errcode = 'insufficient_privilege';
     end if;
-    select * into reg from rowcast.register(tbl, topic, routes, exclude, domain, columns, wake, rules);
+    select * into reg from rowcast.register(tbl, topic, routes, exclude, domain, columns, wake, rules, snapshot);
     perform rowcast.arm_triggers(tbl, reg.routing_id, wake, reg.exclude_attnums);
     return rowcast.shown_name(tbl);
 end
@@ -334,11 +347,12 @@ create or replace function rowcast.watch(
     domain  text    default null,
     columns jsonb   default '{}',
     wake    text    default 'notify',
-    rules   jsonb   default null
+    rules   jsonb   default null,
+    snapshot boolean default false
 ) returns text
 language sql
 as $$
-    select rowcast.watch(rowcast.resolve_table(tbl), topic, routes, exclude, domain, columns, wake, rules)
+    select rowcast.watch(rowcast.resolve_table(tbl), topic, routes, exclude, domain, columns, wake, rules, snapshot)
 $$;
 
 -- Stop watching a table: remove its triggers. Events already captured stay in the log

@@ -280,7 +280,8 @@ begin
                                             jsonb_build_object('carried', coalesce(
                                                 (select jsonb_agg(e.rule order by e.ord)
                                                  from jsonb_array_elements(m.rules) with ordinality as e(rule, ord)
-                                                 where e.rule ->> 'from' = 'rules'), '[]')));
+                                                 where e.rule ->> 'from' = 'rules'), '[]')),
+                                            r.snapshot);
     select coalesce(array_agg(x::int2 order by x::int2), '{}') into now_ex from unnest(args[4:]) x;
     if reg.routing_id <> r.id or reg.exclude_attnums <> now_ex then
         perform rowcast.arm_triggers(tbl::regclass, reg.routing_id, args[3], reg.exclude_attnums);

@@ -37,7 +37,8 @@ select t.tgrelid::regclass as "table",
                                             'event', x.rule ->> 'event', 'from', x.rule ->> 'from') order by x.ord)
         from jsonb_array_elements(m.rules) with ordinality as x(rule, ord)
         left join pg_catalog.pg_attribute a
-               on a.attrelid = t.tgrelid and a.attnum = (x.rule ->> 'attnum')::int2 and not a.attisdropped) as rules
+               on a.attrelid = t.tgrelid and a.attnum = (x.rule ->> 'attnum')::int2 and not a.attisdropped) as rules,
+       coalesce(r.snapshot, false) as snapshot
 from (select distinct on (x.tgrelid) x.* from pg_catalog.pg_trigger x
       where x.tgparentid = 0 and x.tgfoid = 'rowcast.capture()'::regprocedure
       order by x.tgrelid, x.tgname = 'rowcast_capture' desc, x.tgname) t

@@ -30,10 +30,10 @@ as $$
 begin
     execute format('grant usage on schema rowcast to %s', role);
     execute format('grant select on rowcast.watched, rowcast.captured, rowcast.domain_fields, rowcast.preset_rules to %s', role);
-    execute format('grant execute on function rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb), '
-                   'rowcast.watch(text, text, jsonb, text[], text, jsonb, text, jsonb), '
+    execute format('grant execute on function rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb, boolean), '
+                   'rowcast.watch(text, text, jsonb, text[], text, jsonb, text, jsonb, boolean), '
                    'rowcast.unwatch(regclass), rowcast.unwatch(text), '
-                   'rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb), '
+                   'rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb, boolean), '
                    'rowcast.arm_triggers(regclass, integer, text, int2[]), '
                    'rowcast.capture(), rowcast.capture_truncate() to %s', role);
 end
@@ -48,4 +48,7 @@ revoke execute on all functions in schema rowcast from public;
 grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), rowcast.registration_problem(oid, text[]),
     rowcast.confirm(regclass), rowcast.shown_name(regclass), rowcast.table_topic(regclass), rowcast.topic_escape(text),
     rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
+    rowcast.left_key(rowcast.routings, integer, jsonb, jsonb),
+    rowcast.snapshot_sources(text[]), rowcast.snapshot_rows(text[], integer, text[], integer),
+    rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.plain_type(oid),
     rowcast.publish(text, text, jsonb) to public;

@@ -34,7 +34,7 @@ macro_rules! select_changes {
             // application's own event (PUBLISH) has none.
             "case when r.id is not null or e.op = 'PUBLISH' then e.data::text end, ",
             "case when r.id is not null or e.op = 'PUBLISH' then e.old::text end, ",
-            "r.mapping_id ",
+            "r.mapping_id, l.kept::int, rowcast.left_key(r, l.kept, e.data, e.old) ",
             "from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id ",
             "left join rowcast.routings r on r.id = l.routing_id ",
             $where
@@ -117,7 +117,7 @@ pub(crate) async fn pruned_position(client: &Client) -> Result<i64, DbError> {
 }
 
 /// A row of [`RANGE_SQL`]'s columns (position, table, op, topics, time, data, old,
-/// mapping id), or of any query returning the same first eight.
+/// mapping id, kept, left key), or of any query returning the same first ten.
 pub(crate) fn change_from_row(row: &Row) -> Result<Change, MalformedRow> {
     let pos: i64 = row.get(0);
     let bad = |reason: String| MalformedRow { pos, reason };
@@ -149,6 +149,11 @@ pub(crate) fn change_from_row(row: &Row) -> Result<Change, MalformedRow> {
         data,
         old,
         mapping_id: row.get(7),
+        kept: row
+            .get::<_, Option<i32>>(8)
+            .map(|kept| usize::try_from(kept).map_err(|_| bad(format!("kept is {kept}"))))
+            .transpose()?,
+        left_key: raw(9)?,
     })
 }
 
@@ -203,10 +208,22 @@ pub fn publishable(change: &Change, mappings: &Mappings) -> Arc<Published> {
         change,
         mapping.as_ref().map(Option::as_deref).map_err(Clone::clone),
     );
+    let left = events::left_frame(change).map(|(topics, frame)| {
+        Arc::new(Published {
+            pos: change.pos,
+            event: Event::Left,
+            topics,
+            frame: Frame::new(frame),
+            kept: None,
+            left: None,
+        })
+    });
     Arc::new(Published {
         pos: change.pos,
         frame: Frame::new(events::frame(change, &event)),
         event,
         topics: change.topics.clone(),
+        kept: left.as_ref().and(change.kept),
+        left,
     })
 }

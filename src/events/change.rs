@@ -62,4 +62,11 @@ pub struct Change {
     /// The event rules the change was captured with (`rowcast.mappings`), if its table
     /// has rules.
     pub mapping_id: Option<i32>,
+    /// For an UPDATE that moved the row off some topics (an old routing value, an old
+    /// primary key): how many of `topics`, from the first, get the whole event. The rest
+    /// are the topics the row left, which get [`Change::left_key`] only. `None` when
+    /// every topic gets the whole event.
+    pub kept: Option<usize>,
+    /// The row's primary key as it was, for the topics it left (`row.left`).
+    pub left_key: Option<Box<RawValue>>,
 }

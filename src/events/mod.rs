@@ -30,6 +30,9 @@ pub enum Event {
     Row(Op),
     /// The table was truncated: `table.truncated`.
     TableTruncated,
+    /// An UPDATE moved the row off this topic (a routing value or its key changed): the
+    /// topic gets `row.left` with the row's key only.
+    Left,
 }
 
 /// What `rowcast.publish()` stores beside an application's payload.
@@ -94,6 +97,7 @@ impl Event {
             Event::Row(Op::Delete) => "row.deleted",
             Event::Row(Op::Truncate) | Event::TableTruncated => "table.truncated",
             Event::Row(Op::Publish) => "event.published",
+            Event::Left => "row.left",
         }
     }
 }
@@ -140,6 +144,36 @@ pub fn frame(change: &Change, event: &Event) -> String {
     serde_json::to_string(&wire).expect("an event frame always serialises")
 }
 
+/// The topics an UPDATE moved the row off, and the `row.left` message they get instead of
+/// the row: `data` is the row's key as it was, `topics` only the topics it left, no
+/// `old`. `None` when every topic of the change gets the whole event.
+pub fn left_frame(change: &Change) -> Option<(Vec<String>, String)> {
+    let kept = change.kept?;
+    let left = change.topics.get(kept..).filter(|left| !left.is_empty())?;
+    // A table without a primary key has no key to send.
+    let empty;
+    let key = match change.left_key.as_deref() {
+        Some(key) => key,
+        None => {
+            empty = RawValue::from_string("{}".into()).expect("{} is JSON");
+            &*empty
+        }
+    };
+    let wire = WireEvent {
+        kind: "event",
+        pos: change.pos,
+        event: Event::Left.name(),
+        table: Some(change.table.as_str()),
+        op: change.op.as_str(),
+        topics: left,
+        ts: &change.ts,
+        data: Some(key),
+        old: None,
+    };
+    let text = serde_json::to_string(&wire).expect("an event frame always serialises");
+    Some((left.to_vec(), text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +188,8 @@ mod tests {
             data: data.map(|d| RawValue::from_string(d.into()).unwrap()),
             old: old.map(|d| RawValue::from_string(d.into()).unwrap()),
             mapping_id: None,
+            kept: None,
+            left_key: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The HTTP side: WebSocket sessions ([`ws`]), server-sent events ([`sse`]), HTTP
-//! polling ([`http`]), health and metrics ([`health`]) and the dashboard ([`web`]), all
+//! polling ([`http`]), first screens ([`snapshot`]), health and metrics ([`health`]) and the dashboard ([`web`]), all
 //! resuming through [`replay`]; [`admission`] and [`auth`] decide who may connect and
 //! follow what; [`listen`] enforces connection deadlines. Handlers share an
 //! [`AppContext`]; [`crate::app`] builds it and starts the server.
@@ -12,6 +12,7 @@ pub(crate) mod listen;
 pub mod protocol;
 pub(crate) mod query;
 pub mod replay;
+pub(crate) mod snapshot;
 pub(crate) mod sse;
 pub(crate) mod web;
 pub(crate) mod wire;
@@ -149,6 +150,7 @@ pub(crate) fn public_router(ctx: &AppContext, operator_listener: bool) -> Router
         .merge(ws::router())
         .merge(sse::router())
         .merge(http::router())
+        .merge(snapshot::router())
         .merge(health::liveness())
         .merge(operator_routes)
         .merge(web::router())

@@ -13,7 +13,7 @@ use super::protocol::{self, ErrorCode, Outgoing, Refusal};
 use super::replay::SINCE_TOO_OLD;
 use crate::db::DbError;
 
-/// The query parameters of `/sse` and `/events` (others, such as `token`, are ignored).
+/// The query parameters of `/sse`, `/events` and `/snapshot` (others are ignored).
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Params {
     /// Comma-separated topics: `topics=bookings,user:7`.
@@ -22,6 +22,8 @@ pub(crate) struct Params {
     pub(crate) since: Option<String>,
     /// Most events per response (`/events` only).
     pub(crate) limit: Option<String>,
+    /// `/snapshot` only: where the next page starts, as the previous page gave it.
+    pub(crate) cursor: Option<String>,
     /// The token, for clients that cannot send `Authorization` (may reach proxy logs).
     pub(crate) token: Option<String>,
     /// `/sse` only: `unnamed=1` sends events without an `event:` field, so that an

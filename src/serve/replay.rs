@@ -118,7 +118,12 @@ pub async fn read_page(
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         match row {
-            Ok(change) => events.push(log::publishable(&change, mappings)),
+            // The event, or `row.left` for topics the row left, as live sessions get it.
+            Ok(change) => events.extend(
+                log::publishable(&change, mappings)
+                    .for_topics(|topic| topics.iter().any(|t| t == topic))
+                    .cloned(),
+            ),
             Err(err) => tracing::error!(error = %err, "skipping unreadable log row in replay"),
         }
     }
