@@ -157,9 +157,10 @@ async fn rowcast_demo_serves_the_page_and_produces_events_within_seconds() {
 }
 
 #[tokio::test]
-async fn a_client_kept_from_a_first_screen_by_polling_alone_shows_the_table_after_a_burst() {
+async fn polling_only_clients_on_another_origin_kept_from_a_first_screen_or_a_snapshot_show_the_table()
+ {
     let Some(binary) = chromium_for(
-        "dashboard::a_client_kept_from_a_first_screen_by_polling_alone_shows_the_table_after_a_burst",
+        "dashboard::polling_only_clients_on_another_origin_kept_from_a_first_screen_or_a_snapshot_show_the_table",
     ) else {
         return;
     };
@@ -191,17 +192,24 @@ async fn a_client_kept_from_a_first_screen_by_polling_alone_shows_the_table_afte
     let app = TestApp::start(&db).await;
     let addr = app.addr;
     let mut browser = Browser::launch(&binary).await;
-    browser.goto(&format!("http://{addr}/")).await;
-    // Two clients that may only poll: one kept from the first screen, one live only.
+    // The page comes from another origin than the service.
+    let page = another_origin().await;
+    browser.goto(&format!("http://{page}/")).await;
+    // Three clients that may only poll: one kept from the backend's first screen, one
+    // from the service's /snapshot, one live only.
     browser
         .eval(&format!(
             "window.got = [];
-             import('/rowcast.js').then((m) => {{
+             import('http://{addr}/rowcast.js').then((m) => {{
                const screen = {screen};
-               window.kept = new m.Rowcast({{ topics: ['bookings'], transports: ['poll'], pollInterval: 100,
+               const url = 'http://{addr}';
+               window.kept = new m.Rowcast({{ url, topics: ['bookings'], transports: ['poll'], pollInterval: 100,
                                                since: screen.head, state: {{ initial: screen.rows }} }});
                window.kept.start();
-               window.live = new m.Rowcast({{ topics: ['bookings'], transports: ['poll'], pollInterval: 100 }});
+               window.snap = new m.Rowcast({{ url, topics: ['bookings'], transports: ['poll'], pollInterval: 100,
+                                               state: {{ snapshot: true }} }});
+               window.snap.start();
+               window.live = new m.Rowcast({{ url, topics: ['bookings'], transports: ['poll'], pollInterval: 100 }});
                window.live.on('*', (e) => window.got.push(e.pos));
                window.live.start();
              }});"
@@ -210,11 +218,16 @@ async fn a_client_kept_from_a_first_screen_by_polling_alone_shows_the_table_afte
     assert!(
         browser
             .wait_for(
-                "window.kept && window.kept.status === 'polling' && window.live.status === 'polling' && window.live.lastPos !== null",
+                "window.kept && window.kept.status === 'polling' && window.snap.status === 'polling'
+                 && window.live.status === 'polling' && window.live.lastPos !== null",
                 WAIT
             )
             .await,
         "the clients never started polling"
+    );
+    assert_eq!(
+        browser.eval("location.origin").await,
+        format!("http://{page}")
     );
     let opened: i64 = browser.eval("window.live.lastPos").await.as_i64().unwrap();
     installer
@@ -234,15 +247,19 @@ async fn a_client_kept_from_a_first_screen_by_polling_alone_shows_the_table_afte
         .await
         .unwrap()
         .get(0);
-    let shown = "[...window.kept.rows.get('bookings').values()].sort((a, b) => a.id - b.id)
-                  .map((r) => r.id + ':' + r.status).join(',')";
-    assert!(
-        browser
-            .wait_for(&format!("{shown} === '{expected}'"), WAIT)
-            .await,
-        "the kept rows {} are not the table {expected}",
-        browser.eval(shown).await
-    );
+    for client in ["kept", "snap"] {
+        let shown = format!(
+            "[...window.{client}.rows.get('bookings').values()].sort((a, b) => a.id - b.id)
+              .map((r) => r.id + ':' + r.status).join(',')"
+        );
+        assert!(
+            browser
+                .wait_for(&format!("{shown} === '{expected}'"), WAIT)
+                .await,
+            "the {client} rows {} are not the table {expected}",
+            browser.eval(&shown).await
+        );
+    }
     // The live-only client gets what was written after it opened, and only that.
     assert!(
         browser.wait_for("window.got.length >= 10", WAIT).await,
@@ -261,4 +278,32 @@ async fn a_client_kept_from_a_first_screen_by_polling_alone_shows_the_table_afte
         "{got:?} after {opened}"
     );
     app.stop().await;
+}
+
+/// Serves a blank page at a new address: an origin that is not the service's.
+async fn another_origin() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = "<!doctype html><title>another origin</title>";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
 }

@@ -24,6 +24,55 @@ async fn migrate_twice_is_a_no_op_and_records_the_version() {
 }
 
 #[tokio::test]
+async fn migrate_gives_a_replaced_functions_grants_to_its_new_definition_and_no_more() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    let role = format!("{}_adm", db.name);
+    let new_watch =
+        "rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb, boolean)";
+    let old_watch = "rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb)";
+    client
+        .batch_execute(&format!(
+            "drop role if exists {role}; create role {role};
+             -- A function as an older rowcast defined it, granted to a tenant admin, who
+             -- has no grant on the current one.
+             create function {old_watch} returns text language sql as $$ select null::text $$;
+             grant execute on function {old_watch} to {role};
+             revoke execute on function {new_watch} from {role};"
+        ))
+        .await
+        .unwrap();
+    rowcast::migrate::migrate(&mut client).await.unwrap();
+    let may = |function: &str| {
+        let client = &client;
+        let sql = format!("select has_function_privilege('{role}', '{function}', 'execute')");
+        async move { client.query_one(&sql, &[]).await.unwrap().get::<_, bool>(0) }
+    };
+    let gone: bool = client
+        .query_one(
+            &format!("select to_regprocedure('{old_watch}') is null"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(gone, "the older definition is dropped");
+    assert!(
+        may(new_watch).await,
+        "the grant moved to the new definition"
+    );
+    assert!(
+        !may("rowcast.sequence_step(integer)").await,
+        "and nothing else was granted"
+    );
+    rowcast::migrate::check(&client).await.unwrap();
+    client
+        .batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_database_migrated_by_a_newer_rowcast_is_refused() {
     let db = TestDb::migrated().await;
     let mut client = db.client().await;

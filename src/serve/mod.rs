@@ -103,8 +103,8 @@ pub(crate) struct AppContext {
     pub(crate) connections: Arc<admission::Connections>,
 }
 
-/// Cross-origin reads for dashboards served elsewhere: `/rowcast.js`, `/sse` and
-/// `/events` from the allowed Origins (any, when the allow-list is empty). WebSocket
+/// Cross-origin reads for dashboards served elsewhere: `/rowcast.js`, `/sse`, `/events`
+/// and `/snapshot` from the allowed Origins (any, when the allow-list is empty). WebSocket
 /// upgrades check Origin themselves ([`admission`]).
 fn cors(limits: &admission::LimitsConfig) -> tower_http::cors::CorsLayer {
     use axum::http::{HeaderValue, Method, header};
