@@ -208,6 +208,18 @@ async fn polling_only_clients_on_another_origin_kept_from_a_first_screen_or_a_sn
                window.kept.start();
                window.snap = new m.Rowcast({{ url, topics: ['bookings'], transports: ['poll'], pollInterval: 100,
                                                state: {{ snapshot: true }} }});
+               // The page renders the snapshot-kept rows, one list item per row.
+               const list = document.createElement('ul');
+               list.id = 'rows';
+               document.body.appendChild(list);
+               window.snap.on('change', () => {{
+                 const rows = [...(window.snap.rows.get('bookings') || new Map()).values()].sort((a, b) => a.id - b.id);
+                 list.replaceChildren(...rows.map((r) => {{
+                   const li = document.createElement('li');
+                   li.textContent = r.id + ':' + r.status;
+                   return li;
+                 }}));
+               }});
                window.snap.start();
                window.live = new m.Rowcast({{ url, topics: ['bookings'], transports: ['poll'], pollInterval: 100 }});
                window.live.on('*', (e) => window.got.push(e.pos));
@@ -247,6 +259,14 @@ async fn polling_only_clients_on_another_origin_kept_from_a_first_screen_or_a_sn
         .await
         .unwrap()
         .get(0);
+    let rendered = "[...document.querySelectorAll('#rows li')].map((li) => li.textContent).join(',')";
+    assert!(
+        browser
+            .wait_for(&format!("{rendered} === '{expected}'"), WAIT)
+            .await,
+        "the page shows {} and the table holds {expected}",
+        browser.eval(rendered).await
+    );
     for client in ["kept", "snap"] {
         let shown = format!(
             "[...window.{client}.rows.get('bookings').values()].sort((a, b) => a.id - b.id)
