@@ -849,52 +849,39 @@ begin
 end
 $$;
 
--- rowcast.sequence_step(), returning what it sequenced: one row per event in position
--- order, the first `changes_limit` of them (the columns the service reads the log with,
--- the row as text, `ts` in UTC), then one row whose `pos` is null with the step's `sequenced`
--- and `in_progress`. It returns captured rows: only the service role may execute it.
-do $$
-begin
-    -- Its columns grew (kept, left_key): the older definition must go first.
-    if exists (select from pg_catalog.pg_proc p
-               where p.oid = pg_catalog.to_regprocedure('rowcast.sequence_step_changes(integer, integer)')
-                 and not 'kept' = any (p.proargnames)) then
-        drop function rowcast.sequence_step_changes(integer, integer);
-    end if;
-end
-$$;
-create or replace function rowcast.sequence_step_changes(batch_limit integer, changes_limit integer)
-returns table (pos bigint, table_name text, op text, topics text[], ts text, data text,
-               old text, mapping_id int, kept int, left_key text, sequenced bigint, in_progress boolean)
+-- Retired: the service read a batch's changes inside the batch's transaction, so a
+-- replica that stopped reading its result kept the counter row locked. It reads them
+-- after the batch has committed now (docs/architecture.md, "Sequencing").
+drop function if exists rowcast.sequence_step_changes(integer, integer);
+
+-- Whether committed events wait for a position: `waiting` when any event visible now is
+-- not covered by the sequencer's snapshot (or a pass is unfinished), the capture time of
+-- the oldest such event, and the last position handed out. The service samples it to
+-- tell a stalled sequencer from an idle one (readiness, metrics, taking over from a
+-- frozen sequencing replica). Reads only: it takes no lock.
+create or replace function rowcast.unsequenced(out waiting boolean, out oldest timestamptz, out last_pos bigint)
 language plpgsql
+stable
 security definer
 set search_path = pg_catalog, pg_temp
-set jit = off
 as $$
-#variable_conflict use_column
 declare
-    step record;
-    upto bigint;
+    st  rowcast.sequencer;
+    cur pg_snapshot := pg_current_snapshot();
 begin
-    select s.sequenced, s.in_progress into step from rowcast.sequence_step(batch_limit) s;
-    if step.sequenced > 0 and changes_limit > 0 then
-        select q.last_pos into upto from rowcast.sequencer q where q.singleton;
-        return query
-            select l.pos, coalesce(r.table_name, ''), e.op, l.topics,
-                   to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                   case when r.id is not null or e.op = 'PUBLISH' then e.data::text end,
-                   case when r.id is not null or e.op = 'PUBLISH' then e.old::text end,
-                   r.mapping_id, l.kept::int, rowcast.left_key(r, l.kept, e.data, e.old),
-                   null::bigint, null::boolean
-            from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id
-            left join rowcast.routings r on r.id = l.routing_id
-            where l.pos > upto - step.sequenced and l.pos <= upto
-            order by l.pos
-            limit changes_limit;
-    end if;
-    return query
-        select null::bigint, null::text, null::text, null::text[], null::text, null::text,
-               null::text, null::int, null::int, null::text, step.sequenced, step.in_progress;
+    select * into st from rowcast.sequencer s where s.singleton;
+    last_pos := st.last_pos;
+    select min(x.ts) into oldest from (
+        select e.ts from rowcast.events e
+        where e.txid >= pg_snapshot_xmax(st.snap)
+          and e.txid < pg_snapshot_xmax(cur)
+          and pg_visible_in_snapshot(e.txid, cur)
+        union all
+        select e.ts from rowcast.events e
+        where e.txid = any (array(select pg_snapshot_xip(st.snap)))
+          and pg_visible_in_snapshot(e.txid, cur)
+    ) x;
+    waiting := oldest is not null or st.pass_snap is not null;
 end
 $$;
 
@@ -2556,7 +2543,7 @@ begin
     execute format('grant select on rowcast.events, rowcast.log, rowcast.sequencer, rowcast.watched, '
                    'rowcast.schema_history, rowcast.functions, rowcast.mappings, rowcast.routings, rowcast.domain_fields to %s', role);
     execute format('grant execute on function rowcast.sequence(integer), '
-                   'rowcast.sequence_step(integer), rowcast.sequence_step_changes(integer, integer), '
+                   'rowcast.sequence_step(integer), rowcast.unsequenced(), '
                    'rowcast.rearm(), rowcast.prune(bigint, interval, integer), '
                    'rowcast.mapping_error(regclass, text, jsonb, text[]) to %s', role);
 end
@@ -2594,5 +2581,28 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.plain_type(oid),
     rowcast.publish(text, text, jsonb) to public;
 
-insert into rowcast.functions (checksum) values ('7ca377527c43c09c') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+-- Roles given grant_service() or grant_admin() before get what the current definitions
+-- need (functions added or replaced since), on every `rowcast migrate`: a service role
+-- is one that may execute rowcast.sequence_step(), a tenant admin one that may execute
+-- rowcast.unwatch(regclass).
+do $$
+declare
+    r record;
+begin
+    for r in select distinct a.grantee::regrole as role, f.kind
+             from (values ('rowcast.sequence_step(integer)'::regprocedure, 'service'),
+                          ('rowcast.unwatch(regclass)'::regprocedure, 'admin')) as f(fn, kind)
+             join pg_catalog.pg_proc p on p.oid = f.fn
+             cross join lateral pg_catalog.aclexplode(p.proacl) a
+             where a.privilege_type = 'EXECUTE' and a.grantee <> 0 and a.grantee <> p.proowner loop
+        if r.kind = 'service' then
+            perform rowcast.grant_service(r.role);
+        else
+            perform rowcast.grant_admin(r.role);
+        end if;
+    end loop;
+end
+$$;
+
+insert into rowcast.functions (checksum) values ('f36569d068b8176a') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

@@ -202,6 +202,10 @@ pub struct Status {
     /// Committed events that the sequencer has not given a position yet (committed since
     /// its last batch).
     pub unsequenced: i64,
+    /// Seconds since the oldest of them was captured (0 when none waits). Growing while
+    /// `head` stays put: sequencing has stalled (`/readyz` says so past
+    /// `sequencer.stall_limit`).
+    pub oldest_unsequenced_seconds: f64,
     /// Events retained in the log.
     pub retained: i64,
     /// Fraction of the NOTIFY queue in use.
@@ -252,7 +256,9 @@ pub async fn status(client: &Client) -> Result<Status, AdminError> {
                     (select count(*) from rowcast.log), \
                     pg_notification_queue_usage(), \
                     (select count(*) from pg_stat_activity \
-                      where datname = current_database() and application_name = 'rowcast') \
+                      where datname = current_database() and application_name = 'rowcast'), \
+                    (select coalesce(extract(epoch from clock_timestamp() - u.oldest)::float8, 0) \
+                      from rowcast.unsequenced() u) \
              from rowcast.sequencer s",
             &[],
         )
@@ -265,6 +271,7 @@ pub async fn status(client: &Client) -> Result<Status, AdminError> {
         retained: row.get(2),
         notify_queue_usage: row.get(3),
         service_connections: row.get(4),
+        oldest_unsequenced_seconds: row.get(5),
     })
 }
 

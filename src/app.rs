@@ -135,6 +135,7 @@ impl Application {
             sessions: TaskTracker::new(),
             db_stats: Arc::default(),
             ready_max_lag: config.ready_max_lag,
+            stall_limit: config.sequencer.stall_limit,
             auth,
             limits: Arc::new(config.limits.clone()),
             connections: Arc::default(),
@@ -175,7 +176,7 @@ impl Application {
             config,
         } = self;
         let tasks = TaskTracker::new();
-        let (feed, offers) = tail::feed(&config.tail);
+        let (feed, offers) = tail::feed(&config.tail, ctx.hub.clone());
         tasks.spawn(sequencer::run(
             pg.clone(),
             config.sequencer.clone(),
@@ -195,7 +196,7 @@ impl Application {
         }
         tasks.spawn(health::monitor(
             ctx.clone(),
-            Duration::from_secs(5),
+            Duration::from_secs(1),
             ctx.shutdown.clone(),
         ));
         tasks.spawn(prune::run(

@@ -450,6 +450,15 @@ fn print_status(status: &admin::Status) {
     println!("schema version   {}", status.schema_version);
     println!("head position    {}", status.head);
     println!("unsequenced      {}", status.unsequenced);
+    println!(
+        "oldest waiting   {:.1}s{}",
+        status.oldest_unsequenced_seconds,
+        if status.unsequenced > 0 && status.oldest_unsequenced_seconds > 5.0 {
+            "  (events wait for positions: is a rowcast replica running and sequencing?)"
+        } else {
+            ""
+        }
+    );
     println!("retained events  {}", status.retained);
     println!("notify queue     {:.4}%", status.notify_queue_usage * 100.0);
     println!("service conns    {}", status.service_connections);

@@ -34,8 +34,14 @@ pub(crate) const HEAD: &str = "rowcast_head_position";
 pub(crate) const SEQUENCED: &str = "rowcast_sequenced_position";
 /// Positions sequenced but not yet published by this replica.
 pub(crate) const LAG: &str = "rowcast_listener_lag_events";
-/// Captured events that have no position yet.
-pub(crate) const UNSEQUENCED: &str = "rowcast_unsequenced_events";
+/// Seconds since the oldest committed event still without a position was captured.
+pub(crate) const OLDEST_UNSEQUENCED: &str = "rowcast_oldest_unsequenced_event_seconds";
+/// Seconds committed events have waited with no position handed out (0: not stalled).
+pub(crate) const SEQUENCING_STALLED: &str = "rowcast_sequencing_stalled_seconds";
+/// 1 while this replica's sequencer is the one sequencing, 0 while it stands by.
+pub(crate) const SEQUENCER_LEADING: &str = "rowcast_sequencer_leading";
+/// Takeovers from a sequencing replica that handed out no position for too long.
+pub(crate) const SEQUENCER_TAKEOVERS: &str = "rowcast_sequencer_takeovers_total";
 /// Changes of tables with a domain delivered as generic `row.*` events because their row
 /// could not be read through the mapping.
 pub(crate) const ROWS_UNMAPPED: &str = "rowcast_rows_unmapped_total";
@@ -114,6 +120,7 @@ fn start_at_zero() {
         EVENTS_PUBLISHED,
         DELIVERIES,
         ROWS_UNMAPPED,
+        SEQUENCER_TAKEOVERS,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -122,7 +129,9 @@ fn start_at_zero() {
         HEAD,
         SEQUENCED,
         LAG,
-        UNSEQUENCED,
+        OLDEST_UNSEQUENCED,
+        SEQUENCING_STALLED,
+        SEQUENCER_LEADING,
         REGISTRATION_PROBLEMS,
         NOTIFY_QUEUE,
     ] {
@@ -170,8 +179,22 @@ fn describe() {
         "Positions sequenced but not yet published by this replica"
     );
     describe_gauge!(
-        UNSEQUENCED,
-        "Captured events without a position yet (estimate)"
+        OLDEST_UNSEQUENCED,
+        Unit::Seconds,
+        "Age (from capture) of the oldest committed event still without a position"
+    );
+    describe_gauge!(
+        SEQUENCING_STALLED,
+        Unit::Seconds,
+        "How long committed events have waited with no position handed out (0 when not stalled)"
+    );
+    describe_gauge!(
+        SEQUENCER_LEADING,
+        "1 while this replica's sequencer sequences, 0 while it stands by"
+    );
+    describe_counter!(
+        SEQUENCER_TAKEOVERS,
+        "Takeovers from a sequencing replica that handed out no position for sequencer.takeover_after"
     );
     describe_gauge!(
         REGISTRATION_PROBLEMS,

@@ -259,7 +259,8 @@ async fn polling_only_clients_on_another_origin_kept_from_a_first_screen_or_a_sn
         .await
         .unwrap()
         .get(0);
-    let rendered = "[...document.querySelectorAll('#rows li')].map((li) => li.textContent).join(',')";
+    let rendered =
+        "[...document.querySelectorAll('#rows li')].map((li) => li.textContent).join(',')";
     assert!(
         browser
             .wait_for(&format!("{rendered} === '{expected}'"), WAIT)

@@ -412,6 +412,132 @@ async fn three_instances_keep_positions_gap_free_when_one_dies_or_its_sequencer_
     drop((b, c));
 }
 
+async fn last_pos(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one("select last_pos from rowcast.sequencer", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_sequencing_replica_with_large_rows_in_flight_is_replaced_within_the_bound() {
+    let db = TestDb::demo().await;
+    // Rows of about 20 kB that do not compress: the sequencing replica's reads are large.
+    db.client()
+        .await
+        .batch_execute(
+            "create function public.noise(n int) returns text language sql volatile
+                 as $$ select string_agg(md5(random()::text), '') from generate_series(1, n) $$;
+             alter table bookings add column notes text default public.noise(600);",
+        )
+        .await
+        .unwrap();
+    let env = [("ROWCAST_SEQUENCER__TAKEOVER_AFTER", "2s")];
+    let a = ServiceProcess::start_with_env(&db.url, None, &env).await;
+    wait_until("the first replica sequences", async || {
+        a.metric("rowcast_sequencer_leading").await == 1.0
+    })
+    .await;
+    let b = ServiceProcess::start_with_env(&db.url, None, &env).await;
+    assert_eq!(b.metric("rowcast_sequencer_leading").await, 0.0);
+    let on_b = Follower::start(Arc::new(Mutex::new(vec![b.addr])));
+    let writer = Writer::start(&db.url, Duration::from_millis(10));
+    on_b.sees_more(100).await;
+
+    // Frozen mid-stream: whatever it had in flight completes in PostgreSQL or rolls back;
+    // after that no position comes until the other replica takes over.
+    a.signal("STOP");
+    let stopped = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frozen_at = last_pos(&db).await;
+    writes(&writer, 20).await;
+    let resumed = eventually(Duration::from_secs(15), async || {
+        last_pos(&db).await > frozen_at
+    })
+    .await;
+    let took = stopped.elapsed();
+    assert!(resumed, "no position handed out after the freeze");
+    // takeover_after (2 s) + standby_check (0.5 s) + a sample and a batch.
+    assert!(
+        took < Duration::from_millis(3500),
+        "positions resumed after {took:?}"
+    );
+    assert_eq!(b.metric("rowcast_sequencer_leading").await, 1.0);
+    assert!(b.metric("rowcast_sequencer_takeovers_total").await >= 1.0);
+    on_b.sees_more(50).await;
+
+    // The frozen replica wakes up to a closed session and stands by.
+    a.signal("CONT");
+    writes(&writer, 50).await;
+    let written = committed(&db, writer).await;
+    assert_eq!(sequenced_count(&db).await, written);
+    assert_eq!(db.positions().await, (1..=written).collect::<Vec<_>>());
+    on_b.expect_exactly(written).await;
+    // A client resuming on the replica that was frozen gets every row once, in order.
+    let on_a = Follower::start(Arc::new(Mutex::new(vec![a.addr])));
+    on_a.expect_exactly(written).await;
+    assert_eq!(a.metric("rowcast_sequencer_leading").await, 0.0);
+    assert!(
+        a.log().contains("standing by"),
+        "the woken replica stands by:\n{}",
+        a.log()
+    );
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_no_replica_can_sequence_and_recovers_after() {
+    let db = TestDb::demo().await;
+    let service =
+        ServiceProcess::start_with_env(&db.url, None, &[("ROWCAST_SEQUENCER__STALL_LIMIT", "1s")])
+            .await;
+    let ready = async || {
+        let response = reqwest::get(format!("http://{}/readyz", service.addr))
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200);
+    // A session holds the counter row: no replica can hand out a position.
+    let holder = connect(&db.url).await;
+    holder
+        .batch_execute("begin; select * from rowcast.sequencer for update")
+        .await
+        .unwrap();
+    let writer = db.client().await;
+    writer
+        .query_one(NEW_BOOKING, &[&1i64, &2i64])
+        .await
+        .unwrap();
+    wait_until("/readyz fails", async || ready().await.0 == 503).await;
+    let (_, body) = ready().await;
+    assert!(body.contains("sequencing has stalled"), "{body}");
+    let (status, stats) = crate::support::sse::get_json(service.addr, "/api/stats").await;
+    assert_eq!(status, 200);
+    assert!(stats["stalled_seconds"].as_f64().unwrap() > 1.0, "{stats}");
+    assert!(
+        stats["oldest_unsequenced_seconds"].as_f64().unwrap() > 1.0,
+        "{stats}"
+    );
+    assert!(service.metric("rowcast_sequencing_stalled_seconds").await > 0.0);
+    // Released: positions come, and readiness with them.
+    holder.batch_execute("commit").await.unwrap();
+    wait_until("/readyz recovers", async || ready().await.0 == 200).await;
+    db.wait_sequenced(1).await;
+    wait_until("the recovery is logged", async || {
+        service.log().contains("sequencing goes on again")
+    })
+    .await;
+    let log = service.log();
+    assert_eq!(
+        log.matches("sequencing has stalled").count(),
+        1,
+        "one line when it trips:\n{log}"
+    );
+}
+
 /// Minutes of random faults against a sequence checker: run it with
 /// `SOAK_SECONDS=600 cargo test --release --test main soak -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -315,63 +315,7 @@ fn owned(topics: &[&str]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn the_service_batch_returns_what_it_sequenced_in_order_then_its_summary() {
-    let db = TestDb::demo().await;
-    let client = db.client().await;
-    for _ in 0..3 {
-        client.query_one(NEW_BOOKING, &[]).await.unwrap();
-    }
-    let step = |changes_limit: i32| {
-        let client = &client;
-        async move {
-            client
-                .query(
-                    "select pos, op, topics, data::jsonb ->> 'client_id', sequenced \
-                     from rowcast.sequence_step_changes(10, $1)",
-                    &[&changes_limit],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| {
-                    let pos: Option<i64> = row.get(0);
-                    let op: Option<String> = row.get(1);
-                    let topics: Option<Vec<String>> = row.get(2);
-                    let client_id: Option<String> = row.get(3);
-                    let sequenced: Option<i64> = row.get(4);
-                    (pos, op, topics.map(|t| t.len()), client_id, sequenced)
-                })
-                .collect::<Vec<_>>()
-        }
-    };
-    let change = |pos: i64| {
-        (
-            Some(pos),
-            Some("INSERT".to_string()),
-            Some(4),
-            Some("7".to_string()),
-            None,
-        )
-    };
-    // (`in_progress` depends on every transaction of the cluster, so it is not checked.)
-    let summary = |sequenced: i64| (None, None, None, None, Some(sequenced));
-    // Three sequenced, the first two returned (the service asks for at most its tailer's
-    // batch); the summary row comes last.
-    assert_eq!(step(2).await, vec![change(1), change(2), summary(3)]);
-    assert_eq!(step(2).await, vec![summary(0)]);
-    client.query_one(NEW_BOOKING, &[]).await.unwrap();
-    // Without a local tailer nothing is returned but the summary.
-    assert_eq!(step(0).await, vec![summary(1)]);
-    let head: i64 = client
-        .query_one("select last_pos from rowcast.sequencer", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(head, 4);
-}
-
-#[tokio::test]
-async fn only_the_service_role_may_run_the_batch_that_returns_captured_rows() {
+async fn only_the_service_role_may_sequence_or_see_what_waits_for_positions() {
     let db = TestDb::demo().await;
     let admin = db.client().await;
     let role = format!("{}_nosvc", db.name);
@@ -384,14 +328,20 @@ async fn only_the_service_role_may_run_the_batch_that_returns_captured_rows() {
         .unwrap();
     admin.query_one(NEW_BOOKING, &[]).await.unwrap();
     let other = connect(&format!("{} user={role}", db.url)).await;
-    let err = other
-        .query("select * from rowcast.sequence_step_changes(10, 10)", &[])
-        .await
-        .expect_err("a role without the service grant must not get captured rows");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
-    );
+    for sql in [
+        "select * from rowcast.sequence_step(10)",
+        "select * from rowcast.unsequenced()",
+    ] {
+        let err = other
+            .query(sql, &[])
+            .await
+            .expect_err("a role without the service grant may not sequence");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}"
+        );
+    }
     drop(other);
     admin
         .batch_execute(&format!("drop owned by {role}; drop role {role}"))

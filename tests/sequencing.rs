@@ -185,7 +185,7 @@ async fn the_tailer_publishes_handed_off_changes_that_follow_its_head_and_not_af
         poll_interval: Duration::from_secs(600),
         ..TailConfig::default()
     };
-    let (feed, offers) = tail::feed(&config);
+    let (feed, offers) = tail::feed(&config, hub.clone());
     let shutdown = CancellationToken::new();
     let tailer = tokio::spawn(tail::run(
         rowcast::db::pg_config(&db.url).unwrap(),

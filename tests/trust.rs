@@ -127,7 +127,18 @@ async fn a_user_types_cast_to_json_runs_with_the_writers_rights_never_rowcasts()
     // The service's side (sequencing, reading the log) never ran it.
     let calls = proof.len();
     installer
-        .query("select * from rowcast.sequence_step_changes(10, 10)", &[])
+        .query("select * from rowcast.sequence_step(10)", &[])
+        .await
+        .unwrap();
+    // What the service reads of the log after a batch.
+    installer
+        .query(
+            "select l.pos, l.topics, e.data::text, e.old::text,
+                    rowcast.left_key(r, l.kept, e.data, e.old)
+             from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id
+             left join rowcast.routings r on r.id = l.routing_id",
+            &[],
+        )
         .await
         .unwrap();
     let after: i64 = installer
@@ -179,7 +190,8 @@ async fn a_tenant_admin_reads_and_changes_nothing_of_another_tenant() {
          values ('b_notes', 'x', '{}', '{body}', '{user}')",
         "insert into rowcast.mappings (relid, kind, fields) values ('b_notes'::regclass, 'booking', '{}')",
         "select rowcast.sequence()",
-        "select * from rowcast.sequence_step_changes(10, 10)",
+        "select * from rowcast.sequence_step(10)",
+        "select * from rowcast.unsequenced()",
         "select rowcast.prune(0, '0s', 10)",
     ] {
         let message = denied(as_a.execute(sql, &[]).await, sql);

@@ -193,7 +193,7 @@ async fn an_event_whose_writer_saw_the_flag_set_is_sequenced_long_before_the_fal
             .query_one(
                 "select exists (select from pg_stat_activity \
                  where datname = current_database() and pid <> pg_backend_pid() \
-                   and query like '%sequence_step_changes%' and state = 'idle' \
+                   and query like '%sequence_step(%' and state = 'idle' \
                    and query_start > $1::timestamptz)",
                 &[&cleared],
             )

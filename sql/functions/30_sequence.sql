@@ -116,52 +116,39 @@ begin
 end
 $$;
 
--- rowcast.sequence_step(), returning what it sequenced: one row per event in position
--- order, the first `changes_limit` of them (the columns the service reads the log with,
--- the row as text, `ts` in UTC), then one row whose `pos` is null with the step's `sequenced`
--- and `in_progress`. It returns captured rows: only the service role may execute it.
-do $$
-begin
-    -- Its columns grew (kept, left_key): the older definition must go first.
-    if exists (select from pg_catalog.pg_proc p
-               where p.oid = pg_catalog.to_regprocedure('rowcast.sequence_step_changes(integer, integer)')
-                 and not 'kept' = any (p.proargnames)) then
-        drop function rowcast.sequence_step_changes(integer, integer);
-    end if;
-end
-$$;
-create or replace function rowcast.sequence_step_changes(batch_limit integer, changes_limit integer)
-returns table (pos bigint, table_name text, op text, topics text[], ts text, data text,
-               old text, mapping_id int, kept int, left_key text, sequenced bigint, in_progress boolean)
+-- Retired: the service read a batch's changes inside the batch's transaction, so a
+-- replica that stopped reading its result kept the counter row locked. It reads them
+-- after the batch has committed now (docs/architecture.md, "Sequencing").
+drop function if exists rowcast.sequence_step_changes(integer, integer);
+
+-- Whether committed events wait for a position: `waiting` when any event visible now is
+-- not covered by the sequencer's snapshot (or a pass is unfinished), the capture time of
+-- the oldest such event, and the last position handed out. The service samples it to
+-- tell a stalled sequencer from an idle one (readiness, metrics, taking over from a
+-- frozen sequencing replica). Reads only: it takes no lock.
+create or replace function rowcast.unsequenced(out waiting boolean, out oldest timestamptz, out last_pos bigint)
 language plpgsql
+stable
 security definer
 set search_path = pg_catalog, pg_temp
-set jit = off
 as $$
-#variable_conflict use_column
 declare
-    step record;
-    upto bigint;
+    st  rowcast.sequencer;
+    cur pg_snapshot := pg_current_snapshot();
 begin
-    select s.sequenced, s.in_progress into step from rowcast.sequence_step(batch_limit) s;
-    if step.sequenced > 0 and changes_limit > 0 then
-        select q.last_pos into upto from rowcast.sequencer q where q.singleton;
-        return query
-            select l.pos, coalesce(r.table_name, ''), e.op, l.topics,
-                   to_char(e.ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
-                   case when r.id is not null or e.op = 'PUBLISH' then e.data::text end,
-                   case when r.id is not null or e.op = 'PUBLISH' then e.old::text end,
-                   r.mapping_id, l.kept::int, rowcast.left_key(r, l.kept, e.data, e.old),
-                   null::bigint, null::boolean
-            from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id
-            left join rowcast.routings r on r.id = l.routing_id
-            where l.pos > upto - step.sequenced and l.pos <= upto
-            order by l.pos
-            limit changes_limit;
-    end if;
-    return query
-        select null::bigint, null::text, null::text, null::text[], null::text, null::text,
-               null::text, null::int, null::int, null::text, step.sequenced, step.in_progress;
+    select * into st from rowcast.sequencer s where s.singleton;
+    last_pos := st.last_pos;
+    select min(x.ts) into oldest from (
+        select e.ts from rowcast.events e
+        where e.txid >= pg_snapshot_xmax(st.snap)
+          and e.txid < pg_snapshot_xmax(cur)
+          and pg_visible_in_snapshot(e.txid, cur)
+        union all
+        select e.ts from rowcast.events e
+        where e.txid = any (array(select pg_snapshot_xip(st.snap)))
+          and pg_visible_in_snapshot(e.txid, cur)
+    ) x;
+    waiting := oldest is not null or st.pass_snap is not null;
 end
 $$;
 

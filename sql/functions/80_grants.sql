@@ -15,7 +15,7 @@ begin
     execute format('grant select on rowcast.events, rowcast.log, rowcast.sequencer, rowcast.watched, '
                    'rowcast.schema_history, rowcast.functions, rowcast.mappings, rowcast.routings, rowcast.domain_fields to %s', role);
     execute format('grant execute on function rowcast.sequence(integer), '
-                   'rowcast.sequence_step(integer), rowcast.sequence_step_changes(integer, integer), '
+                   'rowcast.sequence_step(integer), rowcast.unsequenced(), '
                    'rowcast.rearm(), rowcast.prune(bigint, interval, integer), '
                    'rowcast.mapping_error(regclass, text, jsonb, text[]) to %s', role);
 end
@@ -52,3 +52,26 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.snapshot_sources(text[]), rowcast.snapshot_rows(text[], integer, text[], integer),
     rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.plain_type(oid),
     rowcast.publish(text, text, jsonb) to public;
+
+-- Roles given grant_service() or grant_admin() before get what the current definitions
+-- need (functions added or replaced since), on every `rowcast migrate`: a service role
+-- is one that may execute rowcast.sequence_step(), a tenant admin one that may execute
+-- rowcast.unwatch(regclass).
+do $$
+declare
+    r record;
+begin
+    for r in select distinct a.grantee::regrole as role, f.kind
+             from (values ('rowcast.sequence_step(integer)'::regprocedure, 'service'),
+                          ('rowcast.unwatch(regclass)'::regprocedure, 'admin')) as f(fn, kind)
+             join pg_catalog.pg_proc p on p.oid = f.fn
+             cross join lateral pg_catalog.aclexplode(p.proacl) a
+             where a.privilege_type = 'EXECUTE' and a.grantee <> 0 and a.grantee <> p.proowner loop
+        if r.kind = 'service' then
+            perform rowcast.grant_service(r.role);
+        else
+            perform rowcast.grant_admin(r.role);
+        end if;
+    end loop;
+end
+$$;

@@ -1,19 +1,27 @@
 //! The sequencer: gives committed events their gap-free positions.
 //!
-//! Every replica runs one, on a dedicated connection. It waits for the capture trigger's
-//! wake-up (`rowcast_wake`), a short re-check timer or the fallback timer (`poll` tables
-//! send no wake-up), then runs batches of `rowcast.sequence_step_changes()` until one
-//! comes back short, and offers what each sequenced to this replica's tailer. The counter
-//! row's lock, taken per batch with `skip locked`, is the leadership; the wake-up flag
-//! (`rowcast.rearm()`) keeps writers from sending a NOTIFY each. docs/architecture.md
-//! ("Sequencing", "The wake-up") has the reasoning and the latency bound.
+//! Every replica runs one, on a dedicated connection, and one at a time sequences: the
+//! one holding a session advisory lock (the leader). The others stand by, checking every
+//! `standby_check` whether the lock is free, and whether committed events have waited
+//! with no position handed out ([`stall`]) for `takeover_after`: then the leader is frozen
+//! or its link silent, and they end its backend (which frees the lock) and take over. The
+//! leader waits for the capture trigger's wake-up (`rowcast_wake`), a short re-check timer
+//! or the fallback timer (`poll` tables send no wake-up), runs batches of
+//! `rowcast.sequence_step()` until one comes back short, and, once a batch has committed,
+//! reads what it sequenced and offers it to this replica's tailer. The counter row's lock,
+//! taken per batch with `skip locked`, is what keeps two sequencers from handing out a
+//! position twice; a batch holds it only while it runs, never while a result is sent, so a
+//! replica that stops reading cannot hold it. The wake-up flag (`rowcast.rearm()`) keeps
+//! writers from sending a NOTIFY each. docs/architecture.md ("Sequencing", "The wake-up")
+//! has the reasoning and the bounds.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::TryFutureExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::log::{self, Changes};
+use crate::capture::stall::{self, StallWatch};
 use crate::capture::tail::Feed;
 use crate::db::{self, DbError, Listener};
 
@@ -38,10 +46,21 @@ pub struct SequencerConfig {
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Duration,
     /// PostgreSQL ends a sequencer session that stays idle inside a transaction this
-    /// long (`idle_in_transaction_session_timeout`), so a sequencer whose link went
-    /// silent mid-batch cannot hold the counter row: another replica takes over.
+    /// long (`idle_in_transaction_session_timeout`), so a session that took the counter
+    /// row by hand and went silent cannot hold it.
     #[serde(with = "humantime_serde")]
     pub(crate) abandon_after: Duration,
+    /// How often a standing-by sequencer checks whether it should sequence.
+    #[serde(with = "humantime_serde")]
+    pub(crate) standby_check: Duration,
+    /// How long committed events may wait with no position handed out before a
+    /// standing-by replica ends the leader's session and takes over.
+    #[serde(with = "humantime_serde")]
+    pub takeover_after: Duration,
+    /// How long committed events may wait with no position handed out before `/readyz`
+    /// fails (no replica sequences).
+    #[serde(with = "humantime_serde")]
+    pub stall_limit: Duration,
 }
 
 impl Default for SequencerConfig {
@@ -53,6 +72,9 @@ impl Default for SequencerConfig {
             batch_limit: 10_000,
             statement_timeout: Duration::from_secs(30),
             abandon_after: Duration::from_secs(10),
+            standby_check: Duration::from_millis(500),
+            takeover_after: Duration::from_secs(2),
+            stall_limit: Duration::from_secs(5),
         }
     }
 }
@@ -84,6 +106,15 @@ pub(crate) async fn run(
     }
 }
 
+/// The session advisory lock whose holder sequences.
+const LEADER_LOCK: i64 = 0x726f_7763_6173_7402;
+
+/// Ends the backend holding [`LEADER_LOCK`] in this database (not the caller's own).
+const END_LEADER_SQL: &str = "select pg_terminate_backend(l.pid) from pg_locks l \
+     where l.locktype = 'advisory' and l.granted and l.pid <> pg_backend_pid() \
+       and l.database = (select oid from pg_database where datname = current_database()) \
+       and ((l.classid::int8 << 32) | l.objid::int8) = $1 and l.objsubid = 1";
+
 /// One connection's life: returns `Ok` on shutdown, `Err` when the connection fails.
 async fn session(
     pg: &tokio_postgres::Config,
@@ -92,8 +123,7 @@ async fn session(
     shutdown: &CancellationToken,
     backoff: &mut backon::ExponentialBackoff,
 ) -> Result<(), DbError> {
-    let listener = Listener::connect(pg, &["rowcast_wake"]).await?;
-    // A backend whose client vanished mid-batch must not keep the counter row locked.
+    let listener = Listener::connect(pg, &[]).await?;
     listener
         .client
         .batch_execute(&format!(
@@ -102,42 +132,126 @@ async fn session(
             config.statement_timeout.as_millis()
         ))
         .await?;
+    *backoff = db::reconnect_backoff();
+    ::metrics::gauge!(crate::metrics::SEQUENCER_LEADING).set(0.0);
+    tracing::info!("sequencer connected");
+    if !stand_by(&listener, config, shutdown).await? {
+        return Ok(());
+    }
+    ::metrics::gauge!(crate::metrics::SEQUENCER_LEADING).set(1.0);
+    tracing::info!("sequencing: this replica hands out positions");
+    let result = lead(&listener, config, feed, shutdown).await;
+    ::metrics::gauge!(crate::metrics::SEQUENCER_LEADING).set(0.0);
+    result
+}
+
+/// Stands by until this connection holds [`LEADER_LOCK`] (true) or shutdown (false):
+/// tries the lock every `standby_check`, and ends the holder's session when committed
+/// events have waited `takeover_after` with no position handed out.
+async fn stand_by(
+    listener: &Listener,
+    config: &SequencerConfig,
+    shutdown: &CancellationToken,
+) -> Result<bool, DbError> {
+    let try_lock = listener
+        .client
+        .prepare("select pg_try_advisory_lock($1)")
+        .await?;
+    let watch = StallWatch::default();
+    let mut announced = false;
+    loop {
+        let led: bool = db::with_timeout(
+            config.statement_timeout,
+            listener.client.query_one(&try_lock, &[&LEADER_LOCK]),
+        )
+        .await?
+        .get(0);
+        if led {
+            return Ok(true);
+        }
+        if !announced {
+            tracing::info!("standing by: another replica sequences");
+            announced = true;
+        }
+        let sample =
+            db::with_timeout(config.statement_timeout, stall::sample(&listener.client)).await?;
+        let now = Instant::now();
+        watch.observe(sample, now);
+        let stalled = watch.stalled_for(now);
+        if stalled >= config.takeover_after {
+            let ended = db::with_timeout(
+                config.statement_timeout,
+                listener.client.query(END_LEADER_SQL, &[&LEADER_LOCK]),
+            )
+            .await?;
+            metrics::counter!(crate::metrics::SEQUENCER_TAKEOVERS).increment(1);
+            tracing::warn!(
+                stalled = ?stalled,
+                ended = ended.len(),
+                "the sequencing replica handed out no position while events waited: ending its session to take over"
+            );
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.standby_check) => {}
+            _ = listener.closed() => return Err(DbError::Closed),
+            _ = shutdown.cancelled() => return Ok(false),
+        }
+    }
+}
+
+/// Sequences until shutdown (`Ok`) or the connection fails.
+async fn lead(
+    listener: &Listener,
+    config: &SequencerConfig,
+    feed: Option<&Feed>,
+    shutdown: &CancellationToken,
+) -> Result<(), DbError> {
+    // LISTEN only while leading: the writers' wake-ups go to the one sequencer.
+    listener.client.batch_execute("listen rowcast_wake").await?;
     let rearm = listener.client.prepare("select rowcast.rearm()").await?;
     let step = listener.client.prepare(BATCH_SQL).await?;
-    tracing::info!("sequencer connected");
-    *backoff = db::reconnect_backoff();
+    let read = listener.client.prepare(log::RANGE_SQL).await?;
     let mut recheck = config.recheck_min;
     let limit = config.batch_limit;
-    // How many of a batch's changes it returns: what the local tailer takes in one offer.
-    let changes_limit = feed.map_or(0, |feed| i32::try_from(feed.batch()).unwrap_or(i32::MAX));
     loop {
         // Clear the flag (committed), then sequence: one round trip, two statements each
-        // in its own transaction. With a local tailer the batch also returns what it
-        // sequenced, for the hand-off.
+        // in its own transaction. The batch's result is one small row, sent after the
+        // counter row is released; what it sequenced is read for the local tailer after.
         let round = feed.map(Feed::round);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&limit, &changes_limit];
-        let started = std::time::Instant::now();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
+        let started = Instant::now();
         let result = db::with_timeout(config.statement_timeout, async {
             tokio::try_join!(
                 listener
                     .client
                     .query_one(&rearm, &[])
                     .map_err(DbError::from),
-                listener.client.query(&step, &params).map_err(DbError::from),
+                listener
+                    .client
+                    .query_one(&step, &params)
+                    .map_err(DbError::from),
             )
         })
         .await;
-        // Failed and timed-out rounds too: they are the slow ones.
-        metrics::histogram!(crate::metrics::SEQUENCER_ROUND).record(started.elapsed());
-        let (armed, rows) = result?;
-        let Batch {
-            sequenced: n,
-            in_progress,
-            changes,
-        } = Batch::from_rows(&rows)?;
-        if let Some(round) = round {
+        let (armed, batch) = result?;
+        let n: i64 = batch.try_get(0)?;
+        let in_progress: bool = batch.try_get(1)?;
+        if let (Some(round), Some(feed)) = (round, feed) {
+            let changes = if n > 0 {
+                let after = feed.head();
+                db::with_timeout(
+                    config.statement_timeout,
+                    log::read_range(&listener.client, &read, after, i64::MAX, feed.batch()),
+                )
+                .await?
+            } else {
+                Changes::new()
+            };
             round.offer(changes);
         }
+        // Failed and timed-out rounds too: they are the slow ones.
+        metrics::histogram!(crate::metrics::SEQUENCER_ROUND).record(started.elapsed());
         let armed: bool = armed.get(0);
         if n > 0 {
             metrics::counter!(crate::metrics::EVENTS_SEQUENCED).increment(n as u64);
@@ -168,36 +282,7 @@ async fn session(
     }
 }
 
-/// One batch: `rowcast.sequence_step_changes(batch_limit, changes_limit)`, which returns
-/// the first `changes_limit` changes it sequenced (in [`log::RANGE_SQL`]'s columns),
-/// then a row whose position is null with how many it sequenced and whether its snapshot
+/// One batch: `rowcast.sequence_step(batch_limit)`, which returns how many events it
+/// sequenced (-1 when another session held the counter row) and whether its snapshot
 /// showed transactions in progress.
-const BATCH_SQL: &str = "select * from rowcast.sequence_step_changes($1, $2)";
-
-/// What one batch did.
-struct Batch {
-    /// Events sequenced, or -1 when another replica held the counter row.
-    sequenced: i64,
-    /// The batch's snapshot showed transactions in progress (or a pass is unfinished).
-    in_progress: bool,
-    /// The first changes it sequenced, in position order.
-    changes: Changes,
-}
-
-impl Batch {
-    fn from_rows(rows: &[tokio_postgres::Row]) -> Result<Batch, DbError> {
-        let (summary, changes) = rows.split_last().ok_or(DbError::Unexpected(
-            "rowcast.sequence_step_changes() returned no rows",
-        ))?;
-        if summary.try_get::<_, Option<i64>>("pos")?.is_some() {
-            return Err(DbError::Unexpected(
-                "rowcast.sequence_step_changes() did not end with its summary row",
-            ));
-        }
-        Ok(Batch {
-            sequenced: summary.try_get("sequenced")?,
-            in_progress: summary.try_get("in_progress")?,
-            changes: changes.iter().map(log::change_from_row).collect(),
-        })
-    }
-}
+const BATCH_SQL: &str = "select sequenced, in_progress from rowcast.sequence_step($1)";

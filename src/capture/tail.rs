@@ -53,6 +53,7 @@ pub struct Feed {
     batch: i64,
     offers: mpsc::Sender<Changes>,
     round: Arc<Round>,
+    hub: Arc<Hub>,
 }
 
 /// The tailer's end of the hand-off.
@@ -98,13 +99,14 @@ impl Drop for RoundGuard<'_> {
 }
 
 /// A hand-off from this replica's sequencer to its tailer.
-pub fn feed(config: &TailConfig) -> (Feed, Offers) {
+pub fn feed(config: &TailConfig, hub: Arc<Hub>) -> (Feed, Offers) {
     let (offers, received) = mpsc::channel(FEED_DEPTH);
     let round = Arc::new(Round::default());
     let feed = Feed {
         batch: config.batch,
         offers,
         round: round.clone(),
+        hub,
     };
     let offers = Offers {
         received,
@@ -129,6 +131,11 @@ impl Feed {
     /// Most changes to hand over in one offer.
     pub(crate) fn batch(&self) -> i64 {
         self.batch
+    }
+
+    /// The tailer's head: an offer is of use when it starts right after it.
+    pub(crate) fn head(&self) -> i64 {
+        self.hub.head()
     }
 
     /// Starts a round: until it ends, a tailer woken by a NOTIFY waits for this

@@ -1,14 +1,18 @@
 //! Operator endpoints: `/healthz` (the process answers), `/readyz` (PostgreSQL answers
-//! with the rowcast schema in place, the tailer is connected, and the lag is below the
-//! threshold), `/metrics` (Prometheus text) and `/api/stats` (JSON).
+//! with the rowcast schema in place, the tailer is connected, the lag is below the
+//! threshold, and sequencing has not stalled past `sequencer.stall_limit`), `/metrics`
+//! (Prometheus text) and `/api/stats` (JSON).
 //!
 //! Where they are served ([`crate::app::Application::run`]): all of them on the operator
 //! listener when `metrics_listen` is set, and then only `/healthz` on the public one;
 //! otherwise all on the public listener, the last three behind [`require_operator`]
 //! (a token with the operator role) when authentication is on.
 //!
-//! [`monitor`] samples the database side (sequenced position, NOTIFY-queue usage)
-//! on an interval, so scrapes and probes cost no query of their own but `/readyz`'s.
+//! [`monitor`] samples the database side (sequenced position, NOTIFY-queue usage, events
+//! waiting for positions) every second, so scrapes cost no query of their own; `/readyz`
+//! samples too. A stall (committed events waiting with no position handed out, see
+//! [`crate::capture::stall`]) past the limit is logged once when it starts and once when
+//! it ends.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AppContext, admission};
 use crate::capture::registry;
+use crate::capture::stall::{self, StallWatch};
 use crate::db::{self, DbError};
 use crate::hub::Hub;
 use crate::metrics;
@@ -34,6 +39,9 @@ use crate::metrics;
 pub(crate) struct DbStats {
     sequenced: AtomicI64,
     notify_queue_bits: AtomicU64,
+    stall: StallWatch,
+    /// Whether the last check found sequencing stalled past the limit.
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 impl DbStats {
@@ -47,11 +55,43 @@ impl DbStats {
         f64::from_bits(self.notify_queue_bits.load(Ordering::Relaxed))
     }
 
-    fn record(&self, sequenced: i64, notify_queue: f64) {
-        self.sequenced.store(sequenced, Ordering::Relaxed);
-        self.notify_queue_bits
-            .store(notify_queue.to_bits(), Ordering::Relaxed);
+    /// How long committed events have waited with no position handed out.
+    pub(crate) fn stalled_for(&self) -> Duration {
+        self.stall.stalled_for(std::time::Instant::now())
     }
+
+    fn record(&self, sampled: &Sampled) {
+        self.sequenced
+            .store(sampled.waiting.last_pos, Ordering::Relaxed);
+        self.notify_queue_bits
+            .store(sampled.notify_queue.to_bits(), Ordering::Relaxed);
+        self.stall
+            .observe(sampled.waiting, std::time::Instant::now());
+    }
+
+    /// Whether sequencing has stalled past `limit`; logs when that starts and ends.
+    fn check_stall(&self, limit: Duration) -> Option<Duration> {
+        let stalled = self.stalled_for();
+        let over = stalled > limit;
+        if self.stalled.swap(over, Ordering::Relaxed) != over {
+            if over {
+                tracing::error!(
+                    stalled = ?stalled,
+                    oldest_waiting_secs = self.stall.oldest_waiting(),
+                    "sequencing has stalled: committed events wait and no replica hands out positions"
+                );
+            } else {
+                tracing::info!("sequencing goes on again");
+            }
+        }
+        over.then_some(stalled)
+    }
+}
+
+/// One sample of the database side.
+struct Sampled {
+    waiting: stall::Sample,
+    notify_queue: f64,
 }
 
 /// Routes of this module: every operator endpoint, unguarded (the operator listener).
@@ -94,17 +134,18 @@ pub(crate) async fn require_operator(
     }
 }
 
-async fn sample(pool: &deadpool_postgres::Pool) -> Result<(i64, f64), DbError> {
+async fn sample(pool: &deadpool_postgres::Pool) -> Result<Sampled, DbError> {
     let client = pool.get().await?;
-    let row = db::with_timeout(
-        Duration::from_secs(2),
-        client.query_one(
-            "select last_pos, pg_notification_queue_usage() from rowcast.sequencer",
-            &[],
-        ),
-    )
-    .await?;
-    Ok((row.get(0), row.get(1)))
+    db::with_timeout(Duration::from_secs(2), async {
+        let queue = client
+            .query_one("select pg_notification_queue_usage()", &[])
+            .await?;
+        Ok::<_, DbError>(Sampled {
+            waiting: stall::sample(&client).await?,
+            notify_queue: queue.get(0),
+        })
+    })
+    .await
 }
 
 async fn check_registry(pool: &deadpool_postgres::Pool) -> Result<(), DbError> {
@@ -119,24 +160,31 @@ fn export(hub: &Hub, stats: &DbStats) {
     ::metrics::gauge!(metrics::LAG).set((stats.sequenced() - head).max(0) as f64);
     ::metrics::gauge!(metrics::NOTIFY_QUEUE).set(stats.notify_queue());
     ::metrics::gauge!(metrics::SESSIONS).set(hub.sessions() as f64);
+    ::metrics::gauge!(metrics::SEQUENCING_STALLED).set(stats.stalled_for().as_secs_f64());
+    ::metrics::gauge!(metrics::OLDEST_UNSEQUENCED).set(stats.stall.oldest_waiting());
 }
 
-/// Samples the database every `interval` until `shutdown`.
+/// Samples the database every `interval` (and checks the registrations every
+/// `REGISTRY_EVERY` samples) until `shutdown`.
 pub(crate) async fn monitor(ctx: AppContext, interval: Duration, shutdown: CancellationToken) {
-    loop {
+    const REGISTRY_EVERY: u64 = 5;
+    for round in 0u64.. {
         match sample(&ctx.pool).await {
-            Ok((sequenced, queue)) => {
-                ctx.db_stats.record(sequenced, queue);
-                if queue > 0.5 {
+            Ok(sampled) => {
+                ctx.db_stats.record(&sampled);
+                ctx.db_stats.check_stall(ctx.stall_limit);
+                if sampled.notify_queue > 0.5 {
                     tracing::warn!(
-                        usage = queue,
+                        usage = sampled.notify_queue,
                         "the NOTIFY queue is more than half full: a listener is stuck"
                     );
                 }
             }
             Err(err) => tracing::debug!(error = %err, "stats sample failed"),
         }
-        if let Err(err) = check_registry(&ctx.pool).await {
+        if round % REGISTRY_EVERY == 0
+            && let Err(err) = check_registry(&ctx.pool).await
+        {
             tracing::debug!(error = %err, "registry check failed");
         }
         export(&ctx.hub, &ctx.db_stats);
@@ -149,9 +197,9 @@ pub(crate) async fn monitor(ctx: AppContext, interval: Duration, shutdown: Cance
 
 async fn ready(State(ctx): State<AppContext>) -> (StatusCode, String) {
     let sequenced = match sample(&ctx.pool).await {
-        Ok((sequenced, queue)) => {
-            ctx.db_stats.record(sequenced, queue);
-            sequenced
+        Ok(sampled) => {
+            ctx.db_stats.record(&sampled);
+            sampled.waiting.last_pos
         }
         Err(err) if err.is_schema_missing() => {
             tracing::warn!(error = %err, "not ready: the rowcast schema is missing");
@@ -179,6 +227,15 @@ async fn ready(State(ctx): State<AppContext>) -> (StatusCode, String) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{lag} events behind the log\n"),
+        );
+    }
+    if let Some(stalled) = ctx.db_stats.check_stall(ctx.stall_limit) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "sequencing has stalled for {:.1}s: committed events wait for positions\n",
+                stalled.as_secs_f64()
+            ),
         );
     }
     (StatusCode::OK, "ready\n".into())
@@ -209,6 +266,12 @@ pub(crate) struct Stats {
     pub(crate) notify_queue_usage: f64,
     /// Whether the tailer is connected.
     pub(crate) feed_live: bool,
+    /// Seconds committed events have waited with no position handed out (sampled; 0
+    /// when sequencing goes on or nothing waits).
+    pub(crate) stalled_seconds: f64,
+    /// Seconds since the oldest committed event still without a position was captured
+    /// (sampled; 0 when none waits).
+    pub(crate) oldest_unsequenced_seconds: f64,
 }
 
 async fn stats(State(ctx): State<AppContext>) -> Json<Stats> {
@@ -222,5 +285,7 @@ async fn stats(State(ctx): State<AppContext>) -> Json<Stats> {
         lag: sequenced - head,
         notify_queue_usage: ctx.db_stats.notify_queue(),
         feed_live: ctx.hub.feed_live(),
+        stalled_seconds: ctx.db_stats.stalled_for().as_secs_f64(),
+        oldest_unsequenced_seconds: ctx.db_stats.stall.oldest_waiting(),
     })
 }

@@ -95,6 +95,8 @@ pub(crate) struct AppContext {
     pub(crate) db_stats: Arc<health::DbStats>,
     /// `/readyz` turns unready above this many undelivered events.
     pub(crate) ready_max_lag: i64,
+    /// `/readyz` fails once sequencing has stalled this long (`sequencer.stall_limit`).
+    pub(crate) stall_limit: Duration,
     /// Token verifier and policy; `None` when authentication is off.
     pub(crate) auth: Option<Arc<auth::Auth>>,
     /// Connection and request limits.
