@@ -1735,6 +1735,17 @@ begin
             using errcode = 'invalid_parameter_value';
     end if;
     snapshot := coalesce(snapshot, false);
+    -- Snapshots make the service read the table: only the DBA who installed rowcast (the
+    -- owner of schema rowcast) turns them on; a registration that has them keeps them
+    -- when the table's owner watches it again or a schema change is followed.
+    if snapshot
+       and not pg_catalog.pg_has_role(session_user, (select n.nspowner from pg_catalog.pg_namespace n
+                                                     where n.nspname = 'rowcast'), 'MEMBER')
+       and not exists (select from rowcast.routings r
+                       where r.relid = tbl and r.snapshot and r.armed_at is not null and r.disarmed_at is null) then
+        raise exception 'rowcast.watch: snapshot => true lets the service read % and is for the DBA who installed rowcast', tbl
+            using errcode = 'insufficient_privilege';
+    end if;
     if snapshot and cardinality(keys) = 0 then
         raise exception 'rowcast.watch: snapshot => true needs a primary key on % (a snapshot is read in key order, page by page)', tbl
             using errcode = 'invalid_parameter_value';
@@ -1744,8 +1755,10 @@ begin
     select coalesce(array_agg(a.attname::text order by a.attnum), '{}') into bad_names
     from pg_catalog.pg_attribute a where a.attrelid = tbl and a.attnum = any (exclude_attnums);
 
+    -- A registration in use is reused (not one disarmed by unwatch or a newer one: the
+    -- sequencer routes no event by it again).
     select r.id into routing_id from rowcast.routings r
-    where r.relid = tbl and r.armed_at is not null
+    where r.relid = tbl and r.armed_at is not null and r.disarmed_at is null
       and r.table_name = shown and r.table_topic = t_topic and r.topic = register.topic
       and r.topic_default = t_default and r.key_columns = keys and r.key_attnums = key_nums
       and r.route_columns = r_cols and r.route_attnums = r_nums and r.route_topics = r_topics
@@ -1890,17 +1903,28 @@ $$;
 
 -- sql/functions/55_snapshot.sql
 -- The first screen: the current rows behind some topics, read by the service for
--- GET /snapshot, page by page, in the caller's snapshot.
+-- GET /snapshot, page by page.
 --
 -- Re-runnable: `rowcast migrate` applies every file of sql/functions/ after the versioned
 -- migrations, each time. One current definition per object.
+--
+-- The service reads application tables here, so nothing their owners wrote may run while
+-- it does: a function in an index, a partition key or a constraint, a row-level security
+-- policy, a cast of an owner's type. The tables are locked first
+-- (rowcast.lock_for_snapshot: no DDL can change them until the read ends), then, in the
+-- next statement's snapshot, each table is checked (rowcast.snapshot_refusal) and read
+-- only if nothing of its owner's can run; an owner's enum is read through its output
+-- function, never a cast. A refused table is reported, not read.
+
+-- An earlier definition, replaced by rowcast.read_kind().
+drop function if exists rowcast.plain_type(oid);
 
 -- Where the rows of each topic come from: one source per topic and current registration
 -- watched with `snapshot => true` that publishes on it, numbered in the order of the
 -- topics (then registration, then the kind of match): the table topic (every row), a row
 -- topic (the row whose primary key it names) or a routed topic (the rows whose routing
 -- column holds its value). Columns are given by number. A registration is current while
--- its table's trigger names it under the name it was registered with.
+-- the table's capture trigger names it, under the name it was registered with.
 create or replace function rowcast.snapshot_sources(topics text[])
 returns table (source int, topic text, relid oid, table_name text, key_attnums int2[],
                exclude_attnums int2[], exclude_columns text[], filter_attnums int2[], filter_value text)
@@ -1914,6 +1938,7 @@ as $$
     join rowcast.routings r
       on r.snapshot and r.armed_at is not null and r.disarmed_at is null
      and r.table_name = rowcast.shown_name(r.relid::regclass)
+     and (rowcast.capture_args(r.relid))[1] = r.id::text
     cross join lateral (
         select 0 as kind, 0::bigint as i, '{}'::int2[] as attnums, null::text as value
         where t.topic = r.table_topic
@@ -1927,15 +1952,35 @@ as $$
     ) f
 $$;
 
+-- Locks the tables behind `topics` (rowcast.snapshot_sources) against DDL until the
+-- caller's transaction ends: share update exclusive, which writers do not wait for, but
+-- which keeps indexes, policies, rules, partitions and column types from changing while
+-- the snapshot is checked and read. The caller sets `lock_timeout`. Security definer: the
+-- service may only read the tables; it locks nothing but tables served as snapshots.
+create or replace function rowcast.lock_for_snapshot(topics text[]) returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    t oid;
+begin
+    for t in select distinct s.relid from rowcast.snapshot_sources(topics) s order by s.relid loop
+        execute format('lock table %s in share update exclusive mode', t::regclass);
+    end loop;
+end
+$$;
+
 -- Whether `value` reads as a `type`: a topic's value that does not cannot name a row.
--- Only called with built-in types and enums, whose input functions are PostgreSQL's own.
+-- The value is a literal, read by the type's input function (never a cast); only called
+-- with built-in types and enums.
 create or replace function rowcast.reads_as(value text, type regtype) returns boolean
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    execute format('select $1::%s', type) using value;
+    execute format('select %L::%s', value, type);
     return true;
 exception when data_exception then
     return false;
@@ -1958,23 +2003,52 @@ as $$
     select d.oid from d where d.base = 0
 $$;
 
--- Whether the service can read, serialise and compare a column of type `t` without
--- running code someone else wrote: a built-in type, or an enum or an array of one with
--- no cast to json (which to_jsonb would call). A composite, range or other user-defined
--- type may carry functions of its owner, which must never run with the service's rights.
-create or replace function rowcast.plain_type(t oid) returns boolean
+-- How a column of type `t` is read without running anyone's code: 'plain' for a built-in
+-- type (no one but the installer can add a cast to or from it), 'enum' for an owner's
+-- enum (read through its output function, since its owner may add casts), null for any
+-- other type (a composite, a range, an array of an owner's type), which is refused.
+create or replace function rowcast.read_kind(t oid) returns text
 language sql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select case when b.oid < 16384 then true
-                when y.typtype = 'e' then not exists (
-                    select from pg_catalog.pg_cast c
-                    where c.castsource = b.oid and c.casttarget in ('json'::regtype, 'jsonb'::regtype))
-                when y.typelem <> 0 and y.typcategory = 'A' then rowcast.plain_type(y.typelem)
-                else false end
+    select case when b.oid < 16384 then 'plain'
+                when y.typtype = 'e' then 'enum' end
     from (select rowcast.base_type(t) as oid) b
     join pg_catalog.pg_type y on y.oid = b.oid
+$$;
+
+-- Why table `tbl` cannot be read for a snapshot without running its owner's code, or null
+-- when it can: it is not a table any more, it or a partition has row-level security, or
+-- it, a partition, or one of their indexes or constraints uses a function or operator
+-- that is not PostgreSQL's own (the planner evaluates index predicates and expressions,
+-- partition keys and partitions' constraints). Read it after rowcast.lock_for_snapshot,
+-- in a later statement, so that it sees what the read will see.
+create or replace function rowcast.snapshot_refusal(tbl oid) returns text
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    with rels as (
+        select tbl as oid
+        union
+        select a.relid from pg_catalog.pg_partition_tree(tbl) a
+    ), objects as (
+        select 'pg_class'::regclass as classid, r.oid from rels r
+        union all
+        select 'pg_class'::regclass, i.indexrelid from pg_catalog.pg_index i join rels r on i.indrelid = r.oid
+        union all
+        select 'pg_constraint'::regclass, c.oid from pg_catalog.pg_constraint c join rels r on c.conrelid = r.oid
+    )
+    select case
+        when not exists (select from pg_catalog.pg_class c where c.oid = tbl and c.relkind in ('r', 'p'))
+            then 'it is no longer a table'
+        when exists (select from pg_catalog.pg_class c join rels r on r.oid = c.oid where c.relrowsecurity)
+            then 'it has row-level security, whose policies would run as the service'
+        when exists (select from pg_catalog.pg_depend d join objects o on o.classid = d.classid and o.oid = d.objid
+                     where d.refclassid in ('pg_proc'::regclass, 'pg_operator'::regclass) and d.refobjid >= 16384)
+            then 'an index, partition key or constraint uses a function or operator of its own, which the planner would run as the service'
+    end
 $$;
 
 -- One page of the current rows of `topics`: at most `page_limit` rows, from source
@@ -1982,14 +2056,14 @@ $$;
 -- text) in that source, in key order. Each row is the table's row as a capture stores it
 -- (to_jsonb in UTC, under its current column names) without its excluded columns, which
 -- are never read (by number, or by the name they were excluded under), with its source
--- and key for the next page. Runs with the caller's rights: the service role needs
--- `select` on the table (or on every column but the excluded ones), and is told the
--- grant when it lacks it. Nothing the table's owner wrote runs: a table with row-level
--- security (its policies would run as the caller) or a column of a type that may carry
--- its owner's functions is refused. Read it in the same repeatable-read transaction as
--- rowcast.head().
+-- and key for the next page. A source that cannot be read gives one row with `refused`
+-- saying why (nothing of its owner's may run: rowcast.snapshot_refusal, or a column type
+-- rowcast.read_kind refuses; or the caller may not read it), and no rows. Runs with the
+-- caller's rights: the service role needs `select` on the table (or on every column but
+-- the excluded ones). Call it after rowcast.lock_for_snapshot(), in one statement with
+-- rowcast.head(), so that both see one snapshot.
 create or replace function rowcast.snapshot_rows(topics text[], from_source int, after_key text[], page_limit int)
-returns table (source int, topic text, table_name text, data text, key text[])
+returns table (source int, topic text, table_name text, data text, key text[], refused text)
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
@@ -2002,6 +2076,7 @@ declare
     names    text;
     k_names  text[];
     k_types  text[];
+    k_exprs  text[];
     f_exprs  text[];
     f_names  text[];
     f_types  text[];
@@ -2009,6 +2084,7 @@ declare
     filter   text;
     later    text;
     bad      text;
+    why      text;
     taken    int := 0;
     n        int;
     i        int;
@@ -2018,27 +2094,34 @@ begin
     end if;
     for s in select * from rowcast.snapshot_sources(topics) x
              where x.source >= coalesce(from_source, 1) order by x.source loop
-        select string_agg(format('t.%I', a.attname), ', ' order by a.attnum),
+        why := rowcast.snapshot_refusal(s.relid);
+        if why is null and not exists (select from pg_catalog.pg_locks l
+                                       where l.locktype = 'relation' and l.relation = s.relid and l.granted
+                                         and l.pid = pg_backend_pid() and l.mode = 'ShareUpdateExclusiveLock') then
+            why := 'its registration changed while it was read: ask again';
+        end if;
+        -- Every column read, by its current name; an owner's enum through its output
+        -- function (format), so that no cast its owner added is looked up.
+        select string_agg(case rowcast.read_kind(a.atttypid)
+                              when 'enum' then format('pg_catalog.format(''%%s'', t.%I) as %I', a.attname, a.attname)
+                              else format('t.%I', a.attname) end, ', ' order by a.attnum),
                string_agg(quote_ident(a.attname), ', ' order by a.attnum),
-               min(a.attname) filter (where not rowcast.plain_type(a.atttypid))
+               min(a.attname) filter (where rowcast.read_kind(a.atttypid) is null)
         into cols, names, bad
         from pg_catalog.pg_attribute a
         where a.attrelid = s.relid and a.attnum > 0 and not a.attisdropped
           and not a.attnum = any (s.exclude_attnums) and not a.attname::text = any (s.exclude_columns);
-        if bad is not null then
-            raise exception 'rowcast.snapshot: column "%" of % has a type that may run its owner''s functions; exclude it or watch % without snapshot',
-                bad, s.relid::regclass, s.relid::regclass
-                using errcode = 'feature_not_supported';
+        if why is null and bad is not null then
+            why := format('column %I has a type whose functions its owner may have written; exclude it, or leave snapshots off', bad);
         end if;
-        if exists (select from pg_catalog.pg_class c where c.oid = s.relid and c.relrowsecurity)
-           and not (select r.rolbypassrls from pg_catalog.pg_roles r where r.rolname = current_user) then
-            raise exception 'rowcast.snapshot: % has row-level security, whose policies would run as the service role; turn snapshot off for it',
-                s.relid::regclass
-                using errcode = 'feature_not_supported';
+        if why is not null then
+            return query select s.source, s.topic, s.table_name, null::text, null::text[], why;
+            continue;
         end if;
         select array_agg(a.attname::text order by k.ord),
-               array_agg(format_type(rowcast.base_type(a.atttypid), null) order by k.ord)
-        into k_names, k_types
+               array_agg(format_type(rowcast.base_type(a.atttypid), null) order by k.ord),
+               array_agg(format('pg_catalog.format(''%%s'', t.%I)', a.attname) order by k.ord)
+        into k_names, k_types, k_exprs
         from unnest(s.key_attnums) with ordinality as k(n, ord)
         join pg_catalog.pg_attribute a on a.attrelid = s.relid and a.attnum = k.n and not a.attisdropped;
         -- A key column dropped or renamed to an excluded name: the registration is held
@@ -2051,7 +2134,9 @@ begin
             -- The topic's value is the JSON text of the column(s) in the captured row
             -- (joined by ':' for a key of several columns), which the filter matches
             -- exactly; an equality on the column's own type lets an index serve it.
-            select array_agg(format('pg_catalog.jsonb_build_array(t.%I) ->> 0', a.attname) order by f.ord),
+            select array_agg(case rowcast.read_kind(a.atttypid)
+                                 when 'enum' then format('pg_catalog.format(''%%s'', t.%I)', a.attname)
+                                 else format('pg_catalog.jsonb_build_array(t.%I) ->> 0', a.attname) end order by f.ord),
                    array_agg(a.attname::text order by f.ord),
                    array_agg(format_type(rowcast.base_type(a.atttypid), null) order by f.ord)
             into f_exprs, f_names, f_types
@@ -2073,7 +2158,7 @@ begin
         if s.source = from_source and after_key is not null then
             if cardinality(after_key) is distinct from cardinality(k_names)
                or exists (select from unnest(after_key, k_types) as x(v, t) where x.v is null or not rowcast.reads_as(x.v, x.t::regtype)) then
-                raise exception 'rowcast.snapshot: the cursor does not fit %: ask for the first page again', s.table_name
+                raise exception 'rowcast.snapshot: the cursor does not fit: ask for the first page again'
                     using errcode = 'invalid_parameter_value';
             end if;
             select format('(%s) > (%s)', string_agg(format('t.%I', x.name), ', ' order by x.ord),
@@ -2084,20 +2169,24 @@ begin
         begin
             -- `only`: rows of tables inheriting from it are not captured with it.
             return query execute format(
-                'select %s, %L, %L, (select pg_catalog.to_jsonb(c) from (select %s) c)::text, array[%s] '
+                'select %s, %L, %L, (select pg_catalog.to_jsonb(c) from (select %s) c)::text, array[%s], null::text '
                 'from %s %s t where %s and %s order by %s limit %s',
-                s.source, s.topic, s.table_name, cols,
-                (select string_agg(format('t.%I::text', k), ', ') from unnest(k_names) k),
+                s.source, s.topic, s.table_name, cols, array_to_string(k_exprs, ', '),
                 case when (select c.relkind from pg_catalog.pg_class c where c.oid = s.relid) = 'r' then 'only' else '' end,
                 s.relid::regclass, filter, later,
                 (select string_agg(format('t.%I', k), ', ') from unnest(k_names) k),
                 page_limit - taken)
             using s.filter_value;
-        exception when insufficient_privilege then
-            raise exception 'rowcast.snapshot: role % may not read %: grant select on % to %',
-                current_user, s.relid::regclass, s.relid::regclass, quote_ident(current_user)
-                using errcode = 'insufficient_privilege',
-                      hint = format('or grant select (%s) on %s to %s', names, s.relid::regclass, quote_ident(current_user));
+        exception when undefined_function then
+            return query select s.source, s.topic, s.table_name, null::text, null::text[],
+                'its routing column''s type cannot be compared with a value'::text;
+            continue;
+        when insufficient_privilege then
+            return query select s.source, s.topic, s.table_name, null::text, null::text[],
+                format('role %s may not read %s: grant select on %s to %s (or only its columns that are not excluded: grant select (%s) on %s to %s)',
+                       current_user, s.relid::regclass, s.relid::regclass, quote_ident(current_user),
+                       names, s.relid::regclass, quote_ident(current_user));
+            continue;
         end;
         get diagnostics n = row_count;
         taken := taken + n;
@@ -2543,7 +2632,7 @@ begin
     execute format('grant select on rowcast.events, rowcast.log, rowcast.sequencer, rowcast.watched, '
                    'rowcast.schema_history, rowcast.functions, rowcast.mappings, rowcast.routings, rowcast.domain_fields to %s', role);
     execute format('grant execute on function rowcast.sequence(integer), '
-                   'rowcast.sequence_step(integer), rowcast.unsequenced(), '
+                   'rowcast.sequence_step(integer), rowcast.unsequenced(), rowcast.lock_for_snapshot(text[]), '
                    'rowcast.rearm(), rowcast.prune(bigint, interval, integer), '
                    'rowcast.mapping_error(regclass, text, jsonb, text[]) to %s', role);
 end
@@ -2578,7 +2667,7 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
     rowcast.left_key(rowcast.routings, integer, jsonb, jsonb),
     rowcast.snapshot_sources(text[]), rowcast.snapshot_rows(text[], integer, text[], integer),
-    rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.plain_type(oid),
+    rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.read_kind(oid), rowcast.snapshot_refusal(oid),
     rowcast.publish(text, text, jsonb) to public;
 
 -- Roles given grant_service() or grant_admin() before get what the current definitions
@@ -2604,5 +2693,5 @@ begin
 end
 $$;
 
-insert into rowcast.functions (checksum) values ('f36569d068b8176a') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('a2e95c59f6714583') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

@@ -188,21 +188,27 @@ async fn run(client: &mut Client) -> Result<Vec<i64>, MigrateError> {
         .collect())
 }
 
-/// Remembers who may execute which `rowcast` function (by name; not its owner, not
-/// public): a file of [`FUNCTIONS`] that replaces a function by one of another signature
-/// drops the old one, and with it the grants a DBA made to it.
+/// Remembers who may execute which `rowcast` function (not its owner, not public): a
+/// file of [`FUNCTIONS`] that replaces a function by one of another signature drops the
+/// old one, and with it the grants a DBA made to it.
 const SAVE_GRANTS_SQL: &str = "create temp table rowcast_kept_grants on commit drop as \
-     select p.proname::text as name, a.grantee \
+     select p.proname::text as name, p.oid::regprocedure::text as signature, a.grantee \
      from pg_catalog.pg_proc p cross join lateral pg_catalog.aclexplode(p.proacl) a \
      where p.pronamespace = 'rowcast'::regnamespace and a.privilege_type = 'EXECUTE' \
-       and a.grantee <> 0 and a.grantee <> p.proowner";
+       and a.grantee <> 0 and a.grantee <> p.proowner; \
+     create temp table rowcast_kept_functions on commit drop as \
+     select p.oid::regprocedure::text as signature from pg_catalog.pg_proc p \
+     where p.pronamespace = 'rowcast'::regnamespace";
 
-/// Gives those grants back to every function of the same name that lacks them.
+/// Gives the grants of a function that is gone (dropped by a file) to the functions of
+/// its name this run created; a function still there keeps exactly its own grants.
 const RESTORE_GRANTS_SQL: &str = "do $$ declare g record; begin \
      for g in select distinct p.oid::regprocedure as f, k.grantee::regrole as r \
               from rowcast_kept_grants k join pg_catalog.pg_proc p \
                 on p.proname = k.name and p.pronamespace = 'rowcast'::regnamespace \
-              where not pg_catalog.has_function_privilege(k.grantee, p.oid, 'EXECUTE') loop \
+              where pg_catalog.to_regprocedure(k.signature) is null \
+                and p.oid::regprocedure::text not in (select signature from rowcast_kept_functions) \
+                and not pg_catalog.has_function_privilege(k.grantee, p.oid, 'EXECUTE') loop \
          execute pg_catalog.format('grant execute on function %s to %s', g.f, g.r); \
      end loop; end $$";
 

@@ -31,14 +31,18 @@ async fn migrate_gives_a_replaced_functions_grants_to_its_new_definition_and_no_
     let new_watch =
         "rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb, boolean)";
     let old_watch = "rowcast.watch(regclass, text, jsonb, text[], text, jsonb, text, jsonb)";
+    let text_watch = "rowcast.watch(text, text, jsonb, text[], text, jsonb, text, jsonb, boolean)";
     client
         .batch_execute(&format!(
             "drop role if exists {role}; create role {role};
              -- A function as an older rowcast defined it, granted to a tenant admin, who
              -- has no grant on the current one.
+             drop function {new_watch};
              create function {old_watch} returns text language sql as $$ select null::text $$;
              grant execute on function {old_watch} to {role};
-             revoke execute on function {new_watch} from {role};"
+             -- A role that may run one overload only.
+             drop role if exists {role}_one; create role {role}_one;
+             grant execute on function {text_watch} to {role}_one;"
         ))
         .await
         .unwrap();
@@ -65,9 +69,21 @@ async fn migrate_gives_a_replaced_functions_grants_to_its_new_definition_and_no_
         !may("rowcast.sequence_step(integer)").await,
         "and nothing else was granted"
     );
+    // A function that stays keeps exactly its grants: the other overload is not given.
+    let one: bool = client
+        .query_one(
+            &format!("select has_function_privilege('{role}_one', '{new_watch}', 'execute')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!one, "a grant on one overload spread to another");
     rowcast::migrate::check(&client).await.unwrap();
     client
-        .batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .batch_execute(&format!(
+            "drop owned by {role}; drop role {role}; drop owned by {role}_one; drop role {role}_one"
+        ))
         .await
         .unwrap();
 }
@@ -446,4 +462,31 @@ async fn watch_refuses_to_exclude_a_column_a_topic_is_made_of() {
         .unwrap()
         .get(0);
     assert_eq!(watched, 0);
+}
+
+#[tokio::test]
+async fn watching_a_table_again_after_unwatch_routes_its_events_again() {
+    let db = TestDb::demo().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create table notes (id int primary key, body text);
+             select rowcast.watch('notes');
+             select rowcast.unwatch('notes');
+             select rowcast.watch('notes');
+             insert into notes values (1, 'back');",
+        )
+        .await
+        .unwrap();
+    client.batch_execute("select rowcast.sequence()").await.unwrap();
+    let topics: Vec<String> = client
+        .query_one(
+            "select l.topics from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id
+             where e.relid = 'notes'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(topics, vec!["notes".to_string(), "notes:1".to_string()]);
 }

@@ -229,6 +229,17 @@ begin
             using errcode = 'invalid_parameter_value';
     end if;
     snapshot := coalesce(snapshot, false);
+    -- Snapshots make the service read the table: only the DBA who installed rowcast (the
+    -- owner of schema rowcast) turns them on; a registration that has them keeps them
+    -- when the table's owner watches it again or a schema change is followed.
+    if snapshot
+       and not pg_catalog.pg_has_role(session_user, (select n.nspowner from pg_catalog.pg_namespace n
+                                                     where n.nspname = 'rowcast'), 'MEMBER')
+       and not exists (select from rowcast.routings r
+                       where r.relid = tbl and r.snapshot and r.armed_at is not null and r.disarmed_at is null) then
+        raise exception 'rowcast.watch: snapshot => true lets the service read % and is for the DBA who installed rowcast', tbl
+            using errcode = 'insufficient_privilege';
+    end if;
     if snapshot and cardinality(keys) = 0 then
         raise exception 'rowcast.watch: snapshot => true needs a primary key on % (a snapshot is read in key order, page by page)', tbl
             using errcode = 'invalid_parameter_value';
@@ -238,8 +249,10 @@ begin
     select coalesce(array_agg(a.attname::text order by a.attnum), '{}') into bad_names
     from pg_catalog.pg_attribute a where a.attrelid = tbl and a.attnum = any (exclude_attnums);
 
+    -- A registration in use is reused (not one disarmed by unwatch or a newer one: the
+    -- sequencer routes no event by it again).
     select r.id into routing_id from rowcast.routings r
-    where r.relid = tbl and r.armed_at is not null
+    where r.relid = tbl and r.armed_at is not null and r.disarmed_at is null
       and r.table_name = shown and r.table_topic = t_topic and r.topic = register.topic
       and r.topic_default = t_default and r.key_columns = keys and r.key_attnums = key_nums
       and r.route_columns = r_cols and r.route_attnums = r_nums and r.route_topics = r_topics

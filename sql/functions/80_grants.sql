@@ -15,7 +15,7 @@ begin
     execute format('grant select on rowcast.events, rowcast.log, rowcast.sequencer, rowcast.watched, '
                    'rowcast.schema_history, rowcast.functions, rowcast.mappings, rowcast.routings, rowcast.domain_fields to %s', role);
     execute format('grant execute on function rowcast.sequence(integer), '
-                   'rowcast.sequence_step(integer), rowcast.unsequenced(), '
+                   'rowcast.sequence_step(integer), rowcast.unsequenced(), rowcast.lock_for_snapshot(text[]), '
                    'rowcast.rearm(), rowcast.prune(bigint, interval, integer), '
                    'rowcast.mapping_error(regclass, text, jsonb, text[]) to %s', role);
 end
@@ -50,7 +50,7 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
     rowcast.left_key(rowcast.routings, integer, jsonb, jsonb),
     rowcast.snapshot_sources(text[]), rowcast.snapshot_rows(text[], integer, text[], integer),
-    rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.plain_type(oid),
+    rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.read_kind(oid), rowcast.snapshot_refusal(oid),
     rowcast.publish(text, text, jsonb) to public;
 
 -- Roles given grant_service() or grant_admin() before get what the current definitions

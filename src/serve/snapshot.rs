@@ -2,13 +2,17 @@
 //! behind the topics a token may follow, and the position to resume from.
 //!
 //! The answer is `{"rows":[{"topic","table","data"},...],"head":H,"next":C}`. Each page
-//! is read in one repeatable-read transaction with `rowcast.head()`; `H` is the head of
+//! is read in one statement with `rowcast.head()`, so in one snapshot; `H` is the head of
 //! the first page (every page repeats it), and a client that applies the events after
 //! `H`, in position order, to the rows of every page ends with the topics' current rows.
 //! `next` is the cursor of the following page, or `null` after the last. Rows come from
-//! the tables watched with `snapshot => true` (`rowcast.snapshot_rows()` reads them with
-//! the service role's own rights, never their excluded columns); a topic none of them
-//! serves is refused. docs/protocol.md has the recipe.
+//! the tables watched with `snapshot => true`: `rowcast.lock_for_snapshot()` keeps DDL
+//! off them for the read, and `rowcast.snapshot_rows()` reads them with the service
+//! role's own rights, never their excluded columns, and refuses (reports in `skipped`,
+//! with the reason in the log) a table whose owner's code could run. A topic none of
+//! them serves is refused. Reads hold a lock and a connection, so few run at once
+//! ([`MAX_READS`]), each bounded by [`LOCK_TIMEOUT`] and [`READ_LIMIT`] in PostgreSQL.
+//! docs/protocol.md has the recipe.
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -18,7 +22,10 @@ use axum::response::Response;
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use tokio_postgres::IsolationLevel;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 use tokio_postgres::error::SqlState;
 
 use super::protocol::ErrorCode;
@@ -32,6 +39,23 @@ pub(crate) const DEFAULT_LIMIT: i64 = 1000;
 
 /// Largest `limit` accepted.
 pub(crate) const MAX_LIMIT: i64 = 10_000;
+
+/// Snapshot reads at once, per replica: each holds a pooled connection and locks.
+pub(crate) const MAX_READS: usize = 4;
+
+/// How long a read waits for its turn before the client is told to retry.
+const QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a read waits for a table's lock in PostgreSQL (a long DDL holds it).
+const LOCK_TIMEOUT: &str = "3s";
+
+/// The longest one page may take in PostgreSQL.
+const READ_LIMIT: &str = "15s";
+
+fn reads() -> &'static Semaphore {
+    static READS: OnceLock<Semaphore> = OnceLock::new();
+    READS.get_or_init(|| Semaphore::new(MAX_READS))
+}
 
 /// Routes of this module.
 pub(crate) fn router() -> Router<AppContext> {
@@ -99,9 +123,16 @@ async fn snapshot(
             })
         })
         .transpose()?;
+    let Ok(Ok(_turn)) = tokio::time::timeout(QUEUE_WAIT, reads().acquire()).await else {
+        return Err(busy());
+    };
     let page = db::with_timeout(READ_TIMEOUT, read(&ctx, &topics, cursor.as_ref(), limit))
         .await
         .map_err(refusal)?;
+    for skipped in &page.skipped {
+        tracing::warn!(table = %skipped.table, topic = %skipped.topic, reason = %skipped.reason,
+                       "snapshot: a table was not read");
+    }
     let head = cursor.as_ref().map_or(page.head, |c| c.head);
     if cursor.is_none()
         && let Some(topic) = page.unserved
@@ -127,6 +158,16 @@ async fn snapshot(
     }
     body.push_str("],\"head\":");
     body.push_str(&head.to_string());
+    if !page.skipped.is_empty() {
+        // Which tables were not read (why is in the log, for the operator).
+        body.push_str(",\"skipped\":");
+        let skipped: Vec<serde_json::Value> = page
+            .skipped
+            .iter()
+            .map(|s| serde_json::json!({"topic": s.topic, "table": s.table}))
+            .collect();
+        body.push_str(&serde_json::Value::Array(skipped).to_string());
+    }
     body.push_str(",\"next\":");
     match page.rows.last() {
         Some(last) if page.rows.len() as i64 >= limit => {
@@ -152,10 +193,18 @@ struct Row {
     key: Vec<String>,
 }
 
+/// A table of a page's topics that was not read, and why.
+struct Skipped {
+    topic: String,
+    table: String,
+    reason: String,
+}
+
 /// A page as read.
 struct Page {
     head: i64,
     rows: Vec<Row>,
+    skipped: Vec<Skipped>,
     /// On a first page: a topic no snapshot source serves.
     unserved: Option<String>,
 }
@@ -167,14 +216,13 @@ async fn read(
     limit: i64,
 ) -> Result<Page, DbError> {
     let mut client = ctx.pool.get().await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
-    // The head first: it takes the snapshot the rows are read in.
-    let head: i64 = tx.query_one("select rowcast.head()", &[]).await?.get(0);
+    // Read committed: the lock is taken in one statement, and the rows and the head are
+    // read in a later one, whose snapshot sees the tables as the lock keeps them.
+    let tx = client.build_transaction().read_only(true).start().await?;
+    tx.batch_execute(&format!(
+        "set local lock_timeout = '{LOCK_TIMEOUT}'; set local statement_timeout = '{READ_LIMIT}'"
+    ))
+    .await?;
     let unserved = match cursor {
         Some(_) => None,
         None => tx
@@ -188,11 +236,14 @@ async fn read(
     };
     if unserved.is_some() {
         return Ok(Page {
-            head,
+            head: 0,
             rows: Vec::new(),
+            skipped: Vec::new(),
             unserved,
         });
     }
+    tx.execute("select rowcast.lock_for_snapshot($1)", &[&topics])
+        .await?;
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     let (source, key) = match cursor {
         Some(c) => (c.source, Some(c.key.clone())),
@@ -200,51 +251,68 @@ async fn read(
     };
     let found = tx
         .query(
-            "select source, topic, table_name, data, key from rowcast.snapshot_rows($1, $2, $3, $4)",
+            "select h.head, s.source, s.topic, s.table_name, s.data, s.key, s.refused \
+             from (select rowcast.head() as head) h \
+             left join lateral rowcast.snapshot_rows($1, $2, $3, $4) s on true",
             &[&topics, &source, &key, &limit],
         )
         .await?;
     tx.commit().await?;
-    let rows = found
-        .iter()
-        .map(|row| Row {
-            source: row.get(0),
-            topic: row.get(1),
-            table: row.get(2),
-            data: row.get(3),
-            key: row.get(4),
-        })
-        .collect();
+    let head = found.first().map_or(0, |row| row.get(0));
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    for row in &found {
+        let Some(source) = row.get::<_, Option<i32>>(1) else {
+            continue;
+        };
+        let (topic, table): (String, String) = (row.get(2), row.get(3));
+        match row.get::<_, Option<String>>(6) {
+            Some(reason) => skipped.push(Skipped {
+                topic,
+                table,
+                reason,
+            }),
+            None => rows.push(Row {
+                source,
+                topic,
+                table,
+                data: row.get(4),
+                key: row.get(5),
+            }),
+        }
+    }
     Ok(Page {
         head,
         rows,
+        skipped,
         unserved: None,
     })
 }
 
+/// The answer when too many snapshot reads are running, or a table's lock is held.
+fn busy() -> HttpError {
+    HttpError::Admission(admission::HttpRefusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable,
+        "snapshots are busy: retry shortly",
+    ))
+}
+
 /// What the client is told when a read fails: a cursor that does not fit is its error
-/// (400); a table the service may not read, or one it must not, is the DBA's to fix
-/// (503, with what to do, which is also logged); anything else is the database's.
+/// (400); a lock or a read that took too long is a busy server (503). The database's own
+/// words never reach the client (they could name other tenants' tables): they are logged.
 fn refusal(err: DbError) -> HttpError {
-    let DbError::Postgres(pg) = &err else {
-        return err.into();
+    let code = match &err {
+        DbError::Postgres(pg) => pg.as_db_error().map(|db| db.code().clone()),
+        _ => None,
     };
-    let Some(db) = pg.as_db_error() else {
-        return err.into();
-    };
-    let message = match db.hint() {
-        Some(hint) => format!("{} ({hint})", db.message()),
-        None => db.message().to_string(),
-    };
-    match *db.code() {
-        SqlState::INVALID_PARAMETER_VALUE => HttpError::bad_request(message),
-        SqlState::INSUFFICIENT_PRIVILEGE | SqlState::FEATURE_NOT_SUPPORTED => {
-            tracing::warn!(%message, "snapshot refused");
-            HttpError::Admission(admission::HttpRefusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                message,
-            ))
+    match code {
+        Some(SqlState::INVALID_PARAMETER_VALUE) => HttpError::bad_request(
+            "the cursor is not one a page gave: ask for the first page again",
+        ),
+        Some(SqlState::LOCK_NOT_AVAILABLE) | Some(SqlState::QUERY_CANCELED) => {
+            tracing::warn!(error = %err, "snapshot: a table's lock or the read took too long");
+            busy()
         }
         _ => err.into(),
     }
