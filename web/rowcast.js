@@ -143,6 +143,9 @@ export class Rowcast {
       }
       const page = await response.json();
       if (head === null) head = page.head;
+      // Tables the server could not read for these topics: their rows are missing.
+      if (page.skipped?.length) this._emit("error", { type: "error", code: "snapshot_skipped", skipped: page.skipped,
+                                                     message: "some tables were not read for the snapshot" });
       for (const { table, data } of page.rows) {
         if (!rows.has(table)) rows.set(table, new Map());
         rows.get(table).set(this._key(table, data), data);
