@@ -36,7 +36,8 @@ create or replace trigger routings_immutable before update or delete on rowcast.
 create or replace trigger mappings_immutable before update or delete on rowcast.mappings
     for each row execute function rowcast.mappings_immutable();
 
--- The arguments of a table's capture trigger (null when it has none).
+-- The arguments of a table's capture triggers (null when it has none): the row trigger's,
+-- or the statement triggers' (rowcast.arm_triggers() gives them all the same).
 create or replace function rowcast.capture_args(tbl oid) returns text[]
 language sql
 stable
@@ -44,7 +45,8 @@ set search_path = pg_catalog, pg_temp
 as $$
     select (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1:t.tgnargs]
     from pg_catalog.pg_trigger t
-    where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+    where t.tgrelid = tbl and t.tgparentid = 0
+      and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
     order by t.tgname = 'rowcast_capture' desc, t.tgname
     limit 1
 $$;
@@ -259,7 +261,8 @@ declare
 begin
     args := rowcast.capture_args(tbl);
     if exists (select from pg_catalog.pg_trigger t
-               where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+               where t.tgrelid = tbl and t.tgparentid = 0
+                 and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
                  and (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1] is distinct from args[1]) then
         args := null;  -- two capture triggers naming different registrations: neither is trusted
     end if;
@@ -275,21 +278,52 @@ end
 $$;
 
 -- Installs (or replaces) a table's capture triggers naming a registration, and arms it.
--- Runs with the caller's rights: creating a trigger needs the table's ownership.
+-- A table that is neither partitioned, a partition, nor in an inheritance tree is captured
+-- set-wise: three statement triggers with transition tables (rowcast.capture_set()), one
+-- per operation. The others keep the row trigger (rowcast.capture()): PostgreSQL fires a
+-- table's statement triggers only for statements that name it, while row triggers fire
+-- for the rows a statement on a parent changes in a partition or child, and are cloned
+-- to partitions attached later. Runs with the caller's rights: creating a trigger needs
+-- the table's ownership.
 create or replace function rowcast.arm_triggers(tbl regclass, routing_id int, wake text, exclude_attnums int2[])
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    args text;
+    args    text;
+    setwise boolean;
 begin
     select string_agg(quote_literal(a), ', ' order by n) into args
     from unnest(array[routing_id::text, tbl::oid::text, wake]
                 || coalesce((select array_agg(x::text order by x) from unnest(exclude_attnums) x), '{}'))
          with ordinality as x(a, n);
-    execute format('create or replace trigger rowcast_capture after insert or update or delete on %s '
-                   'for each row execute function rowcast.capture(%s)', tbl, args);
+    select c.relkind = 'r' and not c.relispartition
+           and not exists (select from pg_catalog.pg_inherits i where i.inhrelid = c.oid or i.inhparent = c.oid)
+    into setwise
+    from pg_catalog.pg_class c where c.oid = tbl;
+    if setwise then
+        if exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture') then
+            execute format('drop trigger rowcast_capture on %s', tbl);
+        end if;
+        execute format('create or replace trigger rowcast_capture_insert after insert on %s '
+                       'referencing new table as rowcast_new '
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, args);
+        execute format('create or replace trigger rowcast_capture_update after update on %s '
+                       'referencing old table as rowcast_old new table as rowcast_new '
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, args);
+        execute format('create or replace trigger rowcast_capture_delete after delete on %s '
+                       'referencing old table as rowcast_old '
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, args);
+    else
+        if exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture_insert') then
+            execute format('drop trigger rowcast_capture_insert on %s', tbl);
+            execute format('drop trigger if exists rowcast_capture_update on %s', tbl);
+            execute format('drop trigger if exists rowcast_capture_delete on %s', tbl);
+        end if;
+        execute format('create or replace trigger rowcast_capture after insert or update or delete on %s '
+                       'for each row execute function rowcast.capture(%s)', tbl, args);
+    end if;
     execute format('create or replace trigger rowcast_capture_truncate after truncate on %s '
                    'for each statement execute function rowcast.capture_truncate(%s)', tbl, args);
     perform rowcast.confirm(tbl);
@@ -356,6 +390,9 @@ begin
             using errcode = 'insufficient_privilege';
     end if;
     execute format('drop trigger if exists rowcast_capture on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_insert on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_update on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_delete on %s', tbl);
     execute format('drop trigger if exists rowcast_capture_truncate on %s', tbl);
     perform rowcast.confirm(tbl);
     return was;

@@ -35,7 +35,7 @@ begin
                    'rowcast.unwatch(regclass), rowcast.unwatch(text), '
                    'rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb), '
                    'rowcast.arm_triggers(regclass, integer, text, int2[]), '
-                   'rowcast.capture(), rowcast.capture_truncate() to %s', role);
+                   'rowcast.capture(), rowcast.capture_set(), rowcast.capture_truncate() to %s', role);
 end
 $$;
 
