@@ -589,6 +589,90 @@ begin
 end
 $$;
 
+-- The set-wise capture: one statement trigger per operation (a trigger with transition
+-- tables serves one event), with the same arguments as rowcast.capture(). It writes the
+-- statement's rows from its transition tables (`rowcast_new`, `rowcast_old`) with one
+-- `insert ... select`, in the order the statement changed them, which is the order the
+-- row trigger would have fired in: the same events, each row's as rowcast.capture() makes
+-- it (excluded columns dropped by number, no event for an UPDATE that changed nothing
+-- visible, an old row over 1 kB trimmed to the changed columns). The old and the new
+-- image of an updated row are paired by their place in the two transition tables, which
+-- PostgreSQL fills together, row by row. Runs as the writer, like rowcast.capture().
+create or replace function rowcast.capture_set() returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+set row_security = on
+as $$
+declare
+    -- The trigger's arguments, as rowcast.arm_triggers() writes them.
+    registration int  := tg_argv[0];
+    watched      oid  := tg_argv[1];
+    wake         text := tg_argv[2];
+    -- tg_argv[3:]: the column numbers of excluded columns, in the watched table.
+    gone    text[] := '{}';
+    written bigint;
+    i       int;
+begin
+    if tg_level <> 'STATEMENT' or tg_when <> 'AFTER' then
+        raise exception 'rowcast.capture_set() is an AFTER ... FOR EACH STATEMENT trigger with transition tables'
+            using errcode = 'object_not_in_prerequisite_state';
+    end if;
+    -- Names from the watched table, as they are now: a rename cannot un-exclude a column.
+    for i in 3 .. tg_nargs - 1 loop
+        gone := gone || coalesce((pg_identify_object_as_address('pg_class'::regclass, watched,
+                                                                tg_argv[i]::int)).object_names[3], '');
+    end loop;
+    if tg_op = 'INSERT' then
+        insert into rowcast.events (relid, op, data, routing_id)
+        select tg_relid, 'INSERT', to_jsonb(n) - gone, registration
+        from rowcast_new n;
+    elsif tg_op = 'DELETE' then
+        insert into rowcast.events (relid, op, data, routing_id)
+        select tg_relid, 'DELETE', to_jsonb(o) - gone, registration
+        from rowcast_old o;
+    elsif tg_op = 'UPDATE' and not exists (select from rowcast_new offset 1) then
+        -- One row (most writes): the pair needs no pairing, and this plan costs less.
+        insert into rowcast.events (relid, op, data, old, routing_id)
+        select tg_relid, 'UPDATE', c.new_row,
+               case when pg_column_size(c.old_row) > 1024
+                    then c.old_row - array(select k from jsonb_object_keys(c.old_row) k
+                                           where c.new_row -> k is not distinct from c.old_row -> k)
+                    else c.old_row end,
+               registration
+        from (select to_jsonb(n) - gone as new_row, to_jsonb(o) - gone as old_row
+              from rowcast_old o, rowcast_new n) c
+        where c.new_row <> c.old_row;  -- nothing visible changed: no event
+    elsif tg_op = 'UPDATE' then
+        insert into rowcast.events (relid, op, data, old, routing_id)
+        select tg_relid, 'UPDATE', c.new_row,
+               case when pg_column_size(c.old_row) > 1024
+                    then c.old_row - array(select k from jsonb_object_keys(c.old_row) k
+                                           where c.new_row -> k is not distinct from c.old_row -> k)
+                    else c.old_row end,
+               registration
+        from (select b.new_row, a.old_row, a.ord
+              from (select row_number() over () as ord, to_jsonb(o) - gone as old_row from rowcast_old o) a
+              join (select row_number() over () as ord, to_jsonb(n) - gone as new_row from rowcast_new n) b
+                on b.ord = a.ord
+              order by a.ord) c
+        where c.new_row <> c.old_row;  -- nothing visible changed: no event
+    else
+        raise exception 'rowcast.capture_set() captures INSERT, UPDATE and DELETE, not %', tg_op
+            using errcode = 'object_not_in_prerequisite_state';
+    end if;
+    get diagnostics written = row_count;
+
+    -- As in rowcast.capture(): the events are inserted before the flag is read.
+    if written > 0 and wake = 'notify'
+       and (pg_sequence_last_value('rowcast.wake_hint'::regclass) is null
+            or current_setting('transaction_isolation') <> 'read committed') then
+        perform rowcast.request_wake();
+    end if;
+    return null;
+end
+$$;
+
 -- The statement trigger for TRUNCATE: the same arguments, one event.
 create or replace function rowcast.capture_truncate() returns trigger
 language plpgsql
@@ -1498,7 +1582,8 @@ create or replace trigger routings_immutable before update or delete on rowcast.
 create or replace trigger mappings_immutable before update or delete on rowcast.mappings
     for each row execute function rowcast.mappings_immutable();
 
--- The arguments of a table's capture trigger (null when it has none).
+-- The arguments of a table's capture triggers (null when it has none): the row trigger's,
+-- or the statement triggers' (rowcast.arm_triggers() gives them all the same).
 create or replace function rowcast.capture_args(tbl oid) returns text[]
 language sql
 stable
@@ -1506,7 +1591,8 @@ set search_path = pg_catalog, pg_temp
 as $$
     select (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1:t.tgnargs]
     from pg_catalog.pg_trigger t
-    where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+    where t.tgrelid = tbl and t.tgparentid = 0
+      and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
     order by t.tgname = 'rowcast_capture' desc, t.tgname
     limit 1
 $$;
@@ -1721,7 +1807,8 @@ declare
 begin
     args := rowcast.capture_args(tbl);
     if exists (select from pg_catalog.pg_trigger t
-               where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+               where t.tgrelid = tbl and t.tgparentid = 0
+                 and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
                  and (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1] is distinct from args[1]) then
         args := null;  -- two capture triggers naming different registrations: neither is trusted
     end if;
@@ -1737,21 +1824,52 @@ end
 $$;
 
 -- Installs (or replaces) a table's capture triggers naming a registration, and arms it.
--- Runs with the caller's rights: creating a trigger needs the table's ownership.
+-- A table that is neither partitioned, a partition, nor in an inheritance tree is captured
+-- set-wise: three statement triggers with transition tables (rowcast.capture_set()), one
+-- per operation. The others keep the row trigger (rowcast.capture()): PostgreSQL fires a
+-- table's statement triggers only for statements that name it, while row triggers fire
+-- for the rows a statement on a parent changes in a partition or child, and are cloned
+-- to partitions attached later. Runs with the caller's rights: creating a trigger needs
+-- the table's ownership.
 create or replace function rowcast.arm_triggers(tbl regclass, routing_id int, wake text, exclude_attnums int2[])
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    args text;
+    args    text;
+    setwise boolean;
 begin
     select string_agg(quote_literal(a), ', ' order by n) into args
     from unnest(array[routing_id::text, tbl::oid::text, wake]
                 || coalesce((select array_agg(x::text order by x) from unnest(exclude_attnums) x), '{}'))
          with ordinality as x(a, n);
-    execute format('create or replace trigger rowcast_capture after insert or update or delete on %s '
-                   'for each row execute function rowcast.capture(%s)', tbl, args);
+    select c.relkind = 'r' and not c.relispartition
+           and not exists (select from pg_catalog.pg_inherits i where i.inhrelid = c.oid or i.inhparent = c.oid)
+    into setwise
+    from pg_catalog.pg_class c where c.oid = tbl;
+    if setwise then
+        if exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture') then
+            execute format('drop trigger rowcast_capture on %s', tbl);
+        end if;
+        execute format('create or replace trigger rowcast_capture_insert after insert on %s '
+                       'referencing new table as rowcast_new '
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, args);
+        execute format('create or replace trigger rowcast_capture_update after update on %s '
+                       'referencing old table as rowcast_old new table as rowcast_new '
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, args);
+        execute format('create or replace trigger rowcast_capture_delete after delete on %s '
+                       'referencing old table as rowcast_old '
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, args);
+    else
+        if exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture_insert') then
+            execute format('drop trigger rowcast_capture_insert on %s', tbl);
+            execute format('drop trigger if exists rowcast_capture_update on %s', tbl);
+            execute format('drop trigger if exists rowcast_capture_delete on %s', tbl);
+        end if;
+        execute format('create or replace trigger rowcast_capture after insert or update or delete on %s '
+                       'for each row execute function rowcast.capture(%s)', tbl, args);
+    end if;
     execute format('create or replace trigger rowcast_capture_truncate after truncate on %s '
                    'for each statement execute function rowcast.capture_truncate(%s)', tbl, args);
     perform rowcast.confirm(tbl);
@@ -1818,6 +1936,9 @@ begin
             using errcode = 'insufficient_privilege';
     end if;
     execute format('drop trigger if exists rowcast_capture on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_insert on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_update on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_delete on %s', tbl);
     execute format('drop trigger if exists rowcast_capture_truncate on %s', tbl);
     perform rowcast.confirm(tbl);
     return was;
@@ -1866,11 +1987,11 @@ begin
     end if;
     if (select count(distinct (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1])
         from pg_catalog.pg_trigger t
-        where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure) > 1 then
+        where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)) > 1 then
         return 'two capture triggers name different registrations: their events are delivered to nobody; run rowcast.watch again';
     end if;
     if exists (select from pg_catalog.pg_trigger t
-               where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+               where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
                  and t.tgenabled = 'D') then
         return 'the capture trigger is disabled: changes are not captured';
     end if;
@@ -1947,6 +2068,20 @@ begin
                           r.exclude_columns[i], now_name);
         end if;
     end loop;
+    if not exists (select from pg_catalog.pg_trigger t
+                   where t.tgrelid = tbl and t.tgname = 'rowcast_capture' and t.tgtype & 1 = 1
+                     and t.tgfoid = 'rowcast.capture()'::regprocedure)
+       and (select count(*) from pg_catalog.pg_trigger t
+            where t.tgrelid = tbl and t.tgfoid = 'rowcast.capture_set()'::regprocedure
+              and t.tgname in ('rowcast_capture_insert', 'rowcast_capture_update', 'rowcast_capture_delete')) < 3 then
+        return 'a capture trigger is missing: changes are not all captured; run rowcast.watch again';
+    end if;
+    if exists (select from pg_catalog.pg_trigger t
+               where t.tgrelid = tbl and t.tgfoid = 'rowcast.capture_set()'::regprocedure)
+       and (exists (select from pg_catalog.pg_inherits i where i.inhrelid = tbl or i.inhparent = tbl)
+            or (select c.relkind from pg_catalog.pg_class c where c.oid = tbl) <> 'r') then
+        return 'the table joined a partition or inheritance tree after it was watched: changes made through another table of the tree are not captured (or are captured as this one''s); run rowcast.watch again';
+    end if;
     if not exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture_truncate') then
         return 'the TRUNCATE trigger is missing: truncations are not captured; run rowcast.watch again';
     end if;
@@ -2146,7 +2281,7 @@ begin
         from pg_catalog.pg_event_trigger_ddl_commands() d
         join pg_catalog.pg_trigger w
           on w.tgparentid = 0
-         and w.tgfoid = 'rowcast.capture()'::regprocedure
+         and w.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
          and (   (d.classid = 'pg_catalog.pg_class'::regclass and w.tgrelid = d.objid)
               or (d.classid = 'pg_catalog.pg_namespace'::regclass
                   and w.tgrelid in (select c.oid from pg_catalog.pg_class c where c.relnamespace = d.objid)))
@@ -2217,7 +2352,7 @@ select t.tgrelid::regclass as "table",
         left join pg_catalog.pg_attribute a
                on a.attrelid = t.tgrelid and a.attnum = (x.rule ->> 'attnum')::int2 and not a.attisdropped) as rules
 from (select distinct on (x.tgrelid) x.* from pg_catalog.pg_trigger x
-      where x.tgparentid = 0 and x.tgfoid = 'rowcast.capture()'::regprocedure
+      where x.tgparentid = 0 and x.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
       order by x.tgrelid, x.tgname = 'rowcast_capture' desc, x.tgname) t
 join pg_catalog.pg_class c on c.oid = t.tgrelid
 cross join lateral (select rowcast.capture_args(t.tgrelid) as a) args
@@ -2285,7 +2420,7 @@ begin
                    'rowcast.unwatch(regclass), rowcast.unwatch(text), '
                    'rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb), '
                    'rowcast.arm_triggers(regclass, integer, text, int2[]), '
-                   'rowcast.capture(), rowcast.capture_truncate() to %s', role);
+                   'rowcast.capture(), rowcast.capture_set(), rowcast.capture_truncate() to %s', role);
 end
 $$;
 
@@ -2300,5 +2435,5 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
     rowcast.publish(text, text, jsonb) to public;
 
-insert into rowcast.functions (checksum) values ('594b1b02e0a67773') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('1cc62d2c89e8b222') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;
