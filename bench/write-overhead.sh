@@ -57,7 +57,7 @@ select not exists (select from pg_roles where rolname = :'writer') as missing \g
     create role :"writer" login nosuperuser;
 \endif
 grant usage on schema public to :"writer";
-grant select, update on b_plain, b_notify, b_poll, b_notify_every, b_exclude to :"writer";
+grant select, update on b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_rows to :"writer";
 select r.rolsuper or exists (select from pg_class c where c.relname like 'b\_%' and c.relnamespace = 'public'::regnamespace
                                                      and pg_has_role(r.oid, c.relowner, 'USAGE')) as bypasses
 from pg_roles r where r.rolname = :'writer' \gset
