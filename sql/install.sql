@@ -603,6 +603,11 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 set timezone = 'UTC'
 set row_security = on
+-- The planner cannot estimate the pairing join (it guesses rows squared), and JIT
+-- compiling it took longer than the statement's capture; the two sorts of a 200,000-row
+-- UPDATE fit in memory within 64 MB (at 4 MB they spill to disk).
+set jit = off
+set work_mem = '64MB'
 as $$
 declare
     -- The trigger's arguments, as rowcast.arm_triggers() writes them.
@@ -1823,56 +1828,125 @@ begin
 end
 $$;
 
--- Installs (or replaces) a table's capture triggers naming a registration, and arms it.
--- A table that is neither partitioned, a partition, nor in an inheritance tree is captured
--- set-wise: three statement triggers with transition tables (rowcast.capture_set()), one
--- per operation. The others keep the row trigger (rowcast.capture()): PostgreSQL fires a
--- table's statement triggers only for statements that name it, while row triggers fire
--- for the rows a statement on a parent changes in a partition or child, and are cloned
--- to partitions attached later. Runs with the caller's rights: creating a trigger needs
+-- Installs (or replaces) a table's capture triggers with the arguments `args`: the row
+-- trigger (rowcast.capture()), or, with `statements`, three statement triggers with
+-- transition tables (rowcast.capture_set()), one per operation; and the TRUNCATE
+-- trigger. Drops the other kind. Runs with the caller's rights: creating a trigger needs
 -- the table's ownership.
-create or replace function rowcast.arm_triggers(tbl regclass, routing_id int, wake text, exclude_attnums int2[])
+create or replace function rowcast.install_capture(tbl regclass, args text[], statements boolean)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    args    text;
-    setwise boolean;
+    quoted text;
 begin
-    select string_agg(quote_literal(a), ', ' order by n) into args
-    from unnest(array[routing_id::text, tbl::oid::text, wake]
-                || coalesce((select array_agg(x::text order by x) from unnest(exclude_attnums) x), '{}'))
-         with ordinality as x(a, n);
-    select c.relkind = 'r' and not c.relispartition
-           and not exists (select from pg_catalog.pg_inherits i where i.inhrelid = c.oid or i.inhparent = c.oid)
-    into setwise
-    from pg_catalog.pg_class c where c.oid = tbl;
-    if setwise then
+    select string_agg(quote_literal(a), ', ' order by n) into quoted
+    from unnest(args) with ordinality as x(a, n);
+    if statements then
         if exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture') then
             execute format('drop trigger rowcast_capture on %s', tbl);
         end if;
         execute format('create or replace trigger rowcast_capture_insert after insert on %s '
                        'referencing new table as rowcast_new '
-                       'for each statement execute function rowcast.capture_set(%s)', tbl, args);
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, quoted);
         execute format('create or replace trigger rowcast_capture_update after update on %s '
                        'referencing old table as rowcast_old new table as rowcast_new '
-                       'for each statement execute function rowcast.capture_set(%s)', tbl, args);
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, quoted);
         execute format('create or replace trigger rowcast_capture_delete after delete on %s '
                        'referencing old table as rowcast_old '
-                       'for each statement execute function rowcast.capture_set(%s)', tbl, args);
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, quoted);
     else
-        if exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture_insert') then
-            execute format('drop trigger rowcast_capture_insert on %s', tbl);
+        if exists (select from pg_catalog.pg_trigger t
+                   where t.tgrelid = tbl and t.tgname in ('rowcast_capture_insert', 'rowcast_capture_update',
+                                                          'rowcast_capture_delete')) then
+            execute format('drop trigger if exists rowcast_capture_insert on %s', tbl);
             execute format('drop trigger if exists rowcast_capture_update on %s', tbl);
             execute format('drop trigger if exists rowcast_capture_delete on %s', tbl);
         end if;
         execute format('create or replace trigger rowcast_capture after insert or update or delete on %s '
-                       'for each row execute function rowcast.capture(%s)', tbl, args);
+                       'for each row execute function rowcast.capture(%s)', tbl, quoted);
     end if;
     execute format('create or replace trigger rowcast_capture_truncate after truncate on %s '
-                   'for each statement execute function rowcast.capture_truncate(%s)', tbl, args);
+                   'for each statement execute function rowcast.capture_truncate(%s)', tbl, quoted);
+end
+$$;
+
+-- Why a table cannot be captured by statement triggers, in words; null when it can.
+-- PostgreSQL fires a table's statement triggers only for statements that name it: a
+-- statement on a partition (or an inheritance child) does not fire its parent's, one on
+-- the parent does not fire a partition's, and an inheritance parent's transition tables
+-- also hold its children's rows. Row triggers fire for every changed row of the tree,
+-- and a partitioned table's is cloned to partitions attached later.
+create or replace function rowcast.statement_capture_problem(tbl oid) returns text
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select case
+        when c.relkind = 'p' then 'a partitioned table is captured by its row trigger (writes may name a partition)'
+        when c.relispartition then 'a partition is captured by its parent''s row trigger'
+        when exists (select from pg_catalog.pg_inherits i where i.inhrelid = c.oid or i.inhparent = c.oid)
+            then 'a table in an inheritance tree is captured by its row trigger (writes may name another table of the tree)'
+        when c.relkind <> 'r' then 'only tables can be captured by statement triggers'
+    end
+    from pg_catalog.pg_class c where c.oid = tbl
+$$;
+
+-- Installs (or replaces) a table's capture triggers naming a registration, and arms it.
+-- The table keeps the kind of capture it has (row, or statements after
+-- rowcast.capture_statements), unless it can no longer be captured by statements; a
+-- table watched for the first time gets the row trigger. Runs with the caller's rights:
+-- creating a trigger needs the table's ownership.
+create or replace function rowcast.arm_triggers(tbl regclass, routing_id int, wake text, exclude_attnums int2[])
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform rowcast.install_capture(
+        tbl,
+        array[routing_id::text, tbl::oid::text, wake]
+            || coalesce((select array_agg(x::text order by x) from unnest(exclude_attnums) x), '{}'),
+        exists (select from pg_catalog.pg_trigger t
+                where t.tgrelid = tbl and t.tgfoid = 'rowcast.capture_set()'::regprocedure)
+            and rowcast.statement_capture_problem(tbl) is null);
     perform rowcast.confirm(tbl);
+end
+$$;
+
+-- Captures a watched table's changes once per statement (`enabled`), from the
+-- statement's transition tables, or once per row (the default). Both write the same
+-- events; per statement, a multi-row statement costs a fraction of what it costs per row,
+-- and a one-row write somewhat more (BENCHMARKS.md, "Multi-row statements"). Returns
+-- whether the table is now captured per statement. Runs with the caller's rights, so
+-- only the table's owner (or a member of the owning role) can do it.
+create or replace function rowcast.capture_statements(tbl regclass, enabled boolean default true)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    args    text[];
+    problem text;
+begin
+    if not pg_catalog.pg_has_role((select c.relowner from pg_catalog.pg_class c where c.oid = tbl), 'USAGE') then
+        raise exception 'rowcast.capture_statements: only the owner of % may change its capture triggers', tbl
+            using errcode = 'insufficient_privilege';
+    end if;
+    args := rowcast.capture_args(tbl);
+    if args is null then
+        raise exception 'rowcast.capture_statements: % is not watched (run rowcast.watch first)', tbl
+            using errcode = 'object_not_in_prerequisite_state';
+    end if;
+    problem := rowcast.statement_capture_problem(tbl);
+    if enabled and problem is not null then
+        raise exception 'rowcast.capture_statements: % cannot be captured by statement triggers: %', tbl, problem
+            using errcode = 'wrong_object_type';
+    end if;
+    perform rowcast.install_capture(tbl, args, enabled);
+    perform rowcast.confirm(tbl);
+    return enabled;
 end
 $$;
 
@@ -2078,8 +2152,7 @@ begin
     end if;
     if exists (select from pg_catalog.pg_trigger t
                where t.tgrelid = tbl and t.tgfoid = 'rowcast.capture_set()'::regprocedure)
-       and (exists (select from pg_catalog.pg_inherits i where i.inhrelid = tbl or i.inhparent = tbl)
-            or (select c.relkind from pg_catalog.pg_class c where c.oid = tbl) <> 'r') then
+       and rowcast.statement_capture_problem(tbl) is not null then
         return 'the table joined a partition or inheritance tree after it was watched: changes made through another table of the tree are not captured (or are captured as this one''s); run rowcast.watch again';
     end if;
     if not exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture_truncate') then
@@ -2420,6 +2493,7 @@ begin
                    'rowcast.unwatch(regclass), rowcast.unwatch(text), '
                    'rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb), '
                    'rowcast.arm_triggers(regclass, integer, text, int2[]), '
+                   'rowcast.install_capture(regclass, text[], boolean), rowcast.capture_statements(regclass, boolean), '
                    'rowcast.capture(), rowcast.capture_set(), rowcast.capture_truncate() to %s', role);
 end
 $$;
@@ -2431,9 +2505,10 @@ $$;
 -- grant_service() and grant_admin() give each role its part.
 revoke execute on all functions in schema rowcast from public;
 grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), rowcast.registration_problem(oid, text[]),
+    rowcast.statement_capture_problem(oid),
     rowcast.confirm(regclass), rowcast.shown_name(regclass), rowcast.table_topic(regclass), rowcast.topic_escape(text),
     rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
     rowcast.publish(text, text, jsonb) to public;
 
-insert into rowcast.functions (checksum) values ('1cc62d2c89e8b222') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('2a391100a66a38ec') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

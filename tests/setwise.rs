@@ -25,28 +25,14 @@ create table parts_us partition of parts for values in ('us');
 select rowcast.watch('items', topic => 'item', exclude => array['secret'], wake => 'poll');
 select rowcast.watch('"Sales"."Order Lines"', wake => 'poll');
 select rowcast.watch('parts', wake => 'poll');
+select rowcast.capture_statements('items');
+select rowcast.capture_statements('"Sales"."Order Lines"');
 "#;
 
-/// Replaces every set-wise table's statement triggers with the row trigger, with the
-/// same arguments: what `rowcast.watch` installed before set-wise capture.
+/// Moves the tables back to the row trigger, with the same arguments.
 const ROW_PATH: &str = r#"
-do $$
-declare
-    t oid;
-    args text;
-begin
-    for t in select distinct tgrelid from pg_trigger where tgfoid = 'rowcast.capture_set()'::regprocedure loop
-        select string_agg(quote_literal(a), ', ' order by n) into args
-        from unnest(rowcast.capture_args(t)) with ordinality as x(a, n);
-        execute format('drop trigger rowcast_capture_insert on %s', t::regclass);
-        execute format('drop trigger rowcast_capture_update on %s', t::regclass);
-        execute format('drop trigger rowcast_capture_delete on %s', t::regclass);
-        execute format('create trigger rowcast_capture after insert or update or delete on %s '
-                       'for each row execute function rowcast.capture(%s)', t::regclass, args);
-        perform rowcast.confirm(t::regclass);
-    end loop;
-end
-$$;
+select rowcast.capture_statements('items', false);
+select rowcast.capture_statements('"Sales"."Order Lines"', false);
 "#;
 
 /// The statements both databases run, each in its own transaction (a COPY follows the
@@ -359,6 +345,24 @@ async fn partition_trees_keep_the_row_trigger_and_a_table_joining_one_is_reporte
         ],
     )
     .await;
+    // A table is watched with the row trigger; capture_statements moves it to
+    // statement triggers, where that can serve.
+    let kinds = capture_triggers(&client).await;
+    assert!(kinds.contains(&"loose:ROW".to_string()), "{kinds:?}");
+    run(&client, &["select rowcast.capture_statements('loose')"]).await;
+    for table in ["kids", "parts", "parts_eu"] {
+        let sql = format!("select rowcast.capture_statements('{table}')");
+        let err = client.batch_execute(&sql).await.unwrap_err();
+        let message = err
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("cannot be captured by statement triggers")
+                || message.contains("not watched"),
+            "{table}: {message}"
+        );
+    }
     let kinds = capture_triggers(&client).await;
     for expected in ["kids:ROW", "loose:STATEMENT", "parts:ROW"] {
         assert!(kinds.contains(&expected.to_string()), "{kinds:?}");
@@ -379,7 +383,8 @@ async fn partition_trees_keep_the_row_trigger_and_a_table_joining_one_is_reporte
             .contains("inheritance"),
         "{problem:?}"
     );
-    // Watching it again moves it to the row trigger, and the problem goes.
+    // Watching it again keeps statement capture where it can, so it moves items to the
+    // row trigger, and the problem goes.
     run(&client, &["select rowcast.watch('items', topic => 'item', exclude => array['secret'], wake => 'poll')"]).await;
     let problem: Option<String> = client
         .query_one(
@@ -394,6 +399,13 @@ async fn partition_trees_keep_the_row_trigger_and_a_table_joining_one_is_reporte
         capture_triggers(&client)
             .await
             .contains(&"items:ROW".to_string())
+    );
+    // Watching loose again keeps its statement triggers.
+    run(&client, &["select rowcast.watch('loose', wake => 'poll')"]).await;
+    assert!(
+        capture_triggers(&client)
+            .await
+            .contains(&"loose:STATEMENT".to_string())
     );
     // A dropped statement trigger is reported.
     run(&client, &["drop trigger rowcast_capture_update on loose"]).await;
@@ -420,4 +432,29 @@ async fn partition_trees_keep_the_row_trigger_and_a_table_joining_one_is_reporte
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn an_upsert_on_a_set_wise_table_gets_its_updates_then_its_inserts() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    run(
+        &client,
+        &[
+            "insert into items (id, qty) values (1, 1), (2, 2)",
+            "insert into items (id, qty) values (1, 10), (7, 70), (2, 20), (8, 80) \
+             on conflict (id) do update set qty = excluded.qty",
+        ],
+    )
+    .await;
+    let events = delivered(&db).await;
+    let seen: Vec<(&str, i64)> = events[2..]
+        .iter()
+        .map(|e| (e["op"].as_str().unwrap(), e["data"]["id"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("UPDATE", 1), ("UPDATE", 2), ("INSERT", 7), ("INSERT", 8)]
+    );
 }

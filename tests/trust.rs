@@ -189,7 +189,7 @@ async fn a_tenant_admin_reads_and_changes_nothing_of_another_tenant() {
         "select rowcast.watch('b_notes', routes => '{\"body\": \"user\"}')",
         "select rowcast.watch('b_people')",
         "select rowcast.unwatch('b_people')",
-        "drop trigger rowcast_capture_update on b_people",
+        "drop trigger rowcast_capture on b_people",
         "select rowcast.arm_triggers('b_people', 1, 'notify', '{}')",
     ] {
         let message = denied(as_a.execute(sql, &[]).await, sql);

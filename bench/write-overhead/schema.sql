@@ -7,10 +7,9 @@
 --   b_exclude       watched like b_poll, with one more text column, status_note, that is
 --                   excluded from the captured rows (what an excluded column costs; its
 --                   extra column is also the only other difference from b_poll)
---   b_rows          watched like b_notify, but through the row trigger rowcast.capture()
---                   instead of the set-wise statement triggers (how every table was
---                   captured before set-wise capture; for comparison)
-drop table if exists b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_rows cascade;
+--   b_set           watched like b_notify, but captured by statement triggers
+--                   (rowcast.capture_statements) instead of the row trigger
+drop table if exists b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_set cascade;
 create table b_plain (id bigint primary key, user_id int not null, provider_id int not null,
                       status text not null, updated_at timestamptz not null default now());
 insert into b_plain (id, user_id, provider_id, status)
@@ -21,8 +20,8 @@ create table b_notify_every (like b_plain including all);
 insert into b_notify select * from b_plain;
 insert into b_poll select * from b_plain;
 insert into b_notify_every select * from b_plain;
-create table b_rows (like b_plain including all);
-insert into b_rows select * from b_plain;
+create table b_set (like b_plain including all);
+insert into b_set select * from b_plain;
 create table b_exclude (like b_plain including all, status_note text not null default 'no note');
 insert into b_exclude select * from b_plain;
 select rowcast.watch('b_notify', topic => 'booking', routes => '{"user_id": "user", "provider_id": "provider"}', wake => 'notify');
@@ -30,21 +29,8 @@ select rowcast.watch('b_poll', topic => 'booking', routes => '{"user_id": "user"
 select rowcast.watch('b_exclude', topic => 'booking', routes => '{"user_id": "user", "provider_id": "provider"}', wake => 'poll',
                      exclude => array['status_note']);
 select rowcast.watch('b_notify_every', topic => 'booking', routes => '{"user_id": "user", "provider_id": "provider"}', wake => 'notify');
-select rowcast.watch('b_rows', topic => 'booking', routes => '{"user_id": "user", "provider_id": "provider"}', wake => 'notify');
-do $$
-declare
-    args text;
-begin
-    select string_agg(quote_literal(a), ', ' order by n) into args
-    from unnest(rowcast.capture_args('b_rows'::regclass)) with ordinality as x(a, n);
-    drop trigger rowcast_capture_insert on b_rows;
-    drop trigger rowcast_capture_update on b_rows;
-    drop trigger rowcast_capture_delete on b_rows;
-    execute format('create trigger rowcast_capture after insert or update or delete on b_rows '
-                   'for each row execute function rowcast.capture(%s)', args);
-    perform rowcast.confirm('b_rows'::regclass);
-end
-$$;
+select rowcast.watch('b_set', topic => 'booking', routes => '{"user_id": "user", "provider_id": "provider"}', wake => 'notify');
+select rowcast.capture_statements('b_set');
 create or replace function b_notify_every_tx() returns trigger language plpgsql as $$
 begin
     perform pg_notify('rowcast_wake', '');
@@ -52,4 +38,4 @@ begin
 end $$;
 create trigger b_notify_every_tx after update on b_notify_every
     for each row execute function b_notify_every_tx();
-vacuum analyze b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_rows;
+vacuum analyze b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_set;

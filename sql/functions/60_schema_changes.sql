@@ -124,8 +124,7 @@ begin
     end if;
     if exists (select from pg_catalog.pg_trigger t
                where t.tgrelid = tbl and t.tgfoid = 'rowcast.capture_set()'::regprocedure)
-       and (exists (select from pg_catalog.pg_inherits i where i.inhrelid = tbl or i.inhparent = tbl)
-            or (select c.relkind from pg_catalog.pg_class c where c.oid = tbl) <> 'r') then
+       and rowcast.statement_capture_problem(tbl) is not null then
         return 'the table joined a partition or inheritance tree after it was watched: changes made through another table of the tree are not captured (or are captured as this one''s); run rowcast.watch again';
     end if;
     if not exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture_truncate') then

@@ -15,7 +15,8 @@
 //! - `sustained`: writes as fast as it can for a while, then checks that every written
 //!   event was sequenced and delivered exactly once, in position order.
 //! - `statement`: one UPDATE of every row of a large table in one transaction, on a plain
-//!   table and on watched ones, interleaved; the capture's cost as a ratio of times (no
+//!   table and on watched ones (captured per statement, and with `--row-path` per row),
+//!   interleaved; the capture's cost as a ratio of times (no
 //!   service: this measures the writer's statement alone).
 
 use std::net::SocketAddr;
@@ -98,7 +99,8 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         rows_per_tx: i64,
     },
-    /// One multi-row UPDATE in one transaction: watched against plain time.
+    /// One multi-row UPDATE in one transaction: watched (captured per statement) against
+    /// plain time.
     Statement {
         #[command(flatten)]
         common: Common,
@@ -112,8 +114,7 @@ enum Bench {
         /// not a superuser and not the tables' owner, so row-level security applies.
         #[arg(long, default_value = "bench_writer")]
         writer: String,
-        /// Also time a table watched through the row trigger (how every table was
-        /// captured before set-wise capture).
+        /// Also time a table captured by the row trigger (the default of `rowcast.watch`).
         #[arg(long)]
         row_path: bool,
     },
@@ -896,22 +897,6 @@ const STATEMENT_TABLE_SQL: &str =
     "create table s_plain (id bigint primary key, user_id int not null, provider_id int not null,
         status text not null, updated_at timestamptz not null default now())";
 
-/// Replaces a table's set-wise capture triggers with the row trigger, same arguments.
-const ROW_TRIGGER_SQL: &str = "do $$
-declare
-    args text;
-begin
-    select string_agg(quote_literal(a), ', ' order by n) into args
-    from unnest(rowcast.capture_args('s_rows'::regclass)) with ordinality as x(a, n);
-    drop trigger rowcast_capture_insert on s_rows;
-    drop trigger rowcast_capture_update on s_rows;
-    drop trigger rowcast_capture_delete on s_rows;
-    execute format('create trigger rowcast_capture after insert or update or delete on s_rows '
-                   'for each row execute function rowcast.capture(%s)', args);
-    perform rowcast.confirm('s_rows'::regclass);
-end
-$$";
-
 /// Times `update <table> set status = <the other one>, updated_at = now()` of every row,
 /// in one transaction, as `writer`, on a plain table and on watched ones, interleaved.
 /// Before each run the table is vacuumed, the log emptied and a checkpoint taken, so
@@ -960,10 +945,10 @@ async fn statement(
              create table s_set (like s_plain including all);
              insert into s_set select * from s_plain;
              select rowcast.watch('s_set', {routes}, wake => '{wake}');
+             select rowcast.capture_statements('s_set');
              create table s_rows (like s_plain including all);
              insert into s_rows select * from s_plain;
              select rowcast.watch('s_rows', {routes}, wake => '{wake}');
-             {ROW_TRIGGER_SQL};
              do $$ begin
                  if not exists (select from pg_roles where rolname = '{writer}') then
                      create role {writer} login nosuperuser;
@@ -1004,11 +989,13 @@ async fn statement(
         }
         let mut took = std::collections::HashMap::new();
         for table in order {
-            client
-                .batch_execute(&format!(
-                    "vacuum {table}; truncate rowcast.events, rowcast.log; checkpoint"
-                ))
-                .await?;
+            for sql in [
+                format!("vacuum {table}"),
+                "truncate rowcast.events, rowcast.log".to_string(),
+                "checkpoint".to_string(),
+            ] {
+                client.batch_execute(&sql).await?;
+            }
             let started = Instant::now();
             as_writer
                 .batch_execute(&format!(
