@@ -8,7 +8,7 @@ use futures_util::{SinkExt, pin_mut};
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use crate::support::{TestApp, TestDb, run};
+use crate::support::{TestApp, TestDb, connect, run};
 
 /// Tables of every shape the comparison covers: a plain table with an excluded column, an
 /// enum and a wide column; a table with quoted mixed-case names and an enum of such a
@@ -167,8 +167,25 @@ async fn set_wise_capture_delivers_the_events_and_positions_of_the_row_trigger()
         ["\"Sales\".\"Order Lines\":ROW", "items:ROW", "parts:ROW"]
     );
 
-    write_everything(&set_client).await;
+    // The set-wise side writes as an application role, which the policy on the log
+    // checks (the installer bypasses it).
+    let writer = format!("{}_app", set_db.name);
+    set_client
+        .batch_execute(&format!(
+            "create role {writer} login;
+             grant usage on schema public, \"Sales\" to {writer};
+             grant select, insert, update, delete on items, \"Sales\".\"Order Lines\", parts to {writer};"
+        ))
+        .await
+        .unwrap();
+    let as_writer = connect(&format!("{} user={writer}", set_db.url)).await;
+    write_everything(&as_writer).await;
     write_everything(&row_client).await;
+    drop(as_writer);
+    set_client
+        .batch_execute(&format!("drop owned by {writer}; drop role {writer}"))
+        .await
+        .unwrap();
 
     // The logs agree row for row (the wide old row trimmed the same way).
     let log =
