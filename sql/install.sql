@@ -589,15 +589,16 @@ begin
 end
 $$;
 
--- The set-wise capture: one statement trigger per operation (a trigger with transition
--- tables serves one event), with the same arguments as rowcast.capture(). It writes the
--- statement's rows from its transition tables (`rowcast_new`, `rowcast_old`) with one
--- `insert ... select`, in the order the statement changed them, which is the order the
--- row trigger would have fired in: the same events, each row's as rowcast.capture() makes
--- it (excluded columns dropped by number, no event for an UPDATE that changed nothing
--- visible, an old row over 1 kB trimmed to the changed columns). The old and the new
--- image of an updated row are paired by their place in the two transition tables, which
--- PostgreSQL fills together, row by row. Runs as the writer, like rowcast.capture().
+-- Capture per statement, for tables moved to it with rowcast.capture_statements(): one
+-- statement trigger per operation (a trigger with transition tables serves one event),
+-- with the same arguments as rowcast.capture(). It writes the statement's rows from its
+-- transition tables (`rowcast_new`, `rowcast_old`) with one `insert ... select`, in the
+-- order the statement changed them, which is the order the row trigger would have fired
+-- in: the same events, each row's as rowcast.capture() makes it (excluded columns dropped
+-- by number, no event for an UPDATE that changed nothing visible, an old row over 1 kB
+-- trimmed to the changed columns). The old and the new image of an updated row are
+-- paired by their place in the two transition tables, which PostgreSQL fills together,
+-- row by row. Runs as the writer, like rowcast.capture().
 create or replace function rowcast.capture_set() returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -2510,5 +2511,5 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
     rowcast.publish(text, text, jsonb) to public;
 
-insert into rowcast.functions (checksum) values ('2a391100a66a38ec') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('61d5eda8f744f8e0') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;
