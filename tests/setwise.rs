@@ -475,3 +475,54 @@ async fn an_upsert_on_a_set_wise_table_gets_its_updates_then_its_inserts() {
         [("UPDATE", 1), ("UPDATE", 2), ("INSERT", 7), ("INSERT", 8)]
     );
 }
+
+#[tokio::test]
+async fn a_statement_on_a_notify_table_wakes_the_sequencer_only_when_it_captured_rows() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "create table bulk (id int primary key, v int not null);
+             select rowcast.watch('bulk', wake => 'notify');
+             select rowcast.capture_statements('bulk');",
+        )
+        .await
+        .unwrap();
+    let listener = rowcast::db::Listener::connect(
+        &rowcast::db::pg_config(&db.url).unwrap(),
+        &["rowcast_wake"],
+    )
+    .await
+    .unwrap();
+    client
+        .batch_execute("insert into bulk select g, g from generate_series(1, 100) g")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), listener.notified())
+        .await
+        .expect("a multi-row insert into a notify table must wake the sequencer");
+    // Outside read committed every capturing statement wakes it (the flag is not used),
+    // so a statement that captured nothing is seen to stay quiet.
+    client
+        .batch_execute(
+            "begin isolation level repeatable read; update bulk set v = v where id > 50; \
+             update bulk set v = v + 1 where false; delete from bulk where false; commit",
+        )
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.notified())
+            .await
+            .is_err(),
+        "a statement that captured nothing sent a wake-up"
+    );
+    client
+        .batch_execute(
+            "begin isolation level repeatable read; update bulk set v = v + 1 where id > 50; commit",
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), listener.notified())
+        .await
+        .expect("a repeatable-read multi-row update must wake the sequencer");
+}
