@@ -22,7 +22,8 @@
 #                   of an application, which own nothing and are subject to row-level
 #                   security. WRITER=postgres measures as a superuser (the figures before
 #                   schema version 5), which bypasses row-level security.
-# VARIANTS="..."    which tables to update (default: plain notify poll notify_every exclude).
+# VARIANTS="..."    which tables to update (default: plain notify poll notify_every exclude;
+#                   also: set, notify mode captured by statement triggers).
 #
 # Every run is bounded: ROUNDS x variants x CLIENTS x SECONDS_PER_RUN seconds.
 set -euo pipefail
@@ -57,7 +58,7 @@ select not exists (select from pg_roles where rolname = :'writer') as missing \g
     create role :"writer" login nosuperuser;
 \endif
 grant usage on schema public to :"writer";
-grant select, update on b_plain, b_notify, b_poll, b_notify_every, b_exclude to :"writer";
+grant select, update on b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_set to :"writer";
 select r.rolsuper or exists (select from pg_class c where c.relname like 'b\_%' and c.relnamespace = 'public'::regnamespace
                                                      and pg_has_role(r.oid, c.relowner, 'USAGE')) as bypasses
 from pg_roles r where r.rolname = :'writer' \gset

@@ -62,3 +62,35 @@ async fn the_bench_binary_runs_a_tiny_latency_and_sustained_workload() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_binary_times_a_small_multi_row_update_on_every_capture_path() {
+    let database = format!("rowcast_bench_stmt_{}", std::process::id());
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::task::spawn_blocking({
+            let database = database.clone();
+            move || {
+                bench(
+                    &["statement", "--rows", "500", "--rounds", "2", "--row-path"],
+                    &database,
+                )
+            }
+        }),
+    )
+    .await
+    .expect("the bench took too long")
+    .unwrap();
+    assert!(out.contains("s_set/plain: median"), "{out}");
+    assert!(out.contains("s_rows/plain: median"), "{out}");
+    assert!(
+        out.contains("events in the log after the last run: 500")
+            || out.contains("events in the log after the last run: 0"),
+        "{out}"
+    );
+    let admin = connect(&cluster::shared().admin_url).await;
+    admin
+        .batch_execute(&format!("drop database if exists {database} with (force)"))
+        .await
+        .unwrap();
+}

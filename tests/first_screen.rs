@@ -657,6 +657,17 @@ async fn a_snapshot_reads_with_the_service_roles_rights_and_never_runs_a_tenants
             r#"alter table "Post" enable row level security; create policy anyone on "Post" using (trap(1) = 1)"#,
             r#"drop policy anyone on "Post"; alter table "Post" disable row level security"#,
         ),
+        (
+            r#"create statistics post_trap on (("postId" + trap(1))), "authorId" from "Post""#,
+            "drop statistics post_trap",
+        ),
+        // A partitioned table above it whose key the partition constraint comes from.
+        (
+            r#"create table "Wall" ("postId" int, "authorId" int, "phase" "Stage", secret text)
+                   partition by range (("postId" + trap(0)));
+               alter table "Wall" attach partition "Post" for values from (0) to (1000)"#,
+            r#"alter table "Wall" detach partition "Post"; drop table "Wall""#,
+        ),
     ] {
         run(&owner, &[setup]).await;
         let (status, body) = get_json(app.addr, "/snapshot?topics=author:5,Post:3").await;

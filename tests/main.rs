@@ -21,6 +21,7 @@ mod schema_changes;
 mod security;
 mod sequencing;
 mod session;
+mod setwise;
 mod startup;
 mod trust;
 mod wake;

@@ -478,7 +478,10 @@ async fn watching_a_table_again_after_unwatch_routes_its_events_again() {
         )
         .await
         .unwrap();
-    client.batch_execute("select rowcast.sequence()").await.unwrap();
+    client
+        .batch_execute("select rowcast.sequence()")
+        .await
+        .unwrap();
     let topics: Vec<String> = client
         .query_one(
             "select l.topics from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id

@@ -7,7 +7,9 @@
 --   b_exclude       watched like b_poll, with one more text column, status_note, that is
 --                   excluded from the captured rows (what an excluded column costs; its
 --                   extra column is also the only other difference from b_poll)
-drop table if exists b_plain, b_notify, b_poll, b_notify_every, b_exclude cascade;
+--   b_set           watched like b_notify, but captured by statement triggers
+--                   (rowcast.capture_statements) instead of the row trigger
+drop table if exists b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_set cascade;
 create table b_plain (id bigint primary key, user_id int not null, provider_id int not null,
                       status text not null, updated_at timestamptz not null default now());
 insert into b_plain (id, user_id, provider_id, status)
@@ -18,6 +20,8 @@ create table b_notify_every (like b_plain including all);
 insert into b_notify select * from b_plain;
 insert into b_poll select * from b_plain;
 insert into b_notify_every select * from b_plain;
+create table b_set (like b_plain including all);
+insert into b_set select * from b_plain;
 create table b_exclude (like b_plain including all, status_note text not null default 'no note');
 insert into b_exclude select * from b_plain;
 select rowcast.watch('b_notify', topic => 'booking', routes => '{"user_id": "user", "provider_id": "provider"}', wake => 'notify');
@@ -25,6 +29,8 @@ select rowcast.watch('b_poll', topic => 'booking', routes => '{"user_id": "user"
 select rowcast.watch('b_exclude', topic => 'booking', routes => '{"user_id": "user", "provider_id": "provider"}', wake => 'poll',
                      exclude => array['status_note']);
 select rowcast.watch('b_notify_every', topic => 'booking', routes => '{"user_id": "user", "provider_id": "provider"}', wake => 'notify');
+select rowcast.watch('b_set', topic => 'booking', routes => '{"user_id": "user", "provider_id": "provider"}', wake => 'notify');
+select rowcast.capture_statements('b_set');
 create or replace function b_notify_every_tx() returns trigger language plpgsql as $$
 begin
     perform pg_notify('rowcast_wake', '');
@@ -32,4 +38,4 @@ begin
 end $$;
 create trigger b_notify_every_tx after update on b_notify_every
     for each row execute function b_notify_every_tx();
-vacuum analyze b_plain, b_notify, b_poll, b_notify_every, b_exclude;
+vacuum analyze b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_set;

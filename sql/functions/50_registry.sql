@@ -36,7 +36,8 @@ create or replace trigger routings_immutable before update or delete on rowcast.
 create or replace trigger mappings_immutable before update or delete on rowcast.mappings
     for each row execute function rowcast.mappings_immutable();
 
--- The arguments of a table's capture trigger (null when it has none).
+-- The arguments of a table's capture triggers (null when it has none): the row trigger's,
+-- or the statement triggers' (rowcast.arm_triggers() gives them all the same).
 create or replace function rowcast.capture_args(tbl oid) returns text[]
 language sql
 stable
@@ -44,7 +45,8 @@ set search_path = pg_catalog, pg_temp
 as $$
     select (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1:t.tgnargs]
     from pg_catalog.pg_trigger t
-    where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+    where t.tgrelid = tbl and t.tgparentid = 0
+      and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
     order by t.tgname = 'rowcast_capture' desc, t.tgname
     limit 1
 $$;
@@ -284,7 +286,8 @@ declare
 begin
     args := rowcast.capture_args(tbl);
     if exists (select from pg_catalog.pg_trigger t
-               where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+               where t.tgrelid = tbl and t.tgparentid = 0
+                 and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
                  and (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1] is distinct from args[1]) then
         args := null;  -- two capture triggers naming different registrations: neither is trusted
     end if;
@@ -299,25 +302,125 @@ begin
 end
 $$;
 
--- Installs (or replaces) a table's capture triggers naming a registration, and arms it.
--- Runs with the caller's rights: creating a trigger needs the table's ownership.
-create or replace function rowcast.arm_triggers(tbl regclass, routing_id int, wake text, exclude_attnums int2[])
+-- Installs (or replaces) a table's capture triggers with the arguments `args`: the row
+-- trigger (rowcast.capture()), or, with `statements`, three statement triggers with
+-- transition tables (rowcast.capture_set()), one per operation; and the TRUNCATE
+-- trigger. Drops the other kind. Runs with the caller's rights: creating a trigger needs
+-- the table's ownership.
+create or replace function rowcast.install_capture(tbl regclass, args text[], statements boolean)
 returns void
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    args text;
+    quoted text;
 begin
-    select string_agg(quote_literal(a), ', ' order by n) into args
-    from unnest(array[routing_id::text, tbl::oid::text, wake]
-                || coalesce((select array_agg(x::text order by x) from unnest(exclude_attnums) x), '{}'))
-         with ordinality as x(a, n);
-    execute format('create or replace trigger rowcast_capture after insert or update or delete on %s '
-                   'for each row execute function rowcast.capture(%s)', tbl, args);
+    select string_agg(quote_literal(a), ', ' order by n) into quoted
+    from unnest(args) with ordinality as x(a, n);
+    if statements then
+        if exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture') then
+            execute format('drop trigger rowcast_capture on %s', tbl);
+        end if;
+        execute format('create or replace trigger rowcast_capture_insert after insert on %s '
+                       'referencing new table as rowcast_new '
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, quoted);
+        execute format('create or replace trigger rowcast_capture_update after update on %s '
+                       'referencing old table as rowcast_old new table as rowcast_new '
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, quoted);
+        execute format('create or replace trigger rowcast_capture_delete after delete on %s '
+                       'referencing old table as rowcast_old '
+                       'for each statement execute function rowcast.capture_set(%s)', tbl, quoted);
+    else
+        if exists (select from pg_catalog.pg_trigger t
+                   where t.tgrelid = tbl and t.tgname in ('rowcast_capture_insert', 'rowcast_capture_update',
+                                                          'rowcast_capture_delete')) then
+            execute format('drop trigger if exists rowcast_capture_insert on %s', tbl);
+            execute format('drop trigger if exists rowcast_capture_update on %s', tbl);
+            execute format('drop trigger if exists rowcast_capture_delete on %s', tbl);
+        end if;
+        execute format('create or replace trigger rowcast_capture after insert or update or delete on %s '
+                       'for each row execute function rowcast.capture(%s)', tbl, quoted);
+    end if;
     execute format('create or replace trigger rowcast_capture_truncate after truncate on %s '
-                   'for each statement execute function rowcast.capture_truncate(%s)', tbl, args);
+                   'for each statement execute function rowcast.capture_truncate(%s)', tbl, quoted);
+end
+$$;
+
+-- Why a table cannot be captured by statement triggers, in words; null when it can.
+-- PostgreSQL fires a table's statement triggers only for statements that name it: a
+-- statement on a partition (or an inheritance child) does not fire its parent's, one on
+-- the parent does not fire a partition's, and an inheritance parent's transition tables
+-- also hold its children's rows. Row triggers fire for every changed row of the tree,
+-- and a partitioned table's is cloned to partitions attached later.
+create or replace function rowcast.statement_capture_problem(tbl oid) returns text
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select case
+        when c.relkind = 'p' then 'a partitioned table is captured by its row trigger (writes may name a partition)'
+        when c.relispartition then 'a partition is captured by its parent''s row trigger'
+        when exists (select from pg_catalog.pg_inherits i where i.inhrelid = c.oid or i.inhparent = c.oid)
+            then 'a table in an inheritance tree is captured by its row trigger (writes may name another table of the tree)'
+        when c.relkind <> 'r' then 'only tables can be captured by statement triggers'
+    end
+    from pg_catalog.pg_class c where c.oid = tbl
+$$;
+
+-- Installs (or replaces) a table's capture triggers naming a registration, and arms it.
+-- The table keeps the kind of capture it has (row, or statements after
+-- rowcast.capture_statements), unless it can no longer be captured by statements; a
+-- table watched for the first time gets the row trigger. Runs with the caller's rights:
+-- creating a trigger needs the table's ownership.
+create or replace function rowcast.arm_triggers(tbl regclass, routing_id int, wake text, exclude_attnums int2[])
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform rowcast.install_capture(
+        tbl,
+        array[routing_id::text, tbl::oid::text, wake]
+            || coalesce((select array_agg(x::text order by x) from unnest(exclude_attnums) x), '{}'),
+        exists (select from pg_catalog.pg_trigger t
+                where t.tgrelid = tbl and t.tgfoid = 'rowcast.capture_set()'::regprocedure)
+            and rowcast.statement_capture_problem(tbl) is null);
     perform rowcast.confirm(tbl);
+end
+$$;
+
+-- Captures a watched table's changes once per statement (`enabled`), from the
+-- statement's transition tables, or once per row (the default). Both write the same
+-- events; per statement, a multi-row statement costs a fraction of what it costs per row,
+-- and a one-row write somewhat more (BENCHMARKS.md, "Multi-row statements"). Returns
+-- whether the table is now captured per statement. Runs with the caller's rights, so
+-- only the table's owner (or a member of the owning role) can do it.
+create or replace function rowcast.capture_statements(tbl regclass, enabled boolean default true)
+returns boolean
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    args    text[];
+    problem text;
+begin
+    if not pg_catalog.pg_has_role((select c.relowner from pg_catalog.pg_class c where c.oid = tbl), 'USAGE') then
+        raise exception 'rowcast.capture_statements: only the owner of % may change its capture triggers', tbl
+            using errcode = 'insufficient_privilege';
+    end if;
+    args := rowcast.capture_args(tbl);
+    if args is null then
+        raise exception 'rowcast.capture_statements: % is not watched (run rowcast.watch first)', tbl
+            using errcode = 'object_not_in_prerequisite_state';
+    end if;
+    problem := rowcast.statement_capture_problem(tbl);
+    if enabled and problem is not null then
+        raise exception 'rowcast.capture_statements: % cannot be captured by statement triggers: %', tbl, problem
+            using errcode = 'wrong_object_type';
+    end if;
+    perform rowcast.install_capture(tbl, args, enabled);
+    perform rowcast.confirm(tbl);
+    return enabled;
 end
 $$;
 
@@ -383,6 +486,9 @@ begin
             using errcode = 'insufficient_privilege';
     end if;
     execute format('drop trigger if exists rowcast_capture on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_insert on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_update on %s', tbl);
+    execute format('drop trigger if exists rowcast_capture_delete on %s', tbl);
     execute format('drop trigger if exists rowcast_capture_truncate on %s', tbl);
     perform rowcast.confirm(tbl);
     return was;

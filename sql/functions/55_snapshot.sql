@@ -62,7 +62,13 @@ declare
     t oid;
 begin
     for t in select distinct s.relid from rowcast.snapshot_sources(topics) s order by s.relid loop
-        execute format('lock table %s in share update exclusive mode', t::regclass);
+        begin
+            execute format('lock table %s in share update exclusive mode', t::regclass);
+        exception when lock_not_available then
+            -- Held by another session (a long DDL, say): this table is skipped, the
+            -- others are read.
+            null;
+        end;
     end loop;
 end
 $$;
@@ -115,11 +121,13 @@ as $$
 $$;
 
 -- Why table `tbl` cannot be read for a snapshot without running its owner's code, or null
--- when it can: it is not a table any more, it or a partition has row-level security, or
--- it, a partition, or one of their indexes or constraints uses a function or operator
--- that is not PostgreSQL's own (the planner evaluates index predicates and expressions,
--- partition keys and partitions' constraints). Read it after rowcast.lock_for_snapshot,
--- in a later statement, so that it sees what the read will see.
+-- when it can: it is not a table any more; it or a partition has row-level security or is
+-- a foreign table; it, a partition, a partitioned table above it, or one of their
+-- indexes or constraints uses a function or operator that is not PostgreSQL's own (the
+-- planner evaluates index predicates and expressions, partition keys and the partition
+-- constraints they give, and constraints); or one of them has statistics on expressions
+-- (which the planner evaluates too). Read it after rowcast.lock_for_snapshot, in a later
+-- statement, so that it sees what the read will see.
 create or replace function rowcast.snapshot_refusal(tbl oid) returns text
 language sql
 stable
@@ -129,6 +137,8 @@ as $$
         select tbl as oid
         union
         select a.relid from pg_catalog.pg_partition_tree(tbl) a
+        union
+        select a.relid from pg_catalog.pg_partition_ancestors(tbl) a
     ), objects as (
         select 'pg_class'::regclass as classid, r.oid from rels r
         union all
@@ -141,6 +151,11 @@ as $$
             then 'it is no longer a table'
         when exists (select from pg_catalog.pg_class c join rels r on r.oid = c.oid where c.relrowsecurity)
             then 'it has row-level security, whose policies would run as the service'
+        when exists (select from pg_catalog.pg_class c join rels r on r.oid = c.oid where c.relkind = 'f')
+            then 'a partition is a foreign table'
+        when exists (select from pg_catalog.pg_statistic_ext x join rels r on r.oid = x.stxrelid
+                     where x.stxexprs is not null)
+            then 'it has statistics on expressions, which the planner would evaluate as the service'
         when exists (select from pg_catalog.pg_depend d join objects o on o.classid = d.classid and o.oid = d.objid
                      where d.refclassid in ('pg_proc'::regclass, 'pg_operator'::regclass) and d.refobjid >= 16384)
             then 'an index, partition key or constraint uses a function or operator of its own, which the planner would run as the service'
@@ -194,7 +209,7 @@ begin
         if why is null and not exists (select from pg_catalog.pg_locks l
                                        where l.locktype = 'relation' and l.relation = s.relid and l.granted
                                          and l.pid = pg_backend_pid() and l.mode = 'ShareUpdateExclusiveLock') then
-            why := 'its registration changed while it was read: ask again';
+            why := 'it could not be locked (another session held it, or its registration changed): ask again';
         end if;
         -- Every column read, by its current name; an owner's enum through its output
         -- function (format), so that no cast its owner added is looked up.

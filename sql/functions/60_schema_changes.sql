@@ -33,11 +33,11 @@ begin
     end if;
     if (select count(distinct (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1])
         from pg_catalog.pg_trigger t
-        where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure) > 1 then
+        where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)) > 1 then
         return 'two capture triggers name different registrations: their events are delivered to nobody; run rowcast.watch again';
     end if;
     if exists (select from pg_catalog.pg_trigger t
-               where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid = 'rowcast.capture()'::regprocedure
+               where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
                  and t.tgenabled = 'D') then
         return 'the capture trigger is disabled: changes are not captured';
     end if;
@@ -114,6 +114,19 @@ begin
                           r.exclude_columns[i], now_name);
         end if;
     end loop;
+    if not exists (select from pg_catalog.pg_trigger t
+                   where t.tgrelid = tbl and t.tgname = 'rowcast_capture' and t.tgtype & 1 = 1
+                     and t.tgfoid = 'rowcast.capture()'::regprocedure)
+       and (select count(*) from pg_catalog.pg_trigger t
+            where t.tgrelid = tbl and t.tgfoid = 'rowcast.capture_set()'::regprocedure
+              and t.tgname in ('rowcast_capture_insert', 'rowcast_capture_update', 'rowcast_capture_delete')) < 3 then
+        return 'a capture trigger is missing: changes are not all captured; run rowcast.watch again';
+    end if;
+    if exists (select from pg_catalog.pg_trigger t
+               where t.tgrelid = tbl and t.tgfoid = 'rowcast.capture_set()'::regprocedure)
+       and rowcast.statement_capture_problem(tbl) is not null then
+        return 'the table joined a partition or inheritance tree after it was watched: changes made through another table of the tree are not captured (or are captured as this one''s); run rowcast.watch again';
+    end if;
     if not exists (select from pg_catalog.pg_trigger t where t.tgrelid = tbl and t.tgname = 'rowcast_capture_truncate') then
         return 'the TRUNCATE trigger is missing: truncations are not captured; run rowcast.watch again';
     end if;
@@ -314,7 +327,7 @@ begin
         from pg_catalog.pg_event_trigger_ddl_commands() d
         join pg_catalog.pg_trigger w
           on w.tgparentid = 0
-         and w.tgfoid = 'rowcast.capture()'::regprocedure
+         and w.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
          and (   (d.classid = 'pg_catalog.pg_class'::regclass and w.tgrelid = d.objid)
               or (d.classid = 'pg_catalog.pg_namespace'::regclass
                   and w.tgrelid in (select c.oid from pg_catalog.pg_class c where c.relnamespace = d.objid)))

@@ -40,7 +40,7 @@ select t.tgrelid::regclass as "table",
                on a.attrelid = t.tgrelid and a.attnum = (x.rule ->> 'attnum')::int2 and not a.attisdropped) as rules,
        coalesce(r.snapshot, false) as snapshot
 from (select distinct on (x.tgrelid) x.* from pg_catalog.pg_trigger x
-      where x.tgparentid = 0 and x.tgfoid = 'rowcast.capture()'::regprocedure
+      where x.tgparentid = 0 and x.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
       order by x.tgrelid, x.tgname = 'rowcast_capture' desc, x.tgname) t
 join pg_catalog.pg_class c on c.oid = t.tgrelid
 cross join lateral (select rowcast.capture_args(t.tgrelid) as a) args

@@ -35,7 +35,8 @@ begin
                    'rowcast.unwatch(regclass), rowcast.unwatch(text), '
                    'rowcast.register(regclass, text, jsonb, text[], text, jsonb, text, jsonb, boolean), '
                    'rowcast.arm_triggers(regclass, integer, text, int2[]), '
-                   'rowcast.capture(), rowcast.capture_truncate() to %s', role);
+                   'rowcast.install_capture(regclass, text[], boolean), rowcast.capture_statements(regclass, boolean), '
+                   'rowcast.capture(), rowcast.capture_set(), rowcast.capture_truncate() to %s', role);
 end
 $$;
 
@@ -46,6 +47,7 @@ $$;
 -- grant_service() and grant_admin() give each role its part.
 revoke execute on all functions in schema rowcast from public;
 grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), rowcast.registration_problem(oid, text[]),
+    rowcast.statement_capture_problem(oid),
     rowcast.confirm(regclass), rowcast.shown_name(regclass), rowcast.table_topic(regclass), rowcast.topic_escape(text),
     rowcast.resolve_table(text), rowcast.rule_text(jsonb, text), rowcast.head(),
     rowcast.left_key(rowcast.routings, integer, jsonb, jsonb),

@@ -14,6 +14,10 @@
 //! - `memory`: server RSS per idle connection.
 //! - `sustained`: writes as fast as it can for a while, then checks that every written
 //!   event was sequenced and delivered exactly once, in position order.
+//! - `statement`: one UPDATE of every row of a large table in one transaction, on a plain
+//!   table and on watched ones (captured per statement, and with `--row-path` per row),
+//!   interleaved; the capture's cost as a ratio of times (no
+//!   service: this measures the writer's statement alone).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -94,6 +98,25 @@ enum Bench {
         /// Rows inserted per transaction (one event each).
         #[arg(long, default_value_t = 10)]
         rows_per_tx: i64,
+    },
+    /// One multi-row UPDATE in one transaction: watched (captured per statement) against
+    /// plain time.
+    Statement {
+        #[command(flatten)]
+        common: Common,
+        /// Rows in each table; the UPDATE changes every one.
+        #[arg(long, default_value_t = 200_000)]
+        rows: i64,
+        /// Rounds; each times every table once, in an order that alternates.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// The writer role (created without rights beyond its tables if it is missing):
+        /// not a superuser and not the tables' owner, so row-level security applies.
+        #[arg(long, default_value = "bench_writer")]
+        writer: String,
+        /// Also time a table captured by the row trigger (the default of `rowcast.watch`).
+        #[arg(long)]
+        row_path: bool,
     },
     /// Runs the service (used by the other subcommands as their child process).
     #[command(hide = true)]
@@ -263,6 +286,13 @@ async fn run(bench: Bench) -> anyhow::Result<()> {
             sustained(&env, seconds, writers, rows_per_tx).await?;
             env.stop().await
         }
+        Bench::Statement {
+            common,
+            rows,
+            rounds,
+            writer,
+            row_path,
+        } => statement(&common, rows, rounds, &writer, row_path).await,
         Bench::Serve { .. } => unreachable!("handled in main"),
     }
 }
@@ -858,6 +888,148 @@ async fn sustained(
     );
     if lost != 0 || rows != events || events != logged || out_of_order != 0 {
         bail!("loss or disorder detected");
+    }
+    Ok(())
+}
+
+/// The tables of the `statement` benchmark: the shape of bench/write-overhead's.
+const STATEMENT_TABLE_SQL: &str =
+    "create table s_plain (id bigint primary key, user_id int not null, provider_id int not null,
+        status text not null, updated_at timestamptz not null default now())";
+
+/// Times `update <table> set status = <the other one>, updated_at = now()` of every row,
+/// in one transaction, as `writer`, on a plain table and on watched ones, interleaved.
+/// Before each run the table is vacuumed, the log emptied and a checkpoint taken, so
+/// every run starts alike.
+async fn statement(
+    common: &Common,
+    rows: i64,
+    rounds: usize,
+    writer: &str,
+    row_path: bool,
+) -> anyhow::Result<()> {
+    if !matches!(common.wake.as_str(), "notify" | "poll") {
+        bail!("--wake must be notify or poll");
+    }
+    if writer.is_empty()
+        || !writer
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        bail!("--writer must be a plain role name");
+    }
+    let admin = connect(&with_dbname(&common.server, "postgres")).await?;
+    for sql in [
+        format!("drop database if exists {} with (force)", common.database),
+        format!("create database {}", common.database),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .context("creating the benchmark database")?;
+    }
+    let url = common.url();
+    let mut client = connect(&url).await?;
+    rowcast::migrate::migrate(&mut client).await?;
+    let mut tables = vec!["s_plain", "s_set"];
+    if row_path {
+        tables.push("s_rows");
+    }
+    let routes =
+        "topic => 'booking', routes => '{\"user_id\": \"user\", \"provider_id\": \"provider\"}'";
+    client
+        .batch_execute(&format!(
+            "{STATEMENT_TABLE_SQL};
+             insert into s_plain (id, user_id, provider_id, status)
+             select g, g % 1000, g % 100, 'PENDING' from generate_series(1, {rows}) g;
+             create table s_set (like s_plain including all);
+             insert into s_set select * from s_plain;
+             select rowcast.watch('s_set', {routes}, wake => '{wake}');
+             select rowcast.capture_statements('s_set');
+             create table s_rows (like s_plain including all);
+             insert into s_rows select * from s_plain;
+             select rowcast.watch('s_rows', {routes}, wake => '{wake}');
+             do $$ begin
+                 if not exists (select from pg_roles where rolname = '{writer}') then
+                     create role {writer} login nosuperuser;
+                 end if;
+             end $$;
+             grant usage on schema public to {writer};
+             grant select, update on s_plain, s_set, s_rows to {writer};",
+            wake = common.wake
+        ))
+        .await
+        .context("creating the tables")?;
+    let bypasses: bool = client
+        .query_one(
+            "select rolsuper or rolbypassrls from pg_roles where rolname = $1",
+            &[&writer],
+        )
+        .await?
+        .get(0);
+    if bypasses {
+        bail!("{writer} is a superuser or bypasses row-level security: pick another --writer");
+    }
+    let mut writer_config: tokio_postgres::Config = url.parse()?;
+    writer_config.user(writer);
+    let (as_writer, connection) = writer_config.connect(NoTls).await.context(
+        "connecting as the writer (it needs to log in without a password, like pgbench's)",
+    )?;
+    tokio::spawn(connection);
+
+    println!(
+        "statement: one UPDATE of {rows} rows in one transaction, as {writer}, wake={}, {rounds} rounds",
+        common.wake
+    );
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); tables.len()];
+    for round in 0..rounds {
+        let mut order = tables.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut took = std::collections::HashMap::new();
+        for table in order {
+            for sql in [
+                format!("vacuum {table}"),
+                "truncate rowcast.events, rowcast.log".to_string(),
+                "checkpoint".to_string(),
+            ] {
+                client.batch_execute(&sql).await?;
+            }
+            let started = Instant::now();
+            as_writer
+                .batch_execute(&format!(
+                    "begin;
+                     update {table} set status = case status when 'PENDING' then 'CONFIRMED' else 'PENDING' end,
+                                        updated_at = now();
+                     commit"
+                ))
+                .await
+                .with_context(|| format!("updating {table}"))?;
+            took.insert(table, started.elapsed().as_secs_f64() * 1000.0);
+        }
+        let captured: i64 = client
+            .query_one("select count(*) from rowcast.events", &[])
+            .await?
+            .get(0);
+        let plain = took["s_plain"];
+        let mut line = format!("  round {}: plain {plain:.0} ms", round + 1);
+        for (i, table) in tables.iter().enumerate().skip(1) {
+            let ratio = took[table] / plain;
+            ratios[i].push(ratio);
+            line += &format!(", {table} {:.0} ms ({ratio:.2}x)", took[table]);
+        }
+        println!("{line}; events in the log after the last run: {captured}");
+    }
+    for (i, table) in tables.iter().enumerate().skip(1) {
+        let mut r = ratios[i].clone();
+        r.sort_by(f64::total_cmp);
+        println!(
+            "  {table}/plain: median {:.2}x (min {:.2}x, max {:.2}x)",
+            r[r.len() / 2],
+            r[0],
+            r[r.len() - 1]
+        );
     }
     Ok(())
 }
