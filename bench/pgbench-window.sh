@@ -6,7 +6,7 @@
 wait_for_clients() {
     local db=$1 clients=$2 up
     for _ in $(seq 1 50); do
-        up=$(psql -qXAt -d "$db" -c "select count(*) from pg_stat_activity where application_name = 'pgbench'")
+        up=$(psql -qXAt -d "$db" -c "select count(*) from pg_stat_activity where application_name = 'pgbench' and datname = current_database()")
         [ "$up" -ge "$clients" ] && break
         sleep 0.2
     done
