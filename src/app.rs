@@ -199,12 +199,8 @@ impl Application {
         let link = bus.map(|bus| {
             let stall_after = bus.stall_after();
             let (publisher, publishing) = bus::publisher(bus.clone(), ctx.shutdown.clone());
-            let (changes, reading) = bus::reader(
-                bus,
-                ctx.hub.clone(),
-                leading.clone(),
-                ctx.shutdown.clone(),
-            );
+            let (changes, reading) =
+                bus::reader(bus, ctx.hub.clone(), leading.clone(), ctx.shutdown.clone());
             tasks.spawn(publishing);
             tasks.spawn(reading);
             tail::BusLink {

@@ -50,7 +50,11 @@ pub async fn two_replicas(db: &TestDb, env: &[(&str, &str)]) -> (ServiceProcess,
     assert!(leads, "the first replica sequences:\n{}", first.log());
     let second = ServiceProcess::start_with_env(&db.url, None, env).await;
     let follows = eventually(WAIT, async || source(&second).await == "nats").await;
-    assert!(follows, "the second replica follows the bus:\n{}", second.log());
+    assert!(
+        follows,
+        "the second replica follows the bus:\n{}",
+        second.log()
+    );
     assert_eq!(source(&first).await, "postgres");
     (first, second)
 }
@@ -92,7 +96,10 @@ async fn a_replica_on_the_bus_sends_the_same_frames_as_one_reading_postgres() {
     let writes = 300;
     let mut moved = 0i64;
     for i in 0..writes {
-        let row = client.query_one(NEW_BOOKING, &[&1i64, &2i64]).await.unwrap();
+        let row = client
+            .query_one(NEW_BOOKING, &[&1i64, &2i64])
+            .await
+            .unwrap();
         if i == 100 {
             moved = row.get(0);
             client
@@ -134,6 +141,9 @@ async fn a_replica_on_the_bus_sends_the_same_frames_as_one_reading_postgres() {
         metric(&first, "rowcast_bus_published_total").await >= (writes + 1) as f64
     })
     .await;
-    assert_eq!(metric(&first, "rowcast_bus_publish_failures_total").await, 0.0);
+    assert_eq!(
+        metric(&first, "rowcast_bus_publish_failures_total").await,
+        0.0
+    );
     delete_stream(&url, &stream).await;
 }

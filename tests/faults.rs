@@ -657,10 +657,13 @@ async fn nats_going_down_under_load_loses_nothing_and_the_bus_is_followed_again(
 
     // NATS is back: the follower takes the bus again.
     nats.restart().await;
-    wait_until("the follower follows the bus again", async || {
-        crate::bus::source(&second).await == "nats"
-    })
-    .await;
+    let back = eventually(WAIT, async || crate::bus::source(&second).await == "nats").await;
+    assert!(
+        back,
+        "the follower follows the bus again; its log:\n{}\nthe publisher's:\n{}",
+        second.log(),
+        first.log()
+    );
     follower.sees_more(50).await;
     let written = committed(&db, writer).await;
     assert_eq!(sequenced_count(&db).await, written);

@@ -80,6 +80,7 @@ fn nats_error(err: impl std::fmt::Display) -> BusError {
 /// A connection to NATS, made in the background: it never waits for the server.
 #[derive(Clone)]
 pub(crate) struct Bus {
+    client: async_nats::Client,
     js: jetstream::Context,
     config: BusConfig,
 }
@@ -97,9 +98,10 @@ impl Bus {
             .connect(url)
             .await
             .map_err(nats_error)?;
-        let mut js = jetstream::new(client);
+        let mut js = jetstream::new(client.clone());
         js.set_timeout(REQUEST_TIMEOUT);
         Ok(Some(Bus {
+            client,
             js,
             config: config.clone(),
         }))
@@ -147,9 +149,8 @@ impl Publisher {
         }
         if let Err(err) = self.batches.try_send(batch) {
             let lost = match &err {
-                mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch) => {
-                    batch.len()
-                }
+                mpsc::error::TrySendError::Full(batch)
+                | mpsc::error::TrySendError::Closed(batch) => batch.len(),
             };
             metrics::counter!(crate::metrics::BUS_PUBLISH_FAILURES).increment(lost as u64);
         }
@@ -254,6 +255,9 @@ const LEADING_CHECK: Duration = Duration::from_millis(250);
 enum Stop {
     Shutdown,
     Leading,
+    /// The connection to NATS came back: a new consumer is opened at once, rather than
+    /// wait for the old one to notice its server is gone (missed heartbeats).
+    Reconnected,
 }
 
 async fn read(
@@ -273,7 +277,7 @@ async fn read(
         }
         let delay = match follow(&bus, &hub, &leading, &changes, &shutdown).await {
             Ok(Stop::Shutdown) => return,
-            Ok(Stop::Leading) => {
+            Ok(Stop::Leading | Stop::Reconnected) => {
                 backoff = crate::db::reconnect_backoff();
                 continue;
             }
@@ -312,6 +316,7 @@ async fn follow(
     let mut messages = consumer.messages().await.map_err(nats_error)?;
     tracing::info!(after, "following the bus");
     let mut check = tokio::time::interval(LEADING_CHECK);
+    let mut disconnected = false;
     loop {
         tokio::select! {
             message = messages.next() => match message {
@@ -327,9 +332,17 @@ async fn follow(
                 Some(Err(err)) => return Err(nats_error(err)),
                 None => return Err(BusError("the consumer ended".into())),
             },
-            _ = check.tick() => if leading.load(Ordering::Acquire) {
-                return Ok(Stop::Leading);
-            },
+            _ = check.tick() => {
+                if leading.load(Ordering::Acquire) {
+                    return Ok(Stop::Leading);
+                }
+                let connected =
+                    bus.client.connection_state() == async_nats::connection::State::Connected;
+                if connected && disconnected {
+                    return Ok(Stop::Reconnected);
+                }
+                disconnected |= !connected;
+            }
             _ = shutdown.cancelled() => return Ok(Stop::Shutdown),
         }
     }

@@ -94,7 +94,15 @@ pub(crate) async fn run(
 ) {
     let mut backoff = db::reconnect_backoff();
     while !shutdown.is_cancelled() {
-        let result = session(&pg, &config, feed.as_ref(), &leading, &shutdown, &mut backoff).await;
+        let result = session(
+            &pg,
+            &config,
+            feed.as_ref(),
+            &leading,
+            &shutdown,
+            &mut backoff,
+        )
+        .await;
         leading.store(false, Ordering::Release);
         match result {
             Ok(()) => return,

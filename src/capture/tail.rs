@@ -375,7 +375,7 @@ impl Tail<'_> {
                         Some(change) => {
                             let inbound = inbound.as_mut().expect("a change came from the bus");
                             if let FromBus::Switch =
-                                self.from_bus(&listener, &stmt, inbound, change).await?
+                                self.take_from_bus(&listener, &stmt, inbound, change).await?
                             {
                                 break;
                             }
@@ -445,7 +445,7 @@ impl Tail<'_> {
     /// the head is published; a gap, while following the bus, is read from PostgreSQL.
     /// Not following (reading PostgreSQL), the bus is taken back as soon as it brings the
     /// head or the position after it.
-    async fn from_bus(
+    async fn take_from_bus(
         &self,
         listener: &Listener,
         stmt: &Statement,

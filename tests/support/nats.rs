@@ -90,10 +90,8 @@ impl PrivateNats {
             .and_then(|l| l.local_addr())
             .unwrap()
             .port();
-        let store = std::env::temp_dir().join(format!(
-            "rowcast-nats-{}-{port}",
-            std::process::id()
-        ));
+        let store =
+            std::env::temp_dir().join(format!("rowcast-nats-{}-{port}", std::process::id()));
         let mut nats = PrivateNats {
             url: format!("nats://127.0.0.1:{port}"),
             port,
@@ -108,7 +106,14 @@ impl PrivateNats {
     /// Starts it again (same port, same store) after [`PrivateNats::kill`].
     pub async fn restart(&mut self) {
         let child = Command::new(&self.binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&self.store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
