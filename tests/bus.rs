@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::pipeline::NEW_BOOKING;
 use crate::support::nats::{delete_stream, shared_for, unique_stream};
 use crate::support::service::ServiceProcess;
-use crate::support::{TestDb, WAIT, WsClient, eventually, wait_until};
+use crate::support::{TestDb, WAIT, WsClient, eventually, positions, wait_until};
 
 /// The environment that puts a replica on the bus.
 pub fn bus_env<'a>(url: &'a str, stream: &'a str, subject: &'a str) -> [(&'a str, &'a str); 3] {
@@ -145,5 +145,57 @@ async fn a_replica_on_the_bus_sends_the_same_frames_as_one_reading_postgres() {
         metric(&first, "rowcast_bus_publish_failures_total").await,
         0.0
     );
+    delete_stream(&url, &stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reads_the_positions_the_stream_lacks_from_postgres() {
+    let test = "gap";
+    let Some(url) = shared_for(test) else {
+        return;
+    };
+    let (stream, subject) = unique_stream(test);
+    let db = TestDb::demo().await;
+    let env = bus_env(&url, &stream, &subject);
+    let (first, second) = two_replicas(&db, &env).await;
+    // Messages that take the ids of positions 41..=60 before they exist: the stream drops
+    // the real ones as duplicates, so it lacks them; these cannot be read, and are skipped.
+    let nats = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+    for pos in 41..=60 {
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload("not a change".into())
+            .message_id(pos.to_string());
+        nats.send_publish(subject.clone(), message)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut ws = WsClient::connect(second.addr).await;
+    ws.subscribe(&["bookings"], Some(0)).await;
+    let client = db.client().await;
+    for _ in 0..100 {
+        client
+            .query_one(NEW_BOOKING, &[&1i64, &2i64])
+            .await
+            .unwrap();
+    }
+    let events = ws.events(100).await;
+    assert_eq!(positions(&events), (1..=100).collect::<Vec<_>>());
+    ws.expect_silence(Duration::from_millis(200)).await;
+    // It stayed on the bus: the missing positions were read, not a fallback.
+    assert_eq!(source(&second).await, "nats");
+    assert!(
+        !second.log().contains("reading the log from postgres"),
+        "the follower fell back to postgres:\n{}",
+        second.log()
+    );
+    let log = second.log();
+    assert!(log.contains("skipping unreadable bus message"), "{log}");
+    assert!(
+        log.contains("the bus lacks positions: reading them from postgres"),
+        "{log}"
+    );
+    drop(first);
     delete_stream(&url, &stream).await;
 }

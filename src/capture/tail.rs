@@ -488,6 +488,11 @@ impl Tail<'_> {
             if !run.is_empty() {
                 self.publish(listener, std::mem::take(&mut run)).await?;
             }
+            tracing::info!(
+                head = self.hub.head(),
+                next = change.pos,
+                "the bus lacks positions: reading them from postgres"
+            );
             self.catch_up(listener, stmt).await?;
             if change.pos == self.hub.head() + 1 {
                 run.push(Ok(change));
