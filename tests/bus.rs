@@ -55,7 +55,13 @@ pub async fn two_replicas(db: &TestDb, env: &[(&str, &str)]) -> (ServiceProcess,
         "the second replica follows the bus:\n{}",
         second.log()
     );
-    assert_eq!(source(&first).await, "postgres");
+    // The first replica's tailer may have started before its sequencer led.
+    let reads = eventually(WAIT, async || source(&first).await == "postgres").await;
+    assert!(
+        reads,
+        "the sequencing replica reads postgres:\n{}",
+        first.log()
+    );
     (first, second)
 }
 
