@@ -2,18 +2,21 @@
 //!
 //! [`Application::build`] connects, checks the schema and binds (port 0 works, for
 //! tests): the public listener and, if `metrics_listen` is set, the operator listener.
-//! [`Application::run`] starts the sequencer, the tailer, the hub's writers, the health
-//! monitor and retention, serves HTTP until a shutdown token is cancelled, then closes
-//! every session with 1001 and waits for the tasks to finish.
+//! [`Application::run`] starts the sequencer, the tailer (with the bus's publisher and
+//! reader when `bus.nats_url` is set), the hub's writers, the health monitor and
+//! retention, serves HTTP until a shutdown token is cancelled, then closes every session
+//! with 1001 and waits for the tasks to finish.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::capture::bus::{self, Bus};
 use crate::capture::{log, prune, registry, sequencer, tail};
 use crate::config::Config;
 use crate::db::{self, DbError};
@@ -55,6 +58,9 @@ pub enum ServeError {
         /// The cause (said in the message, so not offered as a source).
         cause: std::io::Error,
     },
+    /// The bus settings cannot be used (a malformed `bus.nats_url`).
+    #[error("bus: {0}")]
+    Bus(#[from] bus::BusError),
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
@@ -68,6 +74,8 @@ pub struct Application {
     ctx: AppContext,
     pg: tokio_postgres::Config,
     config: Config,
+    /// The bus, if `bus.nats_url` is set.
+    bus: Option<Bus>,
 }
 
 /// Why an address could not be bound, and what to do about it.
@@ -126,6 +134,7 @@ impl Application {
             Some(addr) => Some(bind(addr, "--metrics-listen").await?),
             None => None,
         };
+        let bus = Bus::connect(&config.bus).await?;
         let ctx = AppContext {
             hub: Hub::new(head),
             pool,
@@ -146,6 +155,7 @@ impl Application {
             ctx,
             pg,
             config,
+            bus,
         })
     }
 
@@ -174,21 +184,39 @@ impl Application {
             ctx,
             pg,
             config,
+            bus,
         } = self;
         let tasks = TaskTracker::new();
         let (feed, offers) = tail::feed(&config.tail, ctx.hub.clone());
+        let leading = Arc::new(AtomicBool::new(false));
         tasks.spawn(sequencer::run(
             pg.clone(),
             config.sequencer.clone(),
             Some(feed),
+            leading.clone(),
             ctx.shutdown.clone(),
         ));
-        tasks.spawn(tail::run(
+        let link = bus.map(|bus| {
+            let stall_after = bus.stall_after();
+            let (publisher, publishing) = bus::publisher(bus.clone(), ctx.shutdown.clone());
+            let (changes, reading) =
+                bus::reader(bus, ctx.hub.clone(), leading.clone(), ctx.shutdown.clone());
+            tasks.spawn(publishing);
+            tasks.spawn(reading);
+            tail::BusLink {
+                publisher,
+                leading,
+                changes,
+                stall_after,
+            }
+        });
+        tasks.spawn(tail::run_with_bus(
             pg,
             config.tail.clone(),
             ctx.hub.clone(),
             ctx.mappings.clone(),
             offers,
+            link,
             ctx.shutdown.clone(),
         ));
         for writer in 0..ctx.hub.writers() {

@@ -28,6 +28,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::{Figment, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::capture::bus::BusConfig;
 use crate::capture::prune::RetentionConfig;
 use crate::capture::sequencer::SequencerConfig;
 use crate::capture::tail::TailConfig;
@@ -72,6 +73,8 @@ pub struct Config {
     /// How long shutdown waits for sessions and background tasks.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// The NATS JetStream bus that carries the log between replicas (off by default).
+    pub bus: BusConfig,
 }
 
 /// How logs are written.
@@ -102,6 +105,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             ready_max_lag: 10_000,
             shutdown_timeout: Duration::from_secs(10),
+            bus: BusConfig::default(),
         }
     }
 }
@@ -187,6 +191,7 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database_url = redact_url(&self.database_url);
+        shown.bus.nats_url = self.bus.nats_url.as_deref().map(redact_url);
         if shown.auth.secret.is_some() {
             shown.auth.secret = Some("***".into());
         }
@@ -361,6 +366,33 @@ mod tests {
         assert_eq!(config.limits.idle_timeout, Duration::from_secs(5));
         assert_eq!(config.session.catch_up_wait, Duration::from_millis(250));
         assert_eq!(config.auth.operator_role, "ops");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_bus_is_off_by_default_and_read_from_the_file_with_its_url_redacted() {
+        let defaults = Config::default();
+        assert_eq!(defaults.bus.nats_url, None);
+        assert_eq!(defaults.bus.stream, "rowcast");
+        assert_eq!(defaults.bus.subject, "rowcast.log");
+        let dir = std::env::temp_dir().join(format!("rowcast-config-bus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rowcast.toml");
+        std::fs::write(
+            &file,
+            "[bus]\nnats_url = \"nats://app:s3cret@nats:4222\"\nstall_after = \"500ms\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file)).unwrap();
+        assert_eq!(
+            config.bus.nats_url.as_deref(),
+            Some("nats://app:s3cret@nats:4222")
+        );
+        assert_eq!(config.bus.stall_after, Duration::from_millis(500));
+        assert_eq!(config.bus.stream, "rowcast");
+        let shown = config.to_redacted_toml();
+        assert!(shown.contains("nats://app:***@nats:4222"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

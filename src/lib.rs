@@ -13,6 +13,8 @@
 //!   the registry and the event rules live there too.
 //! - [`capture::sequencer`] gives committed events gap-free positions in `rowcast.log`.
 //! - [`capture::tail`] follows the log on a dedicated connection (LISTEN, then read).
+//! - [`capture::bus`] (optional, NATS JetStream) carries the log from the sequencing
+//!   replica's tailer to the other replicas' tailers.
 //! - [`capture::log`] is the log's read side, for the tailer and for replay: changes,
 //!   the event rules they were captured with, and what the hub publishes for each.
 //! - [`capture::prune`] deletes what retention no longer keeps, by position and age.

@@ -42,6 +42,14 @@ pub(crate) const SEQUENCING_STALLED: &str = "rowcast_sequencing_stalled_seconds"
 pub(crate) const SEQUENCER_LEADING: &str = "rowcast_sequencer_leading";
 /// Takeovers from a sequencing replica that handed out no position for too long.
 pub(crate) const SEQUENCER_TAKEOVERS: &str = "rowcast_sequencer_takeovers_total";
+/// Which source this replica's tailer follows (`source`: `postgres` or `nats`): 1 for the
+/// one it follows, 0 for the other.
+pub(crate) const FEED_SOURCE: &str = "rowcast_feed_source";
+/// Changes this replica published to the bus (acknowledged by the stream).
+pub(crate) const BUS_PUBLISHED: &str = "rowcast_bus_published_total";
+/// Changes this replica failed to publish to the bus (NATS unreachable, no ack, queue
+/// full); followers read them from PostgreSQL.
+pub(crate) const BUS_PUBLISH_FAILURES: &str = "rowcast_bus_publish_failures_total";
 /// Changes of tables with a domain delivered as generic `row.*` events because their row
 /// could not be read through the mapping.
 pub(crate) const ROWS_UNMAPPED: &str = "rowcast_rows_unmapped_total";
@@ -121,6 +129,8 @@ fn start_at_zero() {
         DELIVERIES,
         ROWS_UNMAPPED,
         SEQUENCER_TAKEOVERS,
+        BUS_PUBLISHED,
+        BUS_PUBLISH_FAILURES,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -138,6 +148,8 @@ fn start_at_zero() {
         metrics::gauge!(name).increment(0.0);
     }
     let _ = metrics::histogram!(SEQUENCER_ROUND);
+    metrics::gauge!(FEED_SOURCE, "source" => "postgres").increment(0.0);
+    metrics::gauge!(FEED_SOURCE, "source" => "nats").increment(0.0);
     for (name, label, values) in KNOWN_LABELS {
         for value in *values {
             metrics::counter!(*name, *label => *value).increment(0);
@@ -195,6 +207,18 @@ fn describe() {
     describe_counter!(
         SEQUENCER_TAKEOVERS,
         "Takeovers from a sequencing replica that handed out no position for sequencer.takeover_after"
+    );
+    describe_gauge!(
+        FEED_SOURCE,
+        "1 for the source this replica follows the log from (postgres or nats), 0 for the other"
+    );
+    describe_counter!(
+        BUS_PUBLISHED,
+        "Changes this replica published to the bus and the stream acknowledged"
+    );
+    describe_counter!(
+        BUS_PUBLISH_FAILURES,
+        "Changes this replica could not publish to the bus (followers read them from postgres)"
     );
     describe_gauge!(
         REGISTRATION_PROBLEMS,

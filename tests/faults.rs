@@ -624,3 +624,50 @@ async fn soak_random_faults_lose_nothing() {
     );
     drop(services);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_going_down_under_load_loses_nothing_and_the_bus_is_followed_again() {
+    let test = "nats_down";
+    let Some(binary) = crate::support::nats::server_binary_for(test) else {
+        return;
+    };
+    let mut nats = crate::support::nats::PrivateNats::start(binary).await;
+    let (stream, subject) = crate::support::nats::unique_stream(test);
+    let db = TestDb::demo().await;
+    let env = crate::bus::bus_env(&nats.url, &stream, &subject);
+    let (first, second) = crate::bus::two_replicas(&db, &env).await;
+    // A dashboard on the replica that follows the bus.
+    let follower = Follower::start(Arc::new(Mutex::new(vec![second.addr])));
+    let writer = Writer::start(&db.url, Duration::from_millis(3));
+    follower.sees_more(50).await;
+    assert_eq!(crate::bus::source(&second).await, "nats");
+
+    // NATS dies: the follower reads PostgreSQL, the publisher counts its failures.
+    nats.kill();
+    writes(&writer, 100).await;
+    follower.sees_more(50).await;
+    wait_until("the follower reads postgres", async || {
+        crate::bus::source(&second).await == "postgres"
+    })
+    .await;
+    wait_until("the publisher counts failures", async || {
+        crate::bus::metric(&first, "rowcast_bus_publish_failures_total").await > 0.0
+    })
+    .await;
+
+    // NATS is back: the follower takes the bus again.
+    nats.restart().await;
+    let back = eventually(WAIT, async || crate::bus::source(&second).await == "nats").await;
+    assert!(
+        back,
+        "the follower follows the bus again; its log:\n{}\nthe publisher's:\n{}",
+        second.log(),
+        first.log()
+    );
+    follower.sees_more(50).await;
+    let written = committed(&db, writer).await;
+    assert_eq!(sequenced_count(&db).await, written);
+    follower.expect_exactly(written).await;
+    assert_eq!(crate::bus::source(&second).await, "nats");
+    crate::support::nats::delete_stream(&nats.url, &stream).await;
+}

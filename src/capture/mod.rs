@@ -5,8 +5,10 @@
 //! the [`tail`]er follows the log and hands events to the hub; [`log`] reads it (and
 //! [`changed`] keeps an UPDATE's changed columns); [`prune`] deletes what retention no
 //! longer keeps; [`registry`] reports what a schema change broke in a registration;
-//! [`stall`] tells a stalled sequencer from an idle one.
+//! [`stall`] tells a stalled sequencer from an idle one; [`bus`] carries the log from the
+//! sequencing replica to the others through NATS JetStream, when one is configured.
 
+pub mod bus;
 pub(crate) mod changed;
 pub mod log;
 pub mod prune;

@@ -15,6 +15,8 @@
 //! writers from sending a NOTIFY each. docs/architecture.md ("Sequencing", "The wake-up")
 //! has the reasoning and the bounds.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::TryFutureExt;
@@ -82,16 +84,27 @@ impl Default for SequencerConfig {
 /// Runs the sequencer until `shutdown` is cancelled, reconnecting with backoff.
 /// A batch in flight when shutdown comes is finished first. With a `feed`, every round
 /// also reads the log after the local tailer's head and offers it what it read (see
-/// [`crate::capture::tail`]).
+/// [`crate::capture::tail`]). `leading` is set while this replica sequences.
 pub(crate) async fn run(
     pg: tokio_postgres::Config,
     config: SequencerConfig,
     feed: Option<Feed>,
+    leading: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = db::reconnect_backoff();
     while !shutdown.is_cancelled() {
-        match session(&pg, &config, feed.as_ref(), &shutdown, &mut backoff).await {
+        let result = session(
+            &pg,
+            &config,
+            feed.as_ref(),
+            &leading,
+            &shutdown,
+            &mut backoff,
+        )
+        .await;
+        leading.store(false, Ordering::Release);
+        match result {
             Ok(()) => return,
             Err(err) => {
                 metrics::counter!(crate::metrics::RECONNECTS, "role" => "sequencer").increment(1);
@@ -120,6 +133,7 @@ async fn session(
     pg: &tokio_postgres::Config,
     config: &SequencerConfig,
     feed: Option<&Feed>,
+    leading: &AtomicBool,
     shutdown: &CancellationToken,
     backoff: &mut backon::ExponentialBackoff,
 ) -> Result<(), DbError> {
@@ -139,8 +153,10 @@ async fn session(
         return Ok(());
     }
     ::metrics::gauge!(crate::metrics::SEQUENCER_LEADING).set(1.0);
+    leading.store(true, Ordering::Release);
     tracing::info!("sequencing: this replica hands out positions");
     let result = lead(&listener, config, feed, shutdown).await;
+    leading.store(false, Ordering::Release);
     ::metrics::gauge!(crate::metrics::SEQUENCER_LEADING).set(0.0);
     result
 }

@@ -5,6 +5,14 @@
 //! which doubles as the probe of a silently dead connection. The local sequencer hands
 //! its batches over through a [`Feed`], saving a NOTIFY and a read. A replica that fell
 //! behind retention drops its sessions rather than feed them a gap.
+//!
+//! With a bus ([`crate::capture::bus`]), only the sequencing replica reads the log this
+//! way, and it hands what it publishes to the bus's publisher; the others take the
+//! changes from the bus: one right after the head is published, one at or below it is
+//! skipped, and one past it makes them read the missing positions from PostgreSQL first.
+//! They keep the LISTEN (and probe `last_pos` every `poll_interval`), and when the log
+//! moves past their head with nothing from the bus for `bus.stall_after`, they read the
+//! log from PostgreSQL until the bus brings the position after their head again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,9 +23,10 @@ use tokio::time::Instant;
 use tokio_postgres::Statement;
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::bus::{self, Publisher};
 use crate::capture::log::{self, Changes, position};
 use crate::db::{self, DbError, Listener};
-use crate::events::Mappings;
+use crate::events::{Change, Mappings};
 use crate::hub::Hub;
 
 /// Settings of the tailer.
@@ -146,6 +155,19 @@ impl Feed {
     }
 }
 
+/// This replica's link to the bus: what the tailer publishes to it while this replica
+/// sequences, and what it reads from it otherwise.
+pub(crate) struct BusLink {
+    /// Where this replica's changes go while it sequences.
+    pub(crate) publisher: Publisher,
+    /// Set while this replica's sequencer sequences.
+    pub(crate) leading: Arc<AtomicBool>,
+    /// Changes read from the stream ([`bus::reader`]).
+    pub(crate) changes: mpsc::Receiver<Change>,
+    /// How long the stream may stay silent while the log moves past the head.
+    pub(crate) stall_after: Duration,
+}
+
 /// Follows the log from the hub's head until `shutdown`, reconnecting with backoff.
 /// `offers` are the local sequencer's hand-offs ([`feed`]).
 pub async fn run(
@@ -153,18 +175,51 @@ pub async fn run(
     config: TailConfig,
     hub: Arc<Hub>,
     mappings: Arc<Mappings>,
+    offers: Offers,
+    shutdown: CancellationToken,
+) {
+    run_with_bus(pg, config, hub, mappings, offers, None, shutdown).await;
+}
+
+/// [`run`], with a bus ([`BusLink`]) when one is configured.
+pub(crate) async fn run_with_bus(
+    pg: tokio_postgres::Config,
+    config: TailConfig,
+    hub: Arc<Hub>,
+    mappings: Arc<Mappings>,
     mut offers: Offers,
+    bus: Option<BusLink>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = db::reconnect_backoff();
+    let (outbound, mut inbound) = match bus {
+        Some(link) => (
+            Some(Outbound {
+                publisher: link.publisher,
+                leading: link.leading.clone(),
+            }),
+            Some(Inbound {
+                changes: link.changes,
+                leading: link.leading,
+                stall_after: link.stall_after,
+                on_bus: true,
+                behind_since: None,
+                heard: Instant::now(),
+                last_pos: 0,
+            }),
+        ),
+        None => (None, None),
+    };
+    set_source(false);
     while !shutdown.is_cancelled() {
         let tail = Tail {
             config: &config,
             hub: &hub,
             mappings: &mappings,
+            outbound: outbound.as_ref(),
         };
         match tail
-            .session(&pg, &mut offers, &shutdown, &mut backoff)
+            .session(&pg, &mut offers, &mut inbound, &shutdown, &mut backoff)
             .await
         {
             Ok(()) => return,
@@ -182,10 +237,90 @@ pub async fn run(
     }
 }
 
+/// The publishing side of a [`BusLink`].
+struct Outbound {
+    publisher: Publisher,
+    leading: Arc<AtomicBool>,
+}
+
+/// The reading side of a [`BusLink`], and whether the tailer follows the bus.
+struct Inbound {
+    changes: mpsc::Receiver<Change>,
+    leading: Arc<AtomicBool>,
+    stall_after: Duration,
+    /// The bus is believed live: follow it (unless this replica sequences).
+    on_bus: bool,
+    /// Since when the log has been past the head while following the bus.
+    behind_since: Option<Instant>,
+    /// When the bus last brought a change.
+    heard: Instant,
+    /// The last position handed out, as last probed.
+    last_pos: i64,
+}
+
+impl Inbound {
+    /// Whether the tailer takes its changes from the bus rather than PostgreSQL.
+    fn following(&self) -> bool {
+        self.on_bus && !self.leading.load(Ordering::Acquire)
+    }
+
+    /// Whether the stream has been silent for `stall_after` while the log (`latest`) was
+    /// past the head.
+    fn stalled(&mut self, latest: i64, head: i64) -> bool {
+        if latest.max(self.last_pos) <= head {
+            self.behind_since = None;
+            return false;
+        }
+        let now = Instant::now();
+        let since = *self.behind_since.get_or_insert(now);
+        now.saturating_duration_since(since.max(self.heard)) >= self.stall_after
+    }
+
+    fn switch(&mut self, on_bus: bool, head: i64) {
+        self.on_bus = on_bus;
+        self.behind_since = None;
+        if on_bus {
+            tracing::info!(head, "following the log from the bus");
+        } else {
+            tracing::warn!(
+                head,
+                "the bus stalled or is unreachable: reading the log from postgres"
+            );
+        }
+    }
+}
+
+/// Sets [`crate::metrics::FEED_SOURCE`].
+fn set_source(bus: bool) {
+    let (nats, postgres) = if bus { (1.0, 0.0) } else { (0.0, 1.0) };
+    metrics::gauge!(crate::metrics::FEED_SOURCE, "source" => "nats").set(nats);
+    metrics::gauge!(crate::metrics::FEED_SOURCE, "source" => "postgres").set(postgres);
+}
+
+/// How often a tailer following the bus checks whether it stalled.
+const STALL_CHECK: Duration = Duration::from_millis(100);
+
+/// What a change from the bus did.
+enum FromBus {
+    /// Nothing changes.
+    Stay,
+    /// The tailer changes source.
+    Switch,
+}
+
 struct Tail<'a> {
     config: &'a TailConfig,
     hub: &'a Hub,
     mappings: &'a Mappings,
+    outbound: Option<&'a Outbound>,
+}
+
+/// The next change from the bus, or never without one.
+async fn from_bus(inbound: &mut Option<Inbound>) -> Option<Change> {
+    match inbound {
+        Some(inbound) => inbound.changes.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Tail<'_> {
@@ -193,6 +328,7 @@ impl Tail<'_> {
         &self,
         pg: &tokio_postgres::Config,
         offers: &mut Offers,
+        inbound: &mut Option<Inbound>,
         shutdown: &CancellationToken,
         backoff: &mut backon::ExponentialBackoff,
     ) -> Result<(), DbError> {
@@ -203,8 +339,25 @@ impl Tail<'_> {
         // Offers made while this connection was down were dropped or are stale: the
         // first read covers them.
         while offers.received.try_recv().is_ok() {}
+        let mut stall_check = tokio::time::interval(STALL_CHECK);
         loop {
-            self.catch_up(&listener, &stmt).await?;
+            let following = inbound.as_ref().is_some_and(Inbound::following);
+            if let Some(inbound) = inbound.as_mut().filter(|_| following) {
+                // The probe of this connection, and how far the log is.
+                inbound.last_pos = db::with_timeout(
+                    self.config.probe_timeout,
+                    log::last_position(&listener.client),
+                )
+                .await?;
+                if inbound.stalled(listener.latest(), self.hub.head()) {
+                    inbound.switch(false, self.hub.head());
+                }
+            }
+            let following = inbound.as_ref().is_some_and(Inbound::following);
+            set_source(following);
+            if !following {
+                self.catch_up(&listener, &stmt).await?;
+            }
             self.hub.set_feed_live(true);
             // The fallback read is also the probe of this connection, so it runs every
             // `poll_interval` even while offers keep coming.
@@ -212,8 +365,32 @@ impl Tail<'_> {
             loop {
                 tokio::select! {
                     _ = listener.notified() => {
-                        // A wake-up for positions handed off (or about to be) needs no read.
-                        if !self.handed_off(&listener, offers).await? {
+                        // A wake-up for positions handed off (or about to be) needs no read;
+                        // following the bus, it only says how far the log is.
+                        if !following && !self.handed_off(&listener, offers).await? {
+                            break;
+                        }
+                    }
+                    change = from_bus(inbound) => match change {
+                        Some(change) => {
+                            let inbound = inbound.as_mut().expect("a change came from the bus");
+                            if let FromBus::Switch =
+                                self.take_from_bus(&listener, &stmt, inbound, change).await?
+                            {
+                                break;
+                            }
+                        }
+                        None => {
+                            // The reader stopped (shutdown): PostgreSQL only.
+                            *inbound = None;
+                            break;
+                        }
+                    },
+                    _ = stall_check.tick(), if inbound.is_some() => {
+                        let inbound = inbound.as_mut().expect("checked");
+                        if inbound.following() != following
+                            || (following && inbound.stalled(listener.latest(), self.hub.head()))
+                        {
                             break;
                         }
                     }
@@ -262,6 +439,74 @@ impl Tail<'_> {
             }
             waited = true;
         }
+    }
+
+    /// Takes a change from the bus (and whatever else is waiting there): what follows
+    /// the head is published; a gap, while following the bus, is read from PostgreSQL.
+    /// Not following (reading PostgreSQL), the bus is taken back as soon as it brings the
+    /// head or the position after it.
+    async fn take_from_bus(
+        &self,
+        listener: &Listener,
+        stmt: &Statement,
+        inbound: &mut Inbound,
+        first: Change,
+    ) -> Result<FromBus, DbError> {
+        inbound.heard = Instant::now();
+        let mut received = vec![first];
+        while received.len() < self.config.batch as usize {
+            match inbound.changes.try_recv() {
+                Ok(change) => received.push(change),
+                Err(_) => break,
+            }
+        }
+        if inbound.leading.load(Ordering::Acquire) {
+            // This replica reads PostgreSQL and publishes: what it reads from the bus is
+            // its own.
+            return Ok(FromBus::Stay);
+        }
+        let following = inbound.on_bus;
+        let mut run = Changes::new();
+        for change in received {
+            let head = self.hub.head() + run.len() as i64;
+            if change.pos <= head {
+                if !following && change.pos == head {
+                    inbound.switch(true, head);
+                    return Ok(FromBus::Switch);
+                }
+                continue;
+            }
+            if change.pos == head + 1 {
+                run.push(Ok(change));
+                continue;
+            }
+            // A gap: the stream lacks positions (lost, purged, or from before this
+            // replica followed it).
+            if !following {
+                continue;
+            }
+            if !run.is_empty() {
+                self.publish(listener, std::mem::take(&mut run)).await?;
+            }
+            tracing::info!(
+                head = self.hub.head(),
+                next = change.pos,
+                "the bus lacks positions: reading them from postgres"
+            );
+            self.catch_up(listener, stmt).await?;
+            if change.pos == self.hub.head() + 1 {
+                run.push(Ok(change));
+            }
+        }
+        if run.is_empty() {
+            return Ok(FromBus::Stay);
+        }
+        self.publish(listener, run).await?;
+        if !following {
+            inbound.switch(true, self.hub.head());
+            return Ok(FromBus::Switch);
+        }
+        Ok(FromBus::Stay)
     }
 
     /// Publishes an offer from the local sequencer: the part after the head, if it
@@ -322,11 +567,18 @@ impl Tail<'_> {
         .await?;
         let mut batch = Vec::with_capacity(rows.len());
         let mut last = self.hub.head();
-        for row in rows {
+        let mut outgoing = bus::Outgoing::new();
+        let outbound = self
+            .outbound
+            .filter(|outbound| outbound.leading.load(Ordering::Acquire));
+        for row in &rows {
             match row {
                 Ok(change) => {
                     last = change.pos;
-                    batch.push(log::publishable(&change, self.mappings));
+                    batch.push(log::publishable(change, self.mappings));
+                    if outbound.is_some() {
+                        outgoing.push(Publisher::encode(change));
+                    }
                 }
                 // Only a hand-edited log can get here; the position is skipped loudly.
                 Err(err) => {
@@ -337,6 +589,9 @@ impl Tail<'_> {
         }
         metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(batch.len() as u64);
         self.hub.publish(&batch, last);
+        if let Some(outbound) = outbound {
+            outbound.publisher.offer(outgoing);
+        }
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 use serde_json::value::RawValue;
 
 /// What happened to the row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Op {
     /// A row was inserted.
     Insert,
@@ -42,8 +43,9 @@ impl Op {
     }
 }
 
-/// One sequenced change, as stored by the capture trigger.
-#[derive(Debug)]
+/// One sequenced change, as stored by the capture trigger. It is carried as JSON on the
+/// bus, its values as read from the log (`crate::capture::bus`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     /// Gap-free global position.
     pub pos: i64,

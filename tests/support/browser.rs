@@ -41,7 +41,7 @@ pub fn chromium_for(test: &str) -> Option<PathBuf> {
 }
 
 /// Whether the tests run under CI: `CI` is set to anything but empty, `0` or `false`.
-fn under_ci() -> bool {
+pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| {
         let v = v.trim();
         !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))

@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod nats;
 pub mod proxy;
 pub mod service;
 pub mod sse;
