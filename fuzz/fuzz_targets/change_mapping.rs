@@ -59,7 +59,10 @@ fn rules() -> Mapping {
         vec![
             Rule::new("t.created", When::Op(Op::Insert)),
             Rule::new("t.gone", When::Never),
-            Rule::new("t.done", When::Becomes("status".into(), values(&["done", "1.50", "true"]))),
+            Rule::new(
+                "t.done",
+                When::Becomes("status".into(), values(&["done", "1.50", "true"])),
+            ),
             Rule::new("t.set", When::Set("at".into())),
             Rule::new("t.cleared", When::Cleared("at".into())),
             Rule::new("t.moved", When::BecomesAny("n".into())),
@@ -85,6 +88,8 @@ fuzz_target!(|input: &[u8]| {
     let data = row_json(fields.next());
     let old = row_json(fields.next());
     let topics: Vec<String> = fields.map(|t| text(Some(t))).collect();
+    let topics_len = topics.len();
+    let left_key = old.clone();
     let change = Change {
         pos,
         table,
@@ -94,6 +99,11 @@ fuzz_target!(|input: &[u8]| {
         data,
         old,
         mapping_id: with_rules.then_some(1),
+        // Some UPDATEs moved the row off their last topics: those get `row.left` with the
+        // row's key, here the old row.
+        kept: (op == Op::Update && topics_len > 1)
+            .then(|| 1 + pos.unsigned_abs() as usize % (topics_len - 1)),
+        left_key: left_key.clone(),
     };
 
     let mappings = Mappings::new();
@@ -104,6 +114,17 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(published.pos, change.pos);
     assert_eq!(published.event, event);
     assert_eq!(published.topics, change.topics);
+    // The topics a row left get a key-only frame of valid JSON, and only those topics.
+    if let Some(left) = &published.left {
+        let kept = change.kept.expect("a left frame only with kept");
+        assert_eq!(left.topics, change.topics[kept..]);
+        assert_eq!(left.event.name(), "row.left");
+        if let Err(err) = serde_json::from_str::<Value>(left.frame.as_str())
+            && !too_deep(&err)
+        {
+            panic!("left frame {:?}: {err}", left.frame.as_str());
+        }
+    }
     let frame = published.frame.as_str();
     assert_eq!(
         frame,
