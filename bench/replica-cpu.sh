@@ -30,6 +30,12 @@
 #   BUILDS="old=/work/wt-old/target/release/rowcast new=target/release/rowcast" \
 #     REPLICAS="1 2 4 8" SECONDS_PER_RUN=20 RATE=1000 ROUNDS=2 bench/replica-cpu.sh
 #
+# The same build with and without the bus: list it twice and name the bus label in BUS
+# (replicas then follow a stream of their own on NATS_URL, default nats://127.0.0.1:4222):
+#
+#   BUILDS="pg=target/release/rowcast bus=target/release/rowcast" BUS=bus \
+#     REPLICAS="1 2 4 8" SECONDS_PER_RUN=20 RATE=1000 bench/replica-cpu.sh
+#
 # Each build gets its own database ${DB_PREFIX}_<label>, created (dropped first) and
 # migrated by that build, with the watched table r_events (10,000 rows, notify wake-up,
 # routed by user_id). KEEP=1 leaves the databases; by default they are dropped at the end.
@@ -155,8 +161,15 @@ run() { # label bin n round
     local label=$1 bin=$2 n=$3 round=$4 db="${DB_PREFIX}_$1" i
     local url="host=$PGHOST port=$PGPORT user=$PGUSER dbname=$db"
     SERVE_PIDS=()
+    # Builds labelled in BUS follow a NATS JetStream stream of their own (bus.*).
+    local bus=()
+    if [[ " ${BUS:-} " == *" $label "* ]]; then
+        bus=(ROWCAST_BUS__NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
+             ROWCAST_BUS__STREAM="rowcast_bench_${label}_${round}_$n"
+             ROWCAST_BUS__SUBJECT="rowcast_bench.${label}.${round}.$n")
+    fi
     for i in $(seq 1 "$n"); do
-        ROWCAST_LOG=warn "$bin" serve --database-url "$url application_name=rc_r$i" \
+        env "${bus[@]}" ROWCAST_LOG=warn "$bin" serve --database-url "$url application_name=rc_r$i" \
             --listen "127.0.0.1:$(( PORT_BASE + i - 1 ))" >"$OUT/serve.$i.log" 2>&1 &
         SERVE_PIDS+=($!)
     done
