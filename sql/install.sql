@@ -542,13 +542,8 @@ begin
 end
 $$;
 
--- The topics of an event (rowcast.route_event() without `kept`).
-create or replace function rowcast.topics_of(r rowcast.routings, op text, data jsonb, old jsonb) returns text[]
-language sql
-immutable
-as $$
-    select e.topics from rowcast.route_event(r, op, data, old) e
-$$;
+-- Replaced by rowcast.route_event(), which also says which topics the row left.
+drop function if exists rowcast.topics_of(rowcast.routings, text, jsonb, jsonb);
 
 -- What a topic an UPDATE moved the row off gets instead of the row (`row.left`): the
 -- row's primary key as it was, as JSON text; null when every topic gets the whole event
@@ -2919,5 +2914,5 @@ begin
 end
 $$;
 
-insert into rowcast.functions (checksum) values ('c631bc6b428e1f02') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('0143c924950bac83') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

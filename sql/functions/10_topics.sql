@@ -194,13 +194,8 @@ begin
 end
 $$;
 
--- The topics of an event (rowcast.route_event() without `kept`).
-create or replace function rowcast.topics_of(r rowcast.routings, op text, data jsonb, old jsonb) returns text[]
-language sql
-immutable
-as $$
-    select e.topics from rowcast.route_event(r, op, data, old) e
-$$;
+-- Replaced by rowcast.route_event(), which also says which topics the row left.
+drop function if exists rowcast.topics_of(rowcast.routings, text, jsonb, jsonb);
 
 -- What a topic an UPDATE moved the row off gets instead of the row (`row.left`): the
 -- row's primary key as it was, as JSON text; null when every topic gets the whole event
