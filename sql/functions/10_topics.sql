@@ -36,14 +36,19 @@ as $$
 $$;
 
 -- The name events report for a table: `schema.table` outside public, as it is spelled.
+-- PL/pgSQL rather than SQL: the sequencer calls it once per registration in every batch,
+-- and a PL/pgSQL function keeps its plan for the session where a SQL function with a
+-- `set` clause is planned again in every statement that calls it.
 create or replace function rowcast.shown_name(tbl regclass) returns text
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select case when n.nspname = 'public' then c.relname::text else n.nspname || '.' || c.relname end
-    from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-    where c.oid = tbl
+begin
+    return (select case when n.nspname = 'public' then c.relname::text else n.nspname || '.' || c.relname end
+            from pg_catalog.pg_class c join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+            where c.oid = tbl);
+end
 $$;
 
 -- A table named as an application spells it: first as SQL reads it ('bookings',
@@ -199,14 +204,19 @@ drop function if exists rowcast.topics_of(rowcast.routings, text, jsonb, jsonb);
 
 -- What a topic an UPDATE moved the row off gets instead of the row (`row.left`): the
 -- row's primary key as it was, as JSON text; null when every topic gets the whole event
--- (`kept` null). A table without a primary key gives '{}'.
+-- (`kept` null). A table without a primary key gives '{}'. PL/pgSQL, so that the log's
+-- readers, which call it for the rows an UPDATE moved, use a plan kept for the session.
 create or replace function rowcast.left_key(r rowcast.routings, kept int, data jsonb, old jsonb) returns text
-language sql
+language plpgsql
 immutable
 as $$
-    select case when kept is not null and r.id is not null then
-        coalesce((select pg_catalog.jsonb_object_agg(k, case when old operator(pg_catalog.?) k
+begin
+    if kept is null or r.id is null then
+        return null;
+    end if;
+    return coalesce((select pg_catalog.jsonb_object_agg(k, case when old operator(pg_catalog.?) k
                                                              then old operator(pg_catalog.->) k
                                                              else data operator(pg_catalog.->) k end)
-                  from pg_catalog.unnest(r.key_columns) k), '{}'::jsonb)::text end
+                     from pg_catalog.unnest(r.key_columns) k), '{}'::jsonb)::text;
+end
 $$;

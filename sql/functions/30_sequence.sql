@@ -70,7 +70,7 @@ begin
           and e.id + 0 > st.pass_id
         order by id
         limit batch_limit
-    ), current_regs as (
+    ), current_regs as materialized (
         -- Once per registration in the batch: a registration still in use whose table
         -- was renamed (and not re-registered: see rowcast.watched) routes nothing, so
         -- that no table publishes on a name it no longer has. One replaced since routes

@@ -19,6 +19,7 @@
 //!   interleaved; the capture's cost as a ratio of times (no
 //!   service: this measures the writer's statement alone).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -416,21 +417,33 @@ impl Env {
 
         let cpu_before = cpu_ticks(self.pid())?;
         let started = Instant::now();
-        let (written, commits_us) = write_at_rate(&self.url, users, rate, seconds).await?;
+        let (written, commits) = write_at_rate(&self.url, users, rate, seconds).await?;
         let elapsed = started.elapsed();
         // Give the last events time to arrive, then stop reading.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let cpu_after = cpu_ticks(self.pid())?;
         stop.cancel();
-        let mut latencies = Vec::new();
+        let mut received = Vec::new();
         for reader in readers {
-            latencies.extend(reader.await??);
+            received.extend(reader.await??);
         }
+        // The stamp is the writer's clock just before its insert; it names the event.
+        let committed: HashMap<u64, u64> = commits.iter().copied().collect();
         Ok(Report {
             written,
             elapsed,
-            latencies_us: latencies,
-            commits_us,
+            latencies_us: received
+                .iter()
+                .map(|&(sent, at)| at.saturating_sub(sent))
+                .collect(),
+            after_commit_us: received
+                .iter()
+                .filter_map(|(sent, at)| committed.get(sent).map(|c| at.saturating_sub(*c)))
+                .collect(),
+            commits_us: commits
+                .iter()
+                .map(|&(sent, done)| done.saturating_sub(sent))
+                .collect(),
             server_cpu: ticks_to_duration(cpu_after - cpu_before),
             expected: written as usize * topics.len() / users as usize,
         })
@@ -443,6 +456,8 @@ struct Report {
     elapsed: Duration,
     /// Stamp in the row (taken just before the insert) → receive, per delivery.
     latencies_us: Vec<u64>,
+    /// The writer's commit returned → receive, per delivery.
+    after_commit_us: Vec<u64>,
     /// The writer's insert + commit round trip, per event (part of the latency above).
     commits_us: Vec<u64>,
     server_cpu: Duration,
@@ -452,6 +467,7 @@ struct Report {
 impl Report {
     fn print(mut self) {
         self.latencies_us.sort_unstable();
+        self.after_commit_us.sort_unstable();
         self.commits_us.sort_unstable();
         let n = self.latencies_us.len();
         let secs = self.elapsed.as_secs_f64();
@@ -474,6 +490,19 @@ impl Report {
                 p(0.99),
                 self.latencies_us[n - 1] as f64 / 1000.0
             );
+            let a = self.after_commit_us.len();
+            if a > 0 {
+                let q = |q: f64| {
+                    self.after_commit_us[((a as f64 * q) as usize).min(a - 1)] as f64 / 1000.0
+                };
+                println!(
+                    "  latency ms (writer's commit returned → received): p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
+                    q(0.50),
+                    q(0.90),
+                    q(0.99),
+                    self.after_commit_us[a - 1] as f64 / 1000.0
+                );
+            }
             let c = self.commits_us.len();
             if c > 0 {
                 let q =
@@ -630,8 +659,8 @@ fn field(text: &str, key: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
-/// Reads events until `stop`, returning the latency of each from the row's stamp.
-async fn read_latencies(mut ws: Ws, stop: CancellationToken) -> anyhow::Result<Vec<u64>> {
+/// Reads events until `stop`, returning each one's row stamp and when it was received.
+async fn read_latencies(mut ws: Ws, stop: CancellationToken) -> anyhow::Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
     loop {
         tokio::select! {
@@ -640,7 +669,7 @@ async fn read_latencies(mut ws: Ws, stop: CancellationToken) -> anyhow::Result<V
                 Some(Ok(Message::Text(text))) => {
                     let received = now_us();
                     if let Some(sent) = field(&text, "\"sent_us\"") {
-                        out.push(received.saturating_sub(sent));
+                        out.push((sent, received));
                     }
                 }
                 Some(Ok(Message::Close(frame))) => bail!("server closed a session: {frame:?}"),
@@ -653,13 +682,13 @@ async fn read_latencies(mut ws: Ws, stop: CancellationToken) -> anyhow::Result<V
 }
 
 /// Inserts `rate` rows per second for `seconds` from a few connections; returns the
-/// number committed.
+/// number committed and, per row, its stamp and when its commit returned.
 async fn write_at_rate(
     url: &str,
     users: i64,
     rate: u64,
     seconds: u64,
-) -> anyhow::Result<(u64, Vec<u64>)> {
+) -> anyhow::Result<(u64, Vec<(u64, u64)>)> {
     let writers = rate.div_ceil(50).clamp(2, 16);
     let per_writer = rate as f64 / writers as f64;
     let total = rate * seconds;
@@ -685,7 +714,7 @@ async fn write_at_rate(
                 let user = (n % users as u64) as i64;
                 let stamp = now_us();
                 client.execute(&stmt, &[&user, &(stamp as i64)]).await?;
-                commits.push(now_us().saturating_sub(stamp));
+                commits.push((stamp, now_us()));
                 done += 1;
             }
         }));

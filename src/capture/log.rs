@@ -34,7 +34,8 @@ macro_rules! select_changes {
             // application's own event (PUBLISH) has none.
             "case when r.id is not null or e.op = 'PUBLISH' then e.data::text end, ",
             "case when r.id is not null or e.op = 'PUBLISH' then e.old::text end, ",
-            "r.mapping_id, l.kept::int, rowcast.left_key(r, l.kept, e.data, e.old) ",
+            "r.mapping_id, l.kept::int, ",
+            "case when l.kept is not null then rowcast.left_key(r, l.kept, e.data, e.old) end ",
             "from rowcast.log l join rowcast.events e on e.txid = l.txid and e.id = l.event_id ",
             "left join rowcast.routings r on r.id = l.routing_id ",
             $where

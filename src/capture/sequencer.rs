@@ -7,8 +7,8 @@
 //! or its link silent, and they end its backend (which frees the lock) and take over. The
 //! leader waits for the capture trigger's wake-up (`rowcast_wake`), a short re-check timer
 //! or the fallback timer (`poll` tables send no wake-up), runs batches of
-//! `rowcast.sequence_step()` until one comes back short, and, once a batch has committed,
-//! reads what it sequenced and offers it to this replica's tailer. The counter row's lock,
+//! `rowcast.sequence_step()` until one comes back short, and, in the same round trip once a
+//! batch has committed, reads what it sequenced and offers it to this replica's tailer. The counter row's lock,
 //! taken per batch with `skip locked`, is what keeps two sequencers from handing out a
 //! position twice; a batch holds it only while it runs, never while a result is sent, so a
 //! replica that stops reading cannot hold it. The wake-up flag (`rowcast.rearm()`) keeps
@@ -231,13 +231,24 @@ async fn lead(
     let mut recheck = config.recheck_min;
     let limit = config.batch_limit;
     loop {
-        // Clear the flag (committed), then sequence: one round trip, two statements each
-        // in its own transaction. The batch's result is one small row, sent after the
-        // counter row is released; what it sequenced is read for the local tailer after.
+        // Clear the flag (committed), sequence, then read what was sequenced after the
+        // local tailer's head: one round trip, three statements each in its own
+        // transaction, sent in this order. The batch's result is one small row, sent
+        // after the counter row is released, and the read sees the batch committed.
         let round = feed.map(Feed::round);
+        let after = feed.map(Feed::head);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
         let started = Instant::now();
         let result = db::with_timeout(config.statement_timeout, async {
+            let sequenced = async {
+                match (feed, after) {
+                    (Some(feed), Some(after)) => {
+                        log::read_range(&listener.client, &read, after, i64::MAX, feed.batch())
+                            .await
+                    }
+                    _ => Ok(Changes::new()),
+                }
+            };
             tokio::try_join!(
                 listener
                     .client
@@ -247,23 +258,14 @@ async fn lead(
                     .client
                     .query_one(&step, &params)
                     .map_err(DbError::from),
+                sequenced,
             )
         })
         .await;
-        let (armed, batch) = result?;
+        let (armed, batch, changes) = result?;
         let n: i64 = batch.try_get(0)?;
         let in_progress: bool = batch.try_get(1)?;
-        if let (Some(round), Some(feed)) = (round, feed) {
-            let changes = if n > 0 {
-                let after = feed.head();
-                db::with_timeout(
-                    config.statement_timeout,
-                    log::read_range(&listener.client, &read, after, i64::MAX, feed.batch()),
-                )
-                .await?
-            } else {
-                Changes::new()
-            };
+        if let Some(round) = round {
             round.offer(changes);
         }
         // Failed and timed-out rounds too: they are the slow ones.
