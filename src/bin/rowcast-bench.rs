@@ -99,6 +99,11 @@ enum Bench {
         /// Rows inserted per transaction (one event each).
         #[arg(long, default_value_t = 10)]
         rows_per_tx: i64,
+        /// Before and after the run, the same writers insert into an unwatched table of
+        /// the same shape for this many seconds each (0: not), to compare with what
+        /// PostgreSQL commits without capture.
+        #[arg(long, default_value_t = 0)]
+        compare_seconds: u64,
     },
     /// One multi-row UPDATE in one transaction: watched (captured per statement) against
     /// plain time.
@@ -282,9 +287,10 @@ async fn run(bench: Bench) -> anyhow::Result<()> {
             seconds,
             writers,
             rows_per_tx,
+            compare_seconds,
         } => {
             let env = Env::start(&common).await?;
-            sustained(&env, seconds, writers, rows_per_tx).await?;
+            sustained(&env, seconds, writers, rows_per_tx, compare_seconds).await?;
             env.stop().await
         }
         Bench::Statement {
@@ -343,6 +349,7 @@ impl Env {
         client
             .batch_execute(&format!(
                 "{TABLE_SQL};
+                 create table bench_plain (like bench_events including all);
                  select rowcast.watch('bench_events', topic => 'bench', routes => '{{\"user_id\": \"user\"}}', wake => '{}');",
                 common.wake
             ))
@@ -792,6 +799,7 @@ async fn sustained(
     seconds: u64,
     writers: usize,
     rows_per_tx: i64,
+    compare_seconds: u64,
 ) -> anyhow::Result<()> {
     // One subscriber on the table topic checks delivery: every position once, in order.
     let mut ws = open_subscribed(env.addr, &["bench_events".to_string()])
@@ -829,40 +837,45 @@ async fn sustained(
         })
     };
 
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let done = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..writers {
-        let client = connect(&env.url).await?;
-        tasks.push(tokio::spawn(async move {
-            let stmt = client
-                .prepare(
-                    "insert into bench_events (user_id, sent_us) \
-                     select g, $2 from generate_series(1, $1::bigint) g",
-                )
-                .await?;
-            let mut written = 0u64;
-            while Instant::now() < deadline {
-                written += client
-                    .execute(&stmt, &[&rows_per_tx, &(now_us() as i64)])
-                    .await?;
-            }
-            anyhow::Ok(written)
-        }));
+    if compare_seconds > 0 {
+        let (n, secs) = write_flat_out(
+            &env.url,
+            "bench_plain",
+            writers,
+            rows_per_tx,
+            compare_seconds,
+        )
+        .await?;
+        println!(
+            "  before: the same writers on an unwatched table: {:.0} events/s ({n} in {secs:.1}s)",
+            n as f64 / secs
+        );
     }
+    let done = Arc::new(AtomicBool::new(false));
+    let writing = {
+        let url = env.url.clone();
+        tokio::spawn(async move {
+            write_flat_out(&url, "bench_events", writers, rows_per_tx, seconds).await
+        })
+    };
     // Progress every 10 s: written so far is not known until the end, so report what
-    // was delivered.
+    // was delivered, and the service's memory.
+    let rss = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
     let progress = {
         let received = received.clone();
         let done = done.clone();
+        let rss = rss.clone();
+        let pid = env.pid();
         tokio::spawn(async move {
             let started = Instant::now();
             let mut last = 0;
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 let now = received.load(Ordering::Relaxed);
+                let kib = rss_kib(pid).unwrap_or(0);
+                rss.lock().expect("rss samples").push(kib);
                 eprintln!(
-                    "  {:>4.0}s delivered {now} ({:.0}/s over the last 10 s)",
+                    "  {:>4.0}s delivered {now} ({:.0}/s over the last 10 s), service RSS {kib} KiB",
                     started.elapsed().as_secs_f64(),
                     (now - last) as f64 / 10.0
                 );
@@ -870,12 +883,8 @@ async fn sustained(
             }
         })
     };
-    let started = Instant::now();
-    let mut written = 0u64;
-    for task in tasks {
-        written += task.await??;
-    }
-    let write_secs = started.elapsed().as_secs_f64();
+    let (written, write_secs) = writing.await??;
+    let started = Instant::now() - Duration::from_secs_f64(write_secs);
 
     // Wait (bounded) for the log and the subscriber to catch up.
     let client = connect(&env.url).await?;
@@ -910,6 +919,30 @@ async fn sustained(
         "  table rows {rows}, captured {events}, sequenced {logged} (max pos {max_pos}), delivered {delivered} \
          (last pos {last_pos}, {out_of_order} out of order), all delivered {drained:.1}s after the start"
     );
+    let samples = rss.lock().expect("rss samples").clone();
+    if let (Some(first), Some(max), Some(last)) =
+        (samples.first(), samples.iter().max(), samples.last())
+    {
+        println!(
+            "  service RSS every 10 s: first {first} KiB, largest {max} KiB, last {last} KiB ({} samples)",
+            samples.len()
+        );
+    }
+    if compare_seconds > 0 {
+        let (n, secs) = write_flat_out(
+            &env.url,
+            "bench_plain",
+            writers,
+            rows_per_tx,
+            compare_seconds,
+        )
+        .await?;
+        println!(
+            "  after: the same writers on an unwatched table: {:.0} events/s ({n} in {secs:.1}s); watched/unwatched {:.2}",
+            n as f64 / secs,
+            (written as f64 / write_secs) / (n as f64 / secs)
+        );
+    }
     let lost = written as i64 - delivered as i64;
     println!(
         "  lost {lost} (written - delivered); log gaps {}",
@@ -919,6 +952,41 @@ async fn sustained(
         bail!("loss or disorder detected");
     }
     Ok(())
+}
+
+/// Inserts into `table` from `writers` connections as fast as they go for `seconds`,
+/// `rows_per_tx` rows per transaction; returns the rows written and the time taken.
+async fn write_flat_out(
+    url: &str,
+    table: &str,
+    writers: usize,
+    rows_per_tx: i64,
+    seconds: u64,
+) -> anyhow::Result<(u64, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let client = connect(url).await?;
+        let sql = format!(
+            "insert into {table} (user_id, sent_us) select g, $2 from generate_series(1, $1::bigint) g"
+        );
+        tasks.push(tokio::spawn(async move {
+            let stmt = client.prepare(&sql).await?;
+            let mut written = 0u64;
+            while Instant::now() < deadline {
+                written += client
+                    .execute(&stmt, &[&rows_per_tx, &(now_us() as i64)])
+                    .await?;
+            }
+            anyhow::Ok(written)
+        }));
+    }
+    let mut written = 0u64;
+    for task in tasks {
+        written += task.await??;
+    }
+    Ok((written, started.elapsed().as_secs_f64()))
 }
 
 /// The tables of the `statement` benchmark: the shape of bench/write-overhead's.
