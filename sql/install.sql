@@ -565,7 +565,7 @@ begin
     return coalesce((select pg_catalog.jsonb_object_agg(k, case when old operator(pg_catalog.?) k
                                                              then old operator(pg_catalog.->) k
                                                              else data operator(pg_catalog.->) k end)
-                     from pg_catalog.unnest(r.key_columns) k), '{}'::jsonb)::text;
+                     from pg_catalog.unnest(r.key_columns) k), '{}'::pg_catalog.jsonb)::pg_catalog.text;
 end
 $$;
 
@@ -2924,5 +2924,5 @@ begin
 end
 $$;
 
-insert into rowcast.functions (checksum) values ('7222c547f8d07d4c') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('5546219b82eff17c') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

@@ -44,7 +44,15 @@ async fn the_bench_binary_runs_a_tiny_latency_and_sustained_workload() {
                     &database,
                 );
                 let sustained = bench(
-                    &["sustained", "--seconds", "1", "--writers", "2"],
+                    &[
+                        "sustained",
+                        "--seconds",
+                        "1",
+                        "--writers",
+                        "2",
+                        "--compare-seconds",
+                        "1",
+                    ],
                     &database,
                 );
                 latency + &sustained
@@ -55,7 +63,9 @@ async fn the_bench_binary_runs_a_tiny_latency_and_sustained_workload() {
     .expect("the bench took too long")
     .unwrap();
     assert!(out.contains("deliveries 20 of 20 expected"), "{out}");
+    assert!(out.contains("writer's commit returned → received"), "{out}");
     assert!(out.contains("lost 0"), "{out}");
+    assert!(out.contains("watched/unwatched"), "{out}");
     let admin = connect(&cluster::shared().admin_url).await;
     admin
         .batch_execute(&format!("drop database if exists {database} with (force)"))

@@ -217,6 +217,6 @@ begin
     return coalesce((select pg_catalog.jsonb_object_agg(k, case when old operator(pg_catalog.?) k
                                                              then old operator(pg_catalog.->) k
                                                              else data operator(pg_catalog.->) k end)
-                     from pg_catalog.unnest(r.key_columns) k), '{}'::jsonb)::text;
+                     from pg_catalog.unnest(r.key_columns) k), '{}'::pg_catalog.jsonb)::pg_catalog.text;
 end
 $$;

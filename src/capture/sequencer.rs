@@ -230,13 +230,20 @@ async fn lead(
     let read = listener.client.prepare(log::RANGE_SQL).await?;
     let mut recheck = config.recheck_min;
     let limit = config.batch_limit;
+    // The last position handed to the tailer.
+    let mut offered = i64::MIN;
     loop {
         // Clear the flag (committed), sequence, then read what was sequenced after the
         // local tailer's head: one round trip, three statements each in its own
-        // transaction, sent in this order. The batch's result is one small row, sent
-        // after the counter row is released, and the read sees the batch committed.
+        // transaction (tokio-postgres ends every query with a Sync), sent in this order
+        // (all three are prepared, so each goes out on its first poll, and `biased`
+        // polls them in order). The batch's result is one small row, sent after the
+        // counter row is released, and the read sees the batch committed. While the
+        // tailer has not yet published the last hand-off, it is behind and will read for
+        // itself: no read then, so a lagging tailer does not make every round read the
+        // same rows again.
         let round = feed.map(Feed::round);
-        let after = feed.map(Feed::head);
+        let after = feed.map(Feed::head).filter(|&head| head >= offered);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
         let started = Instant::now();
         let result = db::with_timeout(config.statement_timeout, async {
@@ -250,6 +257,7 @@ async fn lead(
                 }
             };
             tokio::try_join!(
+                biased;
                 listener
                     .client
                     .query_one(&rearm, &[])
@@ -265,6 +273,9 @@ async fn lead(
         let (armed, batch, changes) = result?;
         let n: i64 = batch.try_get(0)?;
         let in_progress: bool = batch.try_get(1)?;
+        if let Some(last) = changes.last() {
+            offered = log::position(last);
+        }
         if let Some(round) = round {
             round.offer(changes);
         }
