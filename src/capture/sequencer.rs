@@ -230,8 +230,8 @@ async fn lead(
     let read = listener.client.prepare(log::RANGE_SQL).await?;
     let mut recheck = config.recheck_min;
     let limit = config.batch_limit;
-    // The last position handed to the tailer.
-    let mut offered = i64::MIN;
+    // The position right before the last hand-off to the tailer.
+    let mut offered_after = i64::MIN;
     loop {
         // Clear the flag (committed), sequence, then read what was sequenced after the
         // local tailer's head: one round trip, three statements each in its own
@@ -239,11 +239,12 @@ async fn lead(
         // (all three are prepared, so each goes out on its first poll, and `biased`
         // polls them in order). The batch's result is one small row, sent after the
         // counter row is released, and the read sees the batch committed. While the
-        // tailer has not yet published the last hand-off, it is behind and will read for
-        // itself: no read then, so a lagging tailer does not make every round read the
-        // same rows again.
+        // tailer has not yet published what came before the last hand-off, it is behind
+        // and will read for itself: no read then, so a lagging tailer does not make every
+        // round read the same rows again. (The last hand-off itself may still be on its
+        // way: the read then repeats it, and the tailer skips what it already has.)
         let round = feed.map(Feed::round);
-        let after = feed.map(Feed::head).filter(|&head| head >= offered);
+        let after = feed.map(Feed::head).filter(|&head| head >= offered_after);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&limit];
         let started = Instant::now();
         let result = db::with_timeout(config.statement_timeout, async {
@@ -273,8 +274,8 @@ async fn lead(
         let (armed, batch, changes) = result?;
         let n: i64 = batch.try_get(0)?;
         let in_progress: bool = batch.try_get(1)?;
-        if let Some(last) = changes.last() {
-            offered = log::position(last);
+        if let Some(first) = changes.first() {
+            offered_after = log::position(first) - 1;
         }
         if let Some(round) = round {
             round.offer(changes);
