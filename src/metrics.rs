@@ -18,6 +18,9 @@ pub(crate) const EVENTS_SEQUENCED: &str = "rowcast_events_sequenced_total";
 pub(crate) const SEQUENCER_ROUND: &str = "rowcast_sequencer_round_seconds";
 /// Events read from the log and published to the hub.
 pub(crate) const EVENTS_PUBLISHED: &str = "rowcast_events_published_total";
+/// Reads of the log by this replica's tailer (the sequencing replica's tailer reads only
+/// what the hand-off did not bring, and once per `tail.poll_interval` as its probe).
+pub(crate) const TAILER_READS: &str = "rowcast_tailer_reads_total";
 /// Event frames written to client sessions.
 pub(crate) const DELIVERIES: &str = "rowcast_deliveries_total";
 /// Open client sessions.
@@ -126,6 +129,7 @@ fn start_at_zero() {
     for name in [
         EVENTS_SEQUENCED,
         EVENTS_PUBLISHED,
+        TAILER_READS,
         DELIVERIES,
         ROWS_UNMAPPED,
         SEQUENCER_TAKEOVERS,
@@ -166,6 +170,10 @@ fn describe() {
     describe_counter!(
         EVENTS_PUBLISHED,
         "Events read from the log and published to sessions"
+    );
+    describe_counter!(
+        TAILER_READS,
+        "Reads of the log by this replica's tailer (not counting what the local sequencer handed over)"
     );
     describe_counter!(DELIVERIES, "Event frames written to client sessions");
     describe_histogram!(

@@ -10,7 +10,10 @@ use rowcast::events::{Change, Op};
 use rowcast::hub::Hub;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{TestApp, TestDb, WAIT, connect, eventually, positions, wait_until};
+use crate::bus::metric;
+use crate::pipeline::NEW_BOOKING;
+use crate::support::service::ServiceProcess;
+use crate::support::{TestApp, TestDb, WAIT, WsClient, connect, eventually, positions, wait_until};
 
 /// A small deterministic generator (xorshift), so failures replay.
 struct Rng(u64);
@@ -308,5 +311,53 @@ async fn sequencer_rounds_keep_reading_by_index_after_starting_on_an_empty_log()
     assert_eq!(
         after, before,
         "(events, log) sequential scans while 18 more events were sequenced and delivered"
+    );
+}
+
+/// The sequencing replica's tailer gets each batch from its sequencer (the read of what a
+/// batch sequenced is sent in the same round trip, after the batch): while a client gets
+/// every event, the tailer reads the log only as its probe (once per
+/// `tail.poll_interval`) and for the odd hand-off that came too late, not once per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sequencing_replica_publishes_its_batches_without_reading_them_again() {
+    let db = TestDb::demo().await;
+    let service = ServiceProcess::start(&db.url, None).await;
+    let leads = eventually(WAIT, async || {
+        metric(&service, "rowcast_sequencer_leading").await == 1.0
+    })
+    .await;
+    assert!(leads, "the replica sequences:\n{}", service.log());
+    let mut ws = WsClient::connect(service.addr).await;
+    ws.subscribe(&["bookings"], None).await;
+
+    let reads_before = metric(&service, "rowcast_tailer_reads_total").await;
+    let client = db.client().await;
+    let writes = 100;
+    for _ in 0..writes {
+        client
+            .query_one(NEW_BOOKING, &[&1i64, &2i64])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut received = Vec::new();
+    while received.len() < writes {
+        let text = ws.recv_text().await;
+        let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if event["type"] == "event" {
+            received.push(event["pos"].as_i64().unwrap());
+        }
+    }
+    let first = received[0];
+    assert_eq!(
+        received,
+        (first..first + writes as i64).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    let reads = metric(&service, "rowcast_tailer_reads_total").await - reads_before;
+    assert!(
+        reads < (writes / 4) as f64,
+        "{reads} reads of the log by the tailer for {writes} one-event batches:\n{}",
+        service.log()
     );
 }

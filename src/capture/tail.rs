@@ -529,6 +529,7 @@ impl Tail<'_> {
         let config = self.config;
         loop {
             let cursor = self.hub.head();
+            metrics::counter!(crate::metrics::TAILER_READS).increment(1);
             let rows = db::with_timeout(
                 config.probe_timeout,
                 log::read_range(&listener.client, stmt, cursor, i64::MAX, config.batch),
