@@ -488,38 +488,34 @@ impl Report {
             n as f64 / secs
         );
         if n > 0 {
-            let p =
-                |q: f64| self.latencies_us[((n as f64 * q) as usize).min(n - 1)] as f64 / 1000.0;
-            println!(
-                "  latency ms (row stamp before insert+commit → received): p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
-                p(0.50),
-                p(0.90),
-                p(0.99),
-                self.latencies_us[n - 1] as f64 / 1000.0
-            );
-            let a = self.after_commit_us.len();
-            if a > 0 {
-                let q = |q: f64| {
-                    self.after_commit_us[((a as f64 * q) as usize).min(a - 1)] as f64 / 1000.0
-                };
-                println!(
-                    "  latency ms (writer's commit returned → received): p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
-                    q(0.50),
-                    q(0.90),
-                    q(0.99),
-                    self.after_commit_us[a - 1] as f64 / 1000.0
-                );
-            }
-            let c = self.commits_us.len();
-            if c > 0 {
-                let q =
-                    |q: f64| self.commits_us[((c as f64 * q) as usize).min(c - 1)] as f64 / 1000.0;
-                println!(
-                    "  of which the writer's insert + commit round trip: p50 {:.2} p90 {:.2} p99 {:.2} ms",
-                    q(0.50),
-                    q(0.90),
-                    q(0.99)
-                );
+            let lines = [
+                (
+                    "latency ms (row stamp before insert+commit → received)",
+                    &self.latencies_us,
+                ),
+                (
+                    "latency ms (writer's commit returned → received)",
+                    &self.after_commit_us,
+                ),
+                (
+                    "of which the writer's insert + commit round trip, ms",
+                    &self.commits_us,
+                ),
+            ];
+            for (what, sorted) in lines {
+                if let Some(max) = sorted.last() {
+                    let p = |q: f64| {
+                        sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)] as f64
+                            / 1000.0
+                    };
+                    println!(
+                        "  {what}: p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
+                        p(0.50),
+                        p(0.90),
+                        p(0.99),
+                        *max as f64 / 1000.0
+                    );
+                }
             }
             println!(
                 "  server CPU {:.2}s over the run: {:.2} µs per delivery",
