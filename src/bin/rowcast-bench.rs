@@ -304,6 +304,25 @@ async fn run(bench: Bench) -> anyhow::Result<()> {
     }
 }
 
+/// Creates the benchmark's database (dropping it first) and migrates it; returns its URL
+/// and a connection to it.
+async fn fresh_database(common: &Common) -> anyhow::Result<(String, Client)> {
+    let admin = connect(&with_dbname(&common.server, "postgres")).await?;
+    for sql in [
+        format!("drop database if exists {} with (force)", common.database),
+        format!("create database {}", common.database),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .context("creating the benchmark database")?;
+    }
+    let url = common.url();
+    let mut client = connect(&url).await?;
+    rowcast::migrate::migrate(&mut client).await?;
+    Ok((url, client))
+}
+
 /// A prepared database and the service running on it as a child process.
 struct Env {
     url: String,
@@ -333,19 +352,7 @@ impl Env {
         if !matches!(common.wake.as_str(), "notify" | "poll") {
             bail!("--wake must be notify or poll");
         }
-        let admin = connect(&with_dbname(&common.server, "postgres")).await?;
-        for sql in [
-            format!("drop database if exists {} with (force)", common.database),
-            format!("create database {}", common.database),
-        ] {
-            admin
-                .batch_execute(&sql)
-                .await
-                .context("creating the benchmark database")?;
-        }
-        let url = common.url();
-        let mut client = connect(&url).await?;
-        rowcast::migrate::migrate(&mut client).await?;
+        let (url, client) = fresh_database(common).await?;
         client
             .batch_execute(&format!(
                 "{TABLE_SQL};
@@ -1011,19 +1018,7 @@ async fn statement(
     {
         bail!("--writer must be a plain role name");
     }
-    let admin = connect(&with_dbname(&common.server, "postgres")).await?;
-    for sql in [
-        format!("drop database if exists {} with (force)", common.database),
-        format!("create database {}", common.database),
-    ] {
-        admin
-            .batch_execute(&sql)
-            .await
-            .context("creating the benchmark database")?;
-    }
-    let url = common.url();
-    let mut client = connect(&url).await?;
-    rowcast::migrate::migrate(&mut client).await?;
+    let (url, client) = fresh_database(common).await?;
     let mut tables = vec!["s_plain", "s_set"];
     if row_path {
         tables.push("s_rows");
