@@ -575,6 +575,86 @@ $$;
 -- Re-runnable: `rowcast migrate` applies every file of sql/functions/ after the versioned
 -- migrations, each time. One current definition per object.
 
+-- Who may append an event to rowcast.events: the one check of its insert policy, called
+-- for every event a capture trigger, rowcast.publish() or a direct insert appends, as
+-- the appending role. A change of a table is admitted when the role holds the privilege
+-- for the operation on the table (`INSERT`/`UPDATE` on at least one column, `DELETE`,
+-- `TRUNCATE`) or on a partitioned table above it, or when its transaction really did
+-- that operation to the table (PostgreSQL counts the rows: a write through a view or a
+-- rule of the owner's, a foreign key's cascade, a row moving between partitions). An
+-- application's own event (op PUBLISH) is admitted with the checks rowcast.publish()
+-- makes. One PL/pgSQL call instead of the policies' expressions: PostgreSQL builds a
+-- policy's expression again for every captured row, and these cost each one-row write
+-- more than the call. No `set` clause (it would cost every row too): every function,
+-- operator and type below is named with its schema, so the caller's search_path
+-- changes nothing. Stable, so it takes no snapshot of its own.
+create or replace function rowcast.may_append(event_relid oid, event_op text, event_routing integer, event_old jsonb)
+returns boolean
+language plpgsql
+stable
+as $$
+begin
+    if event_op OPERATOR(pg_catalog.=) 'INSERT' or event_op OPERATOR(pg_catalog.=) 'UPDATE' then
+        if pg_catalog.has_any_column_privilege(event_relid, event_op) then
+            return true;
+        end if;
+    elsif event_op OPERATOR(pg_catalog.=) 'DELETE' or event_op OPERATOR(pg_catalog.=) 'TRUNCATE' then
+        if pg_catalog.has_table_privilege(event_relid, event_op) then
+            return true;
+        end if;
+    elsif event_op OPERATOR(pg_catalog.=) 'PUBLISH' then
+        return coalesce(event_relid OPERATOR(pg_catalog.=) 0::pg_catalog.oid
+                        and event_routing is null
+                        and pg_catalog.jsonb_typeof(event_old) OPERATOR(pg_catalog.=) 'object'
+                        and pg_catalog.length(event_old OPERATOR(pg_catalog.->>) 'topic') OPERATOR(pg_catalog.<=) 200
+                        and (event_old OPERATOR(pg_catalog.->>) 'topic')
+                            OPERATOR(pg_catalog.~) '^[^[:space:],*:%]+:[^[:space:],*]+$'
+                        and pg_catalog.length(event_old OPERATOR(pg_catalog.->>) 'event') OPERATOR(pg_catalog.<=) 100
+                        and (event_old OPERATOR(pg_catalog.->>) 'event')
+                            OPERATOR(pg_catalog.~) '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$',
+                        false);
+    else
+        return false;
+    end if;
+    -- The privilege on a partitioned table above (the row was written through it).
+    if exists (select from pg_catalog.pg_partition_ancestors(event_relid::pg_catalog.regclass) a
+               where a.relid::pg_catalog.oid OPERATOR(pg_catalog.<>) event_relid
+                 and case when event_op OPERATOR(pg_catalog.=) 'INSERT' or event_op OPERATOR(pg_catalog.=) 'UPDATE'
+                          then pg_catalog.has_any_column_privilege(a.relid::pg_catalog.oid, event_op)
+                          else pg_catalog.has_table_privilege(a.relid::pg_catalog.oid, event_op) end) then
+        return true;
+    end if;
+    -- What the transaction did to the table (not TRUNCATE: PostgreSQL does not count it).
+    if event_op OPERATOR(pg_catalog.=) 'INSERT' then
+        return coalesce(pg_catalog.pg_stat_get_xact_tuples_inserted(event_relid) OPERATOR(pg_catalog.>) 0, false);
+    elsif event_op OPERATOR(pg_catalog.=) 'UPDATE' then
+        return coalesce(pg_catalog.pg_stat_get_xact_tuples_updated(event_relid) OPERATOR(pg_catalog.>) 0, false);
+    elsif event_op OPERATOR(pg_catalog.=) 'DELETE' then
+        return coalesce(pg_catalog.pg_stat_get_xact_tuples_deleted(event_relid) OPERATOR(pg_catalog.>) 0, false);
+    end if;
+    return false;
+end
+$$;
+
+-- rowcast.events' insert policy is that one call (schema version 1 created two policies
+-- with the same checks written out). Replaced once, in the same transaction as the
+-- function, and left alone on later runs: changing a policy locks the log table.
+do $$
+begin
+    if exists (select from pg_catalog.pg_policy
+               where polrelid = 'rowcast.events'::regclass
+                 and polname in ('writers_append_their_own_changes', 'apps_publish')) then
+        drop policy if exists writers_append_their_own_changes on rowcast.events;
+        drop policy if exists apps_publish on rowcast.events;
+    end if;
+    if not exists (select from pg_catalog.pg_policy
+                   where polrelid = 'rowcast.events'::regclass and polname = 'appenders') then
+        create policy appenders on rowcast.events for insert to public
+            with check (rowcast.may_append(relid, op, routing_id, old));
+    end if;
+end
+$$;
+
 -- The row trigger. Arguments: the registration (rowcast.routings id), the watched table's
 -- oid, the wake mode, then the column numbers of excluded columns. Runs as the writer:
 -- it serialises the row, drops the excluded columns by number (named as they are now, so
@@ -2899,7 +2979,7 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.left_key(rowcast.routings, integer, jsonb, jsonb),
     rowcast.snapshot_sources(text[]), rowcast.snapshot_rows(text[], integer, text[], integer),
     rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.read_kind(oid), rowcast.snapshot_refusal(oid),
-    rowcast.publish(text, text, jsonb) to public;
+    rowcast.publish(text, text, jsonb), rowcast.may_append(oid, text, integer, jsonb) to public;
 
 -- Roles given grant_service() or grant_admin() before get what the current definitions
 -- need (functions added or replaced since), on every `rowcast migrate`: a service role
@@ -2924,5 +3004,5 @@ begin
 end
 $$;
 
-insert into rowcast.functions (checksum) values ('5546219b82eff17c') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('4e6dce6bbda42f0d') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

@@ -982,3 +982,116 @@ async fn no_lock_or_old_registration_lets_a_role_forge_what_it_did_not_write() {
     mallory.drop_all().await;
     inserter.drop_all().await;
 }
+
+/// The insert policy's one check (`rowcast.may_append`) sets no search_path, so it names
+/// every function and operator with its schema: a role that shadows them on the search
+/// path gets no forged event past it, and a writer whose search path puts that role's
+/// schema first never runs the role's code.
+#[tokio::test]
+async fn functions_and_operators_shadowing_the_append_check_are_never_called() {
+    let db = TestDb::migrated().await;
+    let installer = db.client().await;
+    installer
+        .batch_execute(
+            "create table accounts (id int primary key, client_id int);
+             select rowcast.watch('accounts');
+             insert into accounts values (1, 7);",
+        )
+        .await
+        .unwrap();
+    let mallory = Role::new(&db, "shadower", "").await;
+    let writer = Role::new(
+        &db,
+        "app",
+        "grant select, insert, update, delete on accounts to {role};",
+    )
+    .await;
+    let as_mallory = mallory.client().await;
+    // Every function and operator the check uses, with the argument types it calls
+    // them with, in schema public, each raising when called.
+    let mut traps = String::from(
+        "create function public.trapped() returns boolean language plpgsql as $$
+         begin raise exception 'shadow ran as %', current_user; end $$;",
+    );
+    for (name, args, returns) in [
+        ("has_any_column_privilege", "oid, text", "boolean"),
+        ("has_table_privilege", "oid, text", "boolean"),
+        ("pg_stat_get_xact_tuples_inserted", "oid", "bigint"),
+        ("pg_stat_get_xact_tuples_updated", "oid", "bigint"),
+        ("pg_stat_get_xact_tuples_deleted", "oid", "bigint"),
+        ("jsonb_typeof", "jsonb", "text"),
+        ("length", "text", "integer"),
+        ("pg_partition_ancestors", "regclass", "setof regclass"),
+    ] {
+        let value = if returns == "boolean" {
+            "public.trapped()".to_string()
+        } else {
+            format!(
+                "case when public.trapped() then null::{} end",
+                returns.trim_start_matches("setof ")
+            )
+        };
+        traps.push_str(&format!(
+            "create function public.{name}({args}) returns {returns} language sql as $$ select {value} $$;"
+        ));
+    }
+    for (i, (op, left, right, returns)) in [
+        ("=", "text", "text", "boolean"),
+        ("=", "oid", "oid", "boolean"),
+        ("<>", "oid", "oid", "boolean"),
+        ("<=", "integer", "integer", "boolean"),
+        (">", "bigint", "integer", "boolean"),
+        ("~", "text", "text", "boolean"),
+        ("->>", "jsonb", "text", "text"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let value = if returns == "boolean" {
+            "public.trapped()"
+        } else {
+            "case when public.trapped() then null::text end"
+        };
+        traps.push_str(&format!(
+            "create function public.trap_op{i}(a {left}, b {right}) returns {returns} language sql as $$ select {value} $$;
+             create operator public.{op} (leftarg = {left}, rightarg = {right}, function = public.trap_op{i});"
+        ));
+    }
+    as_mallory.batch_execute(&traps).await.unwrap();
+    as_mallory
+        .batch_execute("set search_path = public, pg_catalog")
+        .await
+        .unwrap();
+    let shadowed: bool = as_mallory
+        .query_one("select 'a' = 'a'", &[])
+        .await
+        .map(|_| false)
+        .unwrap_or(true);
+    assert!(shadowed, "the traps are what this search path calls");
+    for sql in [
+        "insert into rowcast.events (relid, op, data) values ('accounts'::regclass, 'INSERT', '{}')",
+        "insert into rowcast.events (relid, op, data) values ('accounts'::regclass, 'DELETE', '{}')",
+        "insert into rowcast.events (relid, op, data) values ('accounts'::regclass, 'TRUNCATE', '{}')",
+        "insert into rowcast.events (relid, op, data, old) values (0, 'PUBLISH', '{}', '{\"topic\": \"accounts\", \"event\": \"x\"}')",
+    ] {
+        let message = denied(as_mallory.execute(sql, &[]).await, sql);
+        assert!(message.contains("row-level security"), "{sql}: {message}");
+    }
+    let as_writer = writer.client().await;
+    as_writer
+        .batch_execute(
+            "set search_path = public, pg_catalog;
+             insert into accounts values (2, 8);
+             update accounts set client_id = 9 where id = 2;
+             delete from accounts where id = 2;
+             select rowcast.publish('stats:global', 'stats.updated', '{}');",
+        )
+        .await
+        .expect("a writer with the shadowing schema first on its path writes and is captured");
+    let log = sequenced(&installer).await;
+    let ops: Vec<&str> = log.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(ops, ["INSERT", "INSERT", "UPDATE", "DELETE", "PUBLISH"]);
+    drop((as_mallory, as_writer));
+    mallory.drop_all().await;
+    writer.drop_all().await;
+}
