@@ -587,7 +587,10 @@ $$;
 -- policy's expression again for every captured row, and these cost each one-row write
 -- more than the call. No `set` clause (it would cost every row too): every function,
 -- operator and type below is named with its schema, so the caller's search_path
--- changes nothing. Stable, so it takes no snapshot of its own.
+-- changes nothing, and no literal depends on `standard_conforming_strings`. Stable, so
+-- it takes no snapshot of its own. Never drop it (`cascade` would take the policy, and
+-- every captured write would then fail): change its body, or replace the policy in the
+-- same transaction.
 create or replace function rowcast.may_append(event_relid oid, event_op text, event_routing integer, event_old jsonb)
 returns boolean
 language plpgsql
@@ -611,7 +614,7 @@ begin
                             OPERATOR(pg_catalog.~) '^[^[:space:],*:%]+:[^[:space:],*]+$'
                         and pg_catalog.length(event_old OPERATOR(pg_catalog.->>) 'event') OPERATOR(pg_catalog.<=) 100
                         and (event_old OPERATOR(pg_catalog.->>) 'event')
-                            OPERATOR(pg_catalog.~) '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$',
+                            OPERATOR(pg_catalog.~) '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$',
                         false);
     else
         return false;
@@ -891,7 +894,7 @@ begin
             coalesce(quote_literal(topic), 'null')
             using errcode = 'invalid_parameter_value';
     end if;
-    if event is null or length(event) > 100 or event !~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$' then
+    if event is null or length(event) > 100 or event !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$' then
         raise exception 'rowcast.publish: event name % must be letters, digits and underscores in dot-separated parts, like stats.updated',
             coalesce(quote_literal(event), 'null')
             using errcode = 'invalid_parameter_value';
@@ -1225,11 +1228,11 @@ begin
             col := btrim(left(s, arrow - 1));
             rest := substr(s, arrow);
         else
-            m := regexp_match(s, '^(\S+)\s+(\S+)$');
+            m := regexp_match(s, '^([^[:space:]]+)[[:space:]]+([^[:space:]]+)$');
             col := m[1];
             rest := m[2];
         end if;
-        if col is null or col = '' or col ~ '[\s"]' then
+        if col is null or col = '' or col ~ '[[:space:]"]' then
             raise exception 'rowcast.watch: rule % cannot be read%', quote_literal(s), usage
                 using errcode = 'invalid_parameter_value';
         end if;
@@ -1249,7 +1252,7 @@ begin
     i := 1;
     n := length(v);
     loop
-        while i <= n and substr(v, i, 1) ~ '\s' loop i := i + 1; end loop;
+        while i <= n and substr(v, i, 1) ~ '[[:space:]]' loop i := i + 1; end loop;
         if i > n then
             raise exception 'rowcast.watch: rule % has an empty value%', quote_literal(s), usage
                 using errcode = 'invalid_parameter_value';
@@ -1291,7 +1294,7 @@ begin
             raise exception 'rowcast.watch: rule % has more than 100 values', quote_literal(left(s, 60) || '...')
                 using errcode = 'program_limit_exceeded';
         end if;
-        while i <= n and substr(v, i, 1) ~ '\s' loop i := i + 1; end loop;
+        while i <= n and substr(v, i, 1) ~ '[[:space:]]' loop i := i + 1; end loop;
         exit when i > n;
         if substr(v, i, 1) <> ',' then
             raise exception 'rowcast.watch: rule %: expected a comma after value %', quote_literal(s), quote_literal(cur)
@@ -1313,10 +1316,10 @@ as $$
     select case
         when rule ->> 'op' is null then null
         when rule ->> 'test' is null then lower(rule ->> 'op')
-        else case when col ~ '^[^\s"]+$' and strpos(col, '->') = 0 then col
+        else case when col ~ '^[^[:space:]"]+$' and strpos(col, '->') = 0 then col
                   else '"' || replace(col, '"', '""') || '"' end
              || case rule ->> 'test'
-                    when 'becomes' then ' -> ' || (select string_agg(case when v ~ '^[^\s,'']([^,'']*[^\s,''])?$' and v <> '*' then v
+                    when 'becomes' then ' -> ' || (select string_agg(case when v ~ '^[^[:space:],'']([^,'']*[^[:space:],''])?$' and v <> '*' then v
                                                                           else '''' || replace(v, '''', '''''') || '''' end,
                                                          ', ' order by o)
                                                    from jsonb_array_elements_text(rule -> 'values') with ordinality x(v, o))
@@ -1534,7 +1537,7 @@ begin
                     using errcode = 'invalid_parameter_value';
             end if;
             v := lower(v);
-        elsif class = 'number' and v !~ '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$' then
+        elsif class = 'number' and v !~ '^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)$' then
             raise exception 'rowcast.watch: the rule for % compares numeric column "%" of table % with %, which is not a plain decimal number',
                 event, col, tbl, quote_literal(v)
                 using errcode = 'invalid_parameter_value';
@@ -1620,7 +1623,7 @@ immutable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if ev is null or ev !~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$' or length(ev) > 100 then
+    if ev is null or ev !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$' or length(ev) > 100 then
         raise exception 'rowcast.watch: event name % must be letters, digits and underscores in dot-separated parts, like booking.accepted',
             coalesce(quote_literal(ev), 'null')
             using errcode = 'invalid_parameter_value';
@@ -1724,7 +1727,7 @@ language sql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1:t.tgnargs]
+    select (string_to_array(encode(t.tgargs, 'escape'), E'\\000'))[1:t.tgnargs]
     from pg_catalog.pg_trigger t
     where t.tgrelid = tbl and t.tgparentid = 0
       and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
@@ -1969,7 +1972,7 @@ begin
     if exists (select from pg_catalog.pg_trigger t
                where t.tgrelid = tbl and t.tgparentid = 0
                  and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
-                 and (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1] is distinct from args[1]) then
+                 and (string_to_array(encode(t.tgargs, 'escape'), E'\\000'))[1] is distinct from args[1]) then
         args := null;  -- two capture triggers naming different registrations: neither is trusted
     end if;
     update rowcast.routings r set disarmed_at = clock_timestamp()
@@ -2525,7 +2528,7 @@ begin
     if r.armed_at is null then
         return 'the capture trigger names a registration that was never armed: its events are delivered to nobody; run rowcast.watch again';
     end if;
-    if (select count(distinct (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1])
+    if (select count(distinct (string_to_array(encode(t.tgargs, 'escape'), E'\\000'))[1])
         from pg_catalog.pg_trigger t
         where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)) > 1 then
         return 'two capture triggers name different registrations: their events are delivered to nobody; run rowcast.watch again';
@@ -2663,7 +2666,7 @@ begin
             perform rowcast.resolve_rule(tbl::regclass, rowcast.rule_text(x.rule, x.now_name), x.rule ->> 'event', null, '{}', 'rules');
         exception when others then
             return format('the rule for %s no longer fits column "%s" (%s): run rowcast.watch again with rules that fit',
-                          x.rule ->> 'event', x.now_name, regexp_replace(sqlerrm, '^rowcast\.watch: ', ''));
+                          x.rule ->> 'event', x.now_name, regexp_replace(sqlerrm, '^rowcast[.]watch: ', ''));
         end;
     end loop;
     return null;
@@ -3004,5 +3007,5 @@ begin
 end
 $$;
 
-insert into rowcast.functions (checksum) values ('4e6dce6bbda42f0d') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('a43832fba4c7b0b8') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

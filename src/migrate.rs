@@ -275,4 +275,28 @@ mod tests {
         let listed: Vec<&str> = FUNCTIONS.iter().map(|(name, _)| *name).collect();
         assert_eq!(on_disk, listed);
     }
+
+    /// A function body is parsed in its caller's session, and any role may turn
+    /// `standard_conforming_strings` off, which makes a backslash in a plain '...'
+    /// literal an escape (`'\.'` becomes `'.'`, any character). Only E'...' literals
+    /// read the same either way.
+    #[test]
+    fn no_literal_in_the_functions_depends_on_standard_conforming_strings() {
+        for (name, text) in FUNCTIONS {
+            for (i, line) in text.lines().enumerate() {
+                let code = line.split("--").next().unwrap_or("");
+                for (at, _) in code.match_indices('\\') {
+                    let quote = code[..at].rfind('\'');
+                    let escaped = quote.is_some_and(|q| {
+                        q > 0 && code.as_bytes()[q - 1].eq_ignore_ascii_case(&b'e')
+                    });
+                    assert!(
+                        escaped,
+                        "{name}:{}: a backslash outside an E'...' literal: {line}",
+                        i + 1
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1095,3 +1095,53 @@ async fn functions_and_operators_shadowing_the_append_check_are_never_called() {
     mallory.drop_all().await;
     writer.drop_all().await;
 }
+
+/// Function bodies are parsed in the caller's session, and any role may turn
+/// `standard_conforming_strings` off (a backslash in a '...' literal then escapes the
+/// next character): the event name checks still refuse a line break, which would break
+/// an SSE stream's `event:` line.
+#[tokio::test]
+async fn an_event_name_check_holds_without_standard_conforming_strings() {
+    let db = TestDb::migrated().await;
+    let installer = db.client().await;
+    let app = Role::new(&db, "publisher", "").await;
+    let client = app.client().await;
+    client
+        .batch_execute("set standard_conforming_strings = off")
+        .await
+        .unwrap();
+    for name in ["x\ny", "a-b", "a\rretry: 1"] {
+        let message = denied(
+            client
+                .execute("select rowcast.publish('stats:global', $1, '{}')", &[&name])
+                .await,
+            name,
+        );
+        assert!(message.contains("event name"), "{name:?}: {message}");
+        let old = json!({"topic": "stats:global", "event": name});
+        let message = denied(
+            client
+                .execute(
+                    "insert into rowcast.events (relid, op, data, old) values (0, 'PUBLISH', '{}', $1)",
+                    &[&old],
+                )
+                .await,
+            name,
+        );
+        assert!(
+            message.contains("row-level security"),
+            "{name:?}: {message}"
+        );
+    }
+    client
+        .execute(
+            "select rowcast.publish('stats:global', 'stats.updated', '{}')",
+            &[],
+        )
+        .await
+        .expect("a name the check admits");
+    let log = sequenced(&installer).await;
+    assert_eq!(log.len(), 1);
+    drop(client);
+    app.drop_all().await;
+}

@@ -15,7 +15,10 @@
 -- policy's expression again for every captured row, and these cost each one-row write
 -- more than the call. No `set` clause (it would cost every row too): every function,
 -- operator and type below is named with its schema, so the caller's search_path
--- changes nothing. Stable, so it takes no snapshot of its own.
+-- changes nothing, and no literal depends on `standard_conforming_strings`. Stable, so
+-- it takes no snapshot of its own. Never drop it (`cascade` would take the policy, and
+-- every captured write would then fail): change its body, or replace the policy in the
+-- same transaction.
 create or replace function rowcast.may_append(event_relid oid, event_op text, event_routing integer, event_old jsonb)
 returns boolean
 language plpgsql
@@ -39,7 +42,7 @@ begin
                             OPERATOR(pg_catalog.~) '^[^[:space:],*:%]+:[^[:space:],*]+$'
                         and pg_catalog.length(event_old OPERATOR(pg_catalog.->>) 'event') OPERATOR(pg_catalog.<=) 100
                         and (event_old OPERATOR(pg_catalog.->>) 'event')
-                            OPERATOR(pg_catalog.~) '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$',
+                            OPERATOR(pg_catalog.~) '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$',
                         false);
     else
         return false;
@@ -319,7 +322,7 @@ begin
             coalesce(quote_literal(topic), 'null')
             using errcode = 'invalid_parameter_value';
     end if;
-    if event is null or length(event) > 100 or event !~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$' then
+    if event is null or length(event) > 100 or event !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$' then
         raise exception 'rowcast.publish: event name % must be letters, digits and underscores in dot-separated parts, like stats.updated',
             coalesce(quote_literal(event), 'null')
             using errcode = 'invalid_parameter_value';

@@ -47,11 +47,11 @@ begin
             col := btrim(left(s, arrow - 1));
             rest := substr(s, arrow);
         else
-            m := regexp_match(s, '^(\S+)\s+(\S+)$');
+            m := regexp_match(s, '^([^[:space:]]+)[[:space:]]+([^[:space:]]+)$');
             col := m[1];
             rest := m[2];
         end if;
-        if col is null or col = '' or col ~ '[\s"]' then
+        if col is null or col = '' or col ~ '[[:space:]"]' then
             raise exception 'rowcast.watch: rule % cannot be read%', quote_literal(s), usage
                 using errcode = 'invalid_parameter_value';
         end if;
@@ -71,7 +71,7 @@ begin
     i := 1;
     n := length(v);
     loop
-        while i <= n and substr(v, i, 1) ~ '\s' loop i := i + 1; end loop;
+        while i <= n and substr(v, i, 1) ~ '[[:space:]]' loop i := i + 1; end loop;
         if i > n then
             raise exception 'rowcast.watch: rule % has an empty value%', quote_literal(s), usage
                 using errcode = 'invalid_parameter_value';
@@ -113,7 +113,7 @@ begin
             raise exception 'rowcast.watch: rule % has more than 100 values', quote_literal(left(s, 60) || '...')
                 using errcode = 'program_limit_exceeded';
         end if;
-        while i <= n and substr(v, i, 1) ~ '\s' loop i := i + 1; end loop;
+        while i <= n and substr(v, i, 1) ~ '[[:space:]]' loop i := i + 1; end loop;
         exit when i > n;
         if substr(v, i, 1) <> ',' then
             raise exception 'rowcast.watch: rule %: expected a comma after value %', quote_literal(s), quote_literal(cur)
@@ -135,10 +135,10 @@ as $$
     select case
         when rule ->> 'op' is null then null
         when rule ->> 'test' is null then lower(rule ->> 'op')
-        else case when col ~ '^[^\s"]+$' and strpos(col, '->') = 0 then col
+        else case when col ~ '^[^[:space:]"]+$' and strpos(col, '->') = 0 then col
                   else '"' || replace(col, '"', '""') || '"' end
              || case rule ->> 'test'
-                    when 'becomes' then ' -> ' || (select string_agg(case when v ~ '^[^\s,'']([^,'']*[^\s,''])?$' and v <> '*' then v
+                    when 'becomes' then ' -> ' || (select string_agg(case when v ~ '^[^[:space:],'']([^,'']*[^[:space:],''])?$' and v <> '*' then v
                                                                           else '''' || replace(v, '''', '''''') || '''' end,
                                                          ', ' order by o)
                                                    from jsonb_array_elements_text(rule -> 'values') with ordinality x(v, o))
@@ -356,7 +356,7 @@ begin
                     using errcode = 'invalid_parameter_value';
             end if;
             v := lower(v);
-        elsif class = 'number' and v !~ '^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$' then
+        elsif class = 'number' and v !~ '^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)$' then
             raise exception 'rowcast.watch: the rule for % compares numeric column "%" of table % with %, which is not a plain decimal number',
                 event, col, tbl, quote_literal(v)
                 using errcode = 'invalid_parameter_value';
@@ -442,7 +442,7 @@ immutable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if ev is null or ev !~ '^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$' or length(ev) > 100 then
+    if ev is null or ev !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$' or length(ev) > 100 then
         raise exception 'rowcast.watch: event name % must be letters, digits and underscores in dot-separated parts, like booking.accepted',
             coalesce(quote_literal(ev), 'null')
             using errcode = 'invalid_parameter_value';

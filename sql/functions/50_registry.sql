@@ -43,7 +43,7 @@ language sql
 stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1:t.tgnargs]
+    select (string_to_array(encode(t.tgargs, 'escape'), E'\\000'))[1:t.tgnargs]
     from pg_catalog.pg_trigger t
     where t.tgrelid = tbl and t.tgparentid = 0
       and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
@@ -288,7 +288,7 @@ begin
     if exists (select from pg_catalog.pg_trigger t
                where t.tgrelid = tbl and t.tgparentid = 0
                  and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)
-                 and (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1] is distinct from args[1]) then
+                 and (string_to_array(encode(t.tgargs, 'escape'), E'\\000'))[1] is distinct from args[1]) then
         args := null;  -- two capture triggers naming different registrations: neither is trusted
     end if;
     update rowcast.routings r set disarmed_at = clock_timestamp()

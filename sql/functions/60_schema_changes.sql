@@ -31,7 +31,7 @@ begin
     if r.armed_at is null then
         return 'the capture trigger names a registration that was never armed: its events are delivered to nobody; run rowcast.watch again';
     end if;
-    if (select count(distinct (string_to_array(encode(t.tgargs, 'escape'), '\000'))[1])
+    if (select count(distinct (string_to_array(encode(t.tgargs, 'escape'), E'\\000'))[1])
         from pg_catalog.pg_trigger t
         where t.tgrelid = tbl and t.tgparentid = 0 and t.tgfoid in ('rowcast.capture()'::regprocedure, 'rowcast.capture_set()'::regprocedure)) > 1 then
         return 'two capture triggers name different registrations: their events are delivered to nobody; run rowcast.watch again';
@@ -169,7 +169,7 @@ begin
             perform rowcast.resolve_rule(tbl::regclass, rowcast.rule_text(x.rule, x.now_name), x.rule ->> 'event', null, '{}', 'rules');
         exception when others then
             return format('the rule for %s no longer fits column "%s" (%s): run rowcast.watch again with rules that fit',
-                          x.rule ->> 'event', x.now_name, regexp_replace(sqlerrm, '^rowcast\.watch: ', ''));
+                          x.rule ->> 'event', x.now_name, regexp_replace(sqlerrm, '^rowcast[.]watch: ', ''));
         end;
     end loop;
     return null;

@@ -32,6 +32,20 @@ pub enum MapError {
     /// The change was captured with rules the service cannot load or read.
     #[error("mapping {0} is unknown or unreadable")]
     UnknownMapping(i32),
+    /// The event name stored for the change is not one (see [`is_event_name`]).
+    #[error("{0:?} is not an event name")]
+    NotAnEventName(String),
+}
+
+/// Whether `name` is an event name as `rowcast.publish()` and `rowcast.watch()` check
+/// it: dot-separated parts of ASCII letters, digits and underscores, at most 100
+/// characters. The service checks again what it reads from the log, so that a row that
+/// got past the database's checks can never put a line break into an SSE `event:` line.
+pub fn is_event_name(name: &str) -> bool {
+    name.len() <= 100
+        && name.split('.').all(|part| {
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
 }
 
 /// A table's event rules, as one immutable row of `rowcast.mappings` holds them.

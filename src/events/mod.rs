@@ -62,10 +62,17 @@ impl Event {
                 let name = change.old.as_deref().and_then(|meta| {
                     serde_json::from_str::<Published>(meta.get())
                         .ok()
-                        .map(|p| Arc::<str>::from(p.event.as_ref()))
+                        .map(|p| p.event)
                 });
                 return match name {
-                    Some(name) => Event::Named(name),
+                    Some(name) if mapping::is_event_name(&name) => {
+                        Event::Named(Arc::from(name.as_ref()))
+                    }
+                    Some(name) => {
+                        let err = MapError::NotAnEventName(name.into_owned());
+                        mapping::record_unmapped(change, &err);
+                        Event::Row(Op::Publish)
+                    }
                     None => {
                         mapping::record_unmapped(change, &MapError::NotAnObject);
                         Event::Row(Op::Publish)
@@ -79,7 +86,11 @@ impl Event {
             None => Ok(None),
         });
         match named {
-            Ok(Some(name)) => Event::Named(name),
+            Ok(Some(name)) if mapping::is_event_name(&name) => Event::Named(name),
+            Ok(Some(name)) => {
+                mapping::record_unmapped(change, &MapError::NotAnEventName(name.to_string()));
+                Event::Row(change.op)
+            }
             Ok(None) => Event::Row(change.op),
             Err(err) => {
                 mapping::record_unmapped(change, &err);
@@ -207,6 +218,23 @@ mod tests {
                 Rule::new("course.updated", When::Op(Op::Update)),
             ],
         )
+    }
+
+    #[test]
+    fn a_stored_event_name_that_is_not_one_is_sent_as_event_published_and_counted() {
+        let before = mapping::unmapped_rows();
+        let named = change(
+            Op::Publish,
+            Some("{}"),
+            Some(r#"{"topic": "user:7", "event": "stats.updated_2"}"#),
+        );
+        assert_eq!(Event::of(&named, Ok(None)).name(), "stats.updated_2");
+        for bad in ["a\ndata: x", "a..b", ".a", "a-b", "", &"x".repeat(101)] {
+            let meta = serde_json::json!({"topic": "user:7", "event": bad}).to_string();
+            let c = change(Op::Publish, Some("{}"), Some(&meta));
+            assert_eq!(Event::of(&c, Ok(None)).name(), "event.published", "{bad:?}");
+        }
+        assert!(mapping::unmapped_rows() >= before + 6);
     }
 
     #[test]
