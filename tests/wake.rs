@@ -182,7 +182,9 @@ async fn an_event_whose_writer_saw_the_flag_set_is_sequenced_long_before_the_fal
     })
     .await;
     // A batch that starts after the clear (the re-checks follow it within milliseconds)
-    // has ended, with `late` still in progress.
+    // has ended, with `late` still in progress: the sequencing connection (the holder of
+    // the leader's advisory lock) is idle after a batch, or after the read that follows
+    // a batch in the same round trip, started since.
     let cleared: std::time::SystemTime = admin
         .query_one("select clock_timestamp()", &[])
         .await
@@ -191,10 +193,12 @@ async fn an_event_whose_writer_saw_the_flag_set_is_sequenced_long_before_the_fal
     wait_until("a batch after the clear has ended", async || {
         admin
             .query_one(
-                "select exists (select from pg_stat_activity \
-                 where datname = current_database() and pid <> pg_backend_pid() \
-                   and query like '%sequence_step(%' and state = 'idle' \
-                   and query_start > $1::timestamptz)",
+                "select exists (select from pg_stat_activity a \
+                 join pg_locks l on l.pid = a.pid and l.locktype = 'advisory' \
+                   and l.granted and l.objsubid = 1 \
+                 where a.datname = current_database() and a.pid <> pg_backend_pid() \
+                   and a.query not like '%rearm(%' and a.state = 'idle' \
+                   and a.query_start > $1::timestamptz)",
                 &[&cleared],
             )
             .await
