@@ -4,13 +4,16 @@
 # (plain, poll, notify by default), interleaved over ROUNDS, the tps and the CPU time
 # (utime + stime from /proc/<pid>/stat) of each group of processes over the middle of
 # the run, in cores and in µs per writer transaction:
-#   writers     the pgbench clients' backends        sequencer  the backend running sequence_step
+#   writers     the pgbench clients' backends        sequencer  the backend holding the leader lock
 #   tailer      the backend reading rowcast.log      rc_other   the service's other backends
 #   service     the rowcast process                  pgbench    the pgbench process
 #   walwriter, autovacuum (all databases)            machine    every process (from /proc/stat)
 # A variant named like `poll@check` runs the same script with version 2's check
 # constraint on rowcast.events.op added back (not valid: only new rows are checked,
 # as they were), to compare schema versions 2 and 3 in one run; the others run without it.
+# WRITER=<role> is the role pgbench connects as (default bench_writer, created if missing,
+# granted what bench/write-overhead.sh grants it: an application role subject to
+# row-level security); WRITER=postgres measures as a superuser, which bypasses it.
 # ROWCAST=<path> runs that binary instead of building one. DEBUG=1 prints each window's ticks per group.
 # With WAITS=1 the report adds what the writers' backends were waiting on, sampled from
 # pg_stat_activity every 20 ms during the window (CPU = not waiting).
@@ -39,6 +42,15 @@ psql -qX -d postgres -c "drop database if exists $DB with (force)" -c "create da
 URL="host=$PGHOST port=$PGPORT user=$PGUSER dbname=$DB"
 "$ROWCAST" migrate --admin-url "$URL" >/dev/null
 psql -qX -d "$DB" -v ON_ERROR_STOP=1 -f bench/write-overhead/schema.sql >/dev/null
+WRITER="${WRITER:-bench_writer}"
+psql -qX -d "$DB" -v ON_ERROR_STOP=1 -v writer="$WRITER" >/dev/null <<'SQL'
+select not exists (select from pg_roles where rolname = :'writer') as missing \gset
+\if :missing
+    create role :"writer" login nosuperuser;
+\endif
+grant usage on schema public to :"writer";
+grant select, update on b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_set to :"writer";
+SQL
 if [ "${TRACK:-0}" = 1 ]; then
     psql -qX -d postgres -c "alter database $DB set track_functions = 'pl'"
 fi
@@ -52,10 +64,11 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 snapshot() {
     psql -qXAt -F ' ' -d "$DB" -c "select pid, case
             when application_name = 'pgbench' then 'writers'
-            when application_name = 'rowcast' and (query like '%sequence_step%' or query like '%rearm%') then 'sequencer'
+            when application_name = 'rowcast' and exists (select from pg_locks l where l.pid = a.pid
+                 and l.locktype = 'advisory' and l.granted and l.objsubid = 1) then 'sequencer'
             when application_name = 'rowcast' and query like '%rowcast.log%' then 'tailer'
             when application_name = 'rowcast' then 'rc_other' end
-        from pg_stat_activity where datname = '$DB' and pid <> pg_backend_pid()" |
+        from pg_stat_activity a where datname = '$DB' and pid <> pg_backend_pid()" |
     while read -r pid group; do
         t=$(ticks "$pid")
         if [ -n "$group" ] && [ -n "$t" ]; then echo "$group $t $pid"; fi
@@ -81,7 +94,7 @@ for round in $(seq 1 "$ROUNDS"); do
             psql -qX -d "$DB" -c "alter table rowcast.events add constraint events_op_check
                 check (op in ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')) not valid"
         fi
-        pgbench -n -c "$CLIENTS" -j 2 -T "$(( SECS + 3 ))" -f "bench/write-overhead/update_$script.sql" "$DB" >"$out" 2>/dev/null &
+        pgbench -n -U "$WRITER" -c "$CLIENTS" -j 2 -T "$(( SECS + 3 ))" -f "bench/write-overhead/update_$script.sql" "$DB" >"$out" 2>/dev/null &
         PB=$!
         launched=$(date +%s.%N)
         # The window starts once every client is connected (slow on a loaded machine) and
