@@ -583,7 +583,7 @@ $$;
 -- that operation to the table (PostgreSQL counts the rows: a write through a view or a
 -- rule of the owner's, a foreign key's cascade, a row moving between partitions). An
 -- application's own event (op PUBLISH) is admitted with the checks rowcast.publish()
--- makes. One PL/pgSQL call instead of the policies' expressions: PostgreSQL builds a
+-- makes (a topic with a ':', an event name that a named SSE stream does not use). One PL/pgSQL call instead of the policies' expressions: PostgreSQL builds a
 -- policy's expression again for every captured row, and these cost each one-row write
 -- more than the call. No `set` clause (it would cost every row too): every function,
 -- operator and type below is named with its schema, so the caller's search_path
@@ -614,7 +614,9 @@ begin
                             OPERATOR(pg_catalog.~) '^[^[:space:],*:%]+:[^[:space:],*]+$'
                         and pg_catalog.length(event_old OPERATOR(pg_catalog.->>) 'event') OPERATOR(pg_catalog.<=) 100
                         and (event_old OPERATOR(pg_catalog.->>) 'event')
-                            OPERATOR(pg_catalog.~) '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$',
+                            OPERATOR(pg_catalog.~) '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$'
+                        and (event_old OPERATOR(pg_catalog.->>) 'event') OPERATOR(pg_catalog.<>) 'subscribed'
+                        and (event_old OPERATOR(pg_catalog.->>) 'event') OPERATOR(pg_catalog.<>) 'reset',
                         false);
     else
         return false;
@@ -894,8 +896,9 @@ begin
             coalesce(quote_literal(topic), 'null')
             using errcode = 'invalid_parameter_value';
     end if;
-    if event is null or length(event) > 100 or event !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$' then
-        raise exception 'rowcast.publish: event name % must be letters, digits and underscores in dot-separated parts, like stats.updated',
+    if event is null or length(event) > 100 or event !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$'
+       or event in ('subscribed', 'reset') then
+        raise exception 'rowcast.publish: event name % must be letters, digits and underscores in dot-separated parts, like stats.updated (not subscribed or reset)',
             coalesce(quote_literal(event), 'null')
             using errcode = 'invalid_parameter_value';
     end if;
@@ -1616,15 +1619,18 @@ end
 $$;
 
 -- An event name, checked: letters, digits and underscores in dot-separated parts (no
--- white space or line breaks, which would break an SSE stream), at most 100 characters.
+-- white space or line breaks, which would break an SSE stream), at most 100 characters,
+-- and not one of the names a named SSE stream gives its own messages (`subscribed`,
+-- `reset`).
 create or replace function rowcast.checked_event(ev text) returns text
 language plpgsql
 immutable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if ev is null or ev !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$' or length(ev) > 100 then
-        raise exception 'rowcast.watch: event name % must be letters, digits and underscores in dot-separated parts, like booking.accepted',
+    if ev is null or ev !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$' or length(ev) > 100
+       or ev in ('subscribed', 'reset') then
+        raise exception 'rowcast.watch: event name % must be letters, digits and underscores in dot-separated parts, like booking.accepted (not subscribed or reset)',
             coalesce(quote_literal(ev), 'null')
             using errcode = 'invalid_parameter_value';
     end if;
@@ -3007,5 +3013,5 @@ begin
 end
 $$;
 
-insert into rowcast.functions (checksum) values ('a43832fba4c7b0b8') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('6879df5324901070') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

@@ -1110,7 +1110,7 @@ async fn an_event_name_check_holds_without_standard_conforming_strings() {
         .batch_execute("set standard_conforming_strings = off")
         .await
         .unwrap();
-    for name in ["x\ny", "a-b", "a\rretry: 1"] {
+    for name in ["x\ny", "a-b", "a\rretry: 1", "reset", "subscribed"] {
         let message = denied(
             client
                 .execute("select rowcast.publish('stats:global', $1, '{}')", &[&name])

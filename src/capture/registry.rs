@@ -70,7 +70,7 @@ impl ProblemLog {
         let fresh: Vec<_> = now.difference(&seen).cloned().collect();
         for p in &fresh {
             tracing::warn!(
-                table = %p.table,
+                table = ?p.table,
                 problem = %p.problem,
                 "a watched table's registration no longer fits the table"
             );

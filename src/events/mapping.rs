@@ -39,10 +39,14 @@ pub enum MapError {
 
 /// Whether `name` is an event name as `rowcast.publish()` and `rowcast.watch()` check
 /// it: dot-separated parts of ASCII letters, digits and underscores, at most 100
-/// characters. The service checks again what it reads from the log, so that a row that
-/// got past the database's checks can never put a line break into an SSE `event:` line.
+/// characters, and not a name a named SSE stream gives its own messages (`subscribed`,
+/// `reset`). The service checks again what it reads from the log, so that a row that
+/// got past the database's checks can never put a line break into an SSE `event:` line
+/// or pass for the stream's own message.
 pub fn is_event_name(name: &str) -> bool {
     name.len() <= 100
+        && name != "subscribed"
+        && name != "reset"
         && name.split('.').all(|part| {
             !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         })
@@ -115,7 +119,7 @@ pub(crate) fn record_unmapped(change: &Change, err: &MapError) {
     metrics::counter!(crate::metrics::ROWS_UNMAPPED).increment(1);
     if let Some(not_logged) = UNMAPPED_LOG.admit(Instant::now()) {
         tracing::warn!(
-            table = %change.table,
+            table = ?change.table,
             pos = change.pos,
             error = %err,
             not_logged_since_last_warning = not_logged,

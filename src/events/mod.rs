@@ -229,12 +229,21 @@ mod tests {
             Some(r#"{"topic": "user:7", "event": "stats.updated_2"}"#),
         );
         assert_eq!(Event::of(&named, Ok(None)).name(), "stats.updated_2");
-        for bad in ["a\ndata: x", "a..b", ".a", "a-b", "", &"x".repeat(101)] {
+        for bad in [
+            "a\ndata: x",
+            "a..b",
+            ".a",
+            "a-b",
+            "",
+            "reset",
+            "subscribed",
+            &"x".repeat(101),
+        ] {
             let meta = serde_json::json!({"topic": "user:7", "event": bad}).to_string();
             let c = change(Op::Publish, Some("{}"), Some(&meta));
             assert_eq!(Event::of(&c, Ok(None)).name(), "event.published", "{bad:?}");
         }
-        assert!(mapping::unmapped_rows() >= before + 6);
+        assert!(mapping::unmapped_rows() >= before + 8);
     }
 
     #[test]

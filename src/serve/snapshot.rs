@@ -130,7 +130,7 @@ async fn snapshot(
         .await
         .map_err(refusal)?;
     for skipped in &page.skipped {
-        tracing::warn!(table = %skipped.table, topic = %skipped.topic, reason = %skipped.reason,
+        tracing::warn!(table = ?skipped.table, topic = ?skipped.topic, reason = %skipped.reason,
                        "snapshot: a table was not read");
     }
     let head = cursor.as_ref().map_or(page.head, |c| c.head);

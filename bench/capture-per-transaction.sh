@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# What the capture costs a one-row write transaction, part by part: pgbench one-row
+# UPDATEs (one per transaction, as an application role subject to row-level security) of
+# copies of the write-overhead table, each with a trigger that does one more part of the
+# capture, and the writers' backend CPU per transaction (utime + stime from
+# /proc/<pid>/stat over the middle of the run). No service runs: this is the writer's
+# side only. Variants, interleaved within each round:
+#
+#   plain        no trigger
+#   empty        an empty PL/pgSQL AFTER ROW trigger
+#   empty_set    the same with the capture trigger's three `set` clauses
+#   ins_norls    + one insert of a constant event into a copy of rowcast.events without
+#                row-level security (same columns, key, defaults and sequence)
+#   ins_oldpol   the same insert into a copy with schema version 1's two insert policies
+#   ins_policy   the same insert into rowcast.events (its current policy)
+#   shipped      rowcast.capture() as installed, poll mode
+#
+# A loop of UPDATEs in one transaction (bench/trigger-variants.sh) shows the cost per row;
+# this shows what a transaction of one row pays on top, which is most of what one-row
+# writers pay (per transaction, PL/pgSQL prepares its expressions and PostgreSQL opens
+# and locks the log, its index and its sequence again).
+#
+#   CLIENTS=1 SECONDS_PER_RUN=6 ROUNDS=3 bench/capture-per-transaction.sh
+#
+# Creates (drops first) the database $DB and installs sql/install.sql (INSTALL= another
+# file). Needs a superuser on PGHOST/PGPORT (default 127.0.0.1:5432, postgres).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/pgbench-window.sh
+export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-postgres}"
+DB="${DB:-perf_capture_tx}"
+SECS="${SECONDS_PER_RUN:-6}"
+CLIENTS="${CLIENTS:-1}"
+ROUNDS="${ROUNDS:-3}"
+WRITER="${WRITER:-bench_writer}"
+INSTALL="${INSTALL:-sql/install.sql}"
+VARIANTS="${VARIANTS:-plain empty empty_set ins_norls ins_oldpol ins_policy shipped}"
+HZ=$(getconf CLK_TCK)
+
+psql -qX -d postgres -c "drop database if exists $DB with (force)" -c "create database $DB" >/dev/null
+export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
+psql -qX -d "$DB" -v ON_ERROR_STOP=1 -f "$INSTALL" >/dev/null
+psql -qX -d "$DB" -v ON_ERROR_STOP=1 -v writer="$WRITER" >/dev/null <<'SQL'
+select not exists (select from pg_roles where rolname = :'writer') as missing \gset
+\if :missing
+    create role :"writer" login nosuperuser;
+\endif
+create schema v;
+grant usage on schema v to :"writer";
+create table v.base (id bigint primary key, user_id int not null, provider_id int not null,
+                     status text not null, updated_at timestamptz not null default now());
+insert into v.base select i, i % 1000, i % 50, 'PENDING', now() from generate_series(1, 100000) i;
+
+-- Copies of the log: without row-level security, and with version 1's two policies.
+create table v.ev_norls (like rowcast.events including all);
+create table v.ev_oldpol (like rowcast.events including all);
+alter table v.ev_oldpol enable row level security;
+create policy writers_append_their_own_changes on v.ev_oldpol for insert to public
+    with check (
+        case op when 'INSERT' then has_any_column_privilege(relid, 'INSERT')
+                when 'UPDATE' then has_any_column_privilege(relid, 'UPDATE')
+                when 'DELETE' then has_table_privilege(relid, 'DELETE')
+                when 'TRUNCATE' then has_table_privilege(relid, 'TRUNCATE') end
+        or exists (select from pg_partition_ancestors(relid::regclass) a
+                   where a.relid::oid <> ev_oldpol.relid
+                     and case ev_oldpol.op when 'INSERT' then has_any_column_privilege(a.relid, 'INSERT')
+                                           when 'UPDATE' then has_any_column_privilege(a.relid, 'UPDATE')
+                                           when 'DELETE' then has_table_privilege(a.relid, 'DELETE')
+                                           when 'TRUNCATE' then has_table_privilege(a.relid, 'TRUNCATE') end)
+        or case op when 'INSERT' then pg_stat_get_xact_tuples_inserted(relid) > 0
+                   when 'UPDATE' then pg_stat_get_xact_tuples_updated(relid) > 0
+                   when 'DELETE' then pg_stat_get_xact_tuples_deleted(relid) > 0 end);
+create policy apps_publish on v.ev_oldpol for insert to public
+    with check (op = 'PUBLISH' and relid = 0 and routing_id is null
+                and jsonb_typeof(old) = 'object'
+                and length(old ->> 'topic') <= 200
+                and old ->> 'topic' ~ '^[^[:space:],*:%]+:[^[:space:],*]+$'
+                and length(old ->> 'event') <= 100
+                and old ->> 'event' ~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$');
+grant insert (relid, op, data, old, routing_id) on v.ev_norls, v.ev_oldpol to :"writer";
+
+create function v.empty() returns trigger language plpgsql as $$ begin return null; end $$;
+create function v.empty_set() returns trigger language plpgsql
+    set search_path = pg_catalog, pg_temp set timezone = 'UTC' set row_security = on
+    as $$ begin return null; end $$;
+do $f$
+declare
+    t text;
+begin
+    foreach t in array array['ev_norls', 'ev_oldpol'] loop
+        execute format($b$create function v.ins_%s() returns trigger language plpgsql
+            set search_path = pg_catalog, pg_temp set timezone = 'UTC' set row_security = on
+            as $$ begin
+                insert into v.%s (relid, op, data, old, routing_id) values (tg_relid, tg_op, '{}', null, 1);
+                return null;
+            end $$$b$, substr(t, 4), t);
+    end loop;
+end
+$f$;
+create function v.ins_policy() returns trigger language plpgsql
+    set search_path = pg_catalog, pg_temp set timezone = 'UTC' set row_security = on
+    as $$ begin
+        insert into rowcast.events (relid, op, data, old, routing_id) values (tg_relid, tg_op, '{}', null, 1);
+        return null;
+    end $$;
+
+do $f$
+declare
+    v text;
+begin
+    foreach v in array array['plain', 'empty', 'empty_set', 'ins_norls', 'ins_oldpol', 'ins_policy', 'shipped'] loop
+        execute format('create table v.t_%s (like v.base including all)', v);
+        execute format('insert into v.t_%s select * from v.base', v);
+        if v = 'shipped' then
+            perform rowcast.watch(format('v.t_%s', v)::regclass, wake => 'poll');
+        elsif v = 'ins_norls' then
+            execute format('create trigger c after insert or update or delete on v.t_%s for each row execute function v.ins_norls()', v);
+        elsif v = 'ins_oldpol' then
+            execute format('create trigger c after insert or update or delete on v.t_%s for each row execute function v.ins_oldpol()', v);
+        elsif v <> 'plain' then
+            execute format('create trigger c after insert or update or delete on v.t_%s for each row execute function v.%s()', v, v);
+        end if;
+    end loop;
+end
+$f$;
+SQL
+# The writer may update every copy (and nothing else).
+for v in plain empty empty_set ins_norls ins_oldpol ins_policy shipped; do
+    psql -qX -d "$DB" -c "grant select, update on v.t_$v to \"$WRITER\"" >/dev/null
+done
+
+script=$(mktemp)
+trap 'rm -f "$script"' EXIT
+ticks() { local s=0 p t; for p in "$@"; do t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0); s=$((s + t)); done; echo "$s"; }
+commits() { psql -qXAt -d "$DB" -c "select xact_commit from pg_stat_database where datname = current_database()"; }
+
+declare -A SUM N
+echo "writers' backend CPU per one-row transaction, $CLIENTS client(s), ${SECS} s runs, $ROUNDS round(s), writers as $WRITER" >&2
+for r in $(seq 1 "$ROUNDS"); do
+    for v in $VARIANTS; do
+        psql -qX -d "$DB" -c "truncate rowcast.events, v.ev_norls, v.ev_oldpol" -c "vacuum v.t_$v" >/dev/null
+        printf '\\set id random(1, 100000)\nupdate v.t_%s set status = case when status = %s then %s else %s end, updated_at = now() where id = :id;\n' \
+            "$v" "'PENDING'" "'CONFIRMED'" "'PENDING'" >"$script"
+        pgbench -n -U "$WRITER" -c "$CLIENTS" -j 1 -T "$((SECS + 2))" -f "$script" "$DB" >/dev/null 2>&1 &
+        pb=$!
+        wait_for_clients "$DB" "$CLIENTS"
+        pids=$(psql -qXAt -d "$DB" -c "select pid from pg_stat_activity where application_name = 'pgbench' and datname = current_database()")
+        # shellcheck disable=SC2086
+        a=$(ticks $pids); ca=$(commits)
+        sleep "$((SECS - 2))"
+        # shellcheck disable=SC2086
+        b=$(ticks $pids); cb=$(commits)
+        wait "$pb" || true
+        us=$(awk -v t=$((b - a)) -v n=$((cb - ca)) -v hz="$HZ" 'BEGIN { printf "%.1f", t / hz * 1e6 / (n > 0 ? n : 1) }')
+        echo "round $r $v: $(( (cb - ca) / (SECS - 2) )) tx/s, $us µs per transaction" >&2
+        SUM[$v]=$(awk -v a="${SUM[$v]:-0}" -v b="$us" 'BEGIN { print a + b }')
+        N[$v]=$(( ${N[$v]:-0} + 1 ))
+    done
+done
+
+printf '%-12s %12s %12s\n' variant "µs/tx" "over plain"
+plain=$(awk -v s="${SUM[plain]:-0}" -v n="${N[plain]:-1}" 'BEGIN { print s / n }')
+for v in $VARIANTS; do
+    mean=$(awk -v s="${SUM[$v]}" -v n="${N[$v]}" 'BEGIN { print s / n }')
+    printf '%-12s %12.1f %12.1f\n' "$v" "$mean" "$(awk -v m="$mean" -v p="$plain" 'BEGIN { print m - p }')"
+done
