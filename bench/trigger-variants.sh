@@ -11,6 +11,11 @@
 #   DB=perf_trig N=3000 ROUNDS=5 bench/trigger-variants.sh
 #   VARIANTS="plain v2 v2_no_tz" bench/trigger-variants.sh    # a subset
 #
+# WRITER=<role> runs the UPDATEs as that role (created if missing, granted the variant
+# tables and the right to read its own CPU time): a role that is not a superuser is
+# subject to rowcast.events' insert policy, as application writers are; the default,
+# the superuser, bypasses it.
+#
 # Creates (drops first) the database $DB and installs sql/install.sql unless SETUP=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,10 +32,25 @@ if [ "${SETUP:-1}" = 1 ]; then
     psql -qX -d "$DB" -v ON_ERROR_STOP=1 -f bench/trigger-variants/variants.sql >/dev/null
 fi
 
+WRITER="${WRITER:-$PGUSER}"
+if [ "$WRITER" != "$PGUSER" ]; then
+    psql -qX -d "$DB" -v ON_ERROR_STOP=1 -v writer="$WRITER" >/dev/null <<'SQL'
+select not exists (select from pg_roles where rolname = :'writer') as missing \gset
+\if :missing
+    create role :"writer" login nosuperuser;
+\endif
+grant pg_read_server_files to :"writer";
+grant execute on function pg_read_file(text) to :"writer";
+grant usage on schema trigvar to :"writer";
+grant select, insert, update on all tables in schema trigvar to :"writer";
+grant usage on all sequences in schema trigvar to :"writer";
+SQL
+fi
+
 # psql's output for N one-row UPDATEs of trigvar.t_$1 (ids 1..N, each once): a notice
 # "cpu_ns=<CPU-ns of the backend> <WAL bytes>", or the error.
 run() {
-    psql -qXAt -d "$DB" -v ON_ERROR_STOP=1 2>&1 <<SQL
+    psql -qXAt -U "$WRITER" -d "$DB" -v ON_ERROR_STOP=1 2>&1 <<SQL
 do \$\$ declare a bigint; b bigint; la pg_lsn; lb pg_lsn; begin
     -- warm up: compile the trigger function and cache its plans in this backend
     update trigvar.t_$1 set updated_at = now() where id = $N + 1;
