@@ -112,8 +112,8 @@ pub async fn tail(
                                 "{:>8}  {:<24} {}  [{}]",
                                 published.pos,
                                 published.event.name(),
-                                change.table,
-                                published.topics.join(", ")
+                                printable(&change.table),
+                                printable(&published.topics.join(", "))
                             )?;
                         }
                         printed += 1;
@@ -138,5 +138,36 @@ pub async fn tail(
                 return Err(DbError::Unexpected("the connection to postgres ended").into());
             }
         }
+    }
+}
+
+/// `text` for a terminal: control characters (line breaks, escape sequences) written
+/// escaped (`\u{1b}`), so that a table name or a topic read from the log cannot forge a
+/// line or move the cursor.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_in_names_and_topics_are_printed_escaped() {
+        assert_eq!(printable("bookings"), "bookings");
+        assert_eq!(printable("stats:glo\u{1b}[2Jbal"), "stats:glo\\u{1b}[2Jbal");
+        assert_eq!(printable("x\nERROR forged"), "x\\nERROR forged");
+        assert_eq!(printable("réservations"), "réservations");
     }
 }
