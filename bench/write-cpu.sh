@@ -43,14 +43,7 @@ URL="host=$PGHOST port=$PGPORT user=$PGUSER dbname=$DB"
 "$ROWCAST" migrate --admin-url "$URL" >/dev/null
 psql -qX -d "$DB" -v ON_ERROR_STOP=1 -f bench/write-overhead/schema.sql >/dev/null
 WRITER="${WRITER:-bench_writer}"
-psql -qX -d "$DB" -v ON_ERROR_STOP=1 -v writer="$WRITER" >/dev/null <<'SQL'
-select not exists (select from pg_roles where rolname = :'writer') as missing \gset
-\if :missing
-    create role :"writer" login nosuperuser;
-\endif
-grant usage on schema public to :"writer";
-grant select, update on b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_set to :"writer";
-SQL
+psql -qX -d "$DB" -v ON_ERROR_STOP=1 -v writer="$WRITER" -f bench/write-overhead/writer.sql >/dev/null
 if [ "${TRACK:-0}" = 1 ]; then
     psql -qX -d postgres -c "alter database $DB set track_functions = 'pl'"
 fi

@@ -52,20 +52,7 @@ echo "$("$ROWCAST" --version 2>/dev/null || echo "$ROWCAST"), schema version" \
      "$(psql -qXAt -d "$DB" -c "select max(version) from rowcast.schema_history" 2>/dev/null || echo '?'), writers as $WRITER" >&2
 
 # The writers: an application role that owns none of the tables.
-psql -qX -d "$DB" -v ON_ERROR_STOP=1 -v writer="$WRITER" >/dev/null <<'SQL'
-select not exists (select from pg_roles where rolname = :'writer') as missing \gset
-\if :missing
-    create role :"writer" login nosuperuser;
-\endif
-grant usage on schema public to :"writer";
-grant select, update on b_plain, b_notify, b_poll, b_notify_every, b_exclude, b_set to :"writer";
-select r.rolsuper or exists (select from pg_class c where c.relname like 'b\_%' and c.relnamespace = 'public'::regnamespace
-                                                     and pg_has_role(r.oid, c.relowner, 'USAGE')) as bypasses
-from pg_roles r where r.rolname = :'writer' \gset
-\if :bypasses
-    \warn 'warning: the writer is a superuser or owns the tables: row-level security does not apply to it'
-\endif
-SQL
+psql -qX -d "$DB" -v ON_ERROR_STOP=1 -v writer="$WRITER" -f bench/write-overhead/writer.sql >/dev/null
 
 ROWCAST_LOG=warn "$ROWCAST" serve --database-url "$URL" --listen 127.0.0.1:0 &
 SERVE_PID=$!
