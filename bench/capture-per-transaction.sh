@@ -55,32 +55,11 @@ create table v.base (id bigint primary key, user_id int not null, provider_id in
                      status text not null, updated_at timestamptz not null default now());
 insert into v.base select i, i % 1000, i % 50, 'PENDING', now() from generate_series(1, 100000) i;
 
--- Copies of the log: without row-level security, and with version 1's two policies.
+-- Copies of the log: without row-level security, and with version 1's two policies
+-- (added below, read from migrations/V1__schema.sql).
 create table v.ev_norls (like rowcast.events including all);
 create table v.ev_oldpol (like rowcast.events including all);
 alter table v.ev_oldpol enable row level security;
-create policy writers_append_their_own_changes on v.ev_oldpol for insert to public
-    with check (
-        case op when 'INSERT' then has_any_column_privilege(relid, 'INSERT')
-                when 'UPDATE' then has_any_column_privilege(relid, 'UPDATE')
-                when 'DELETE' then has_table_privilege(relid, 'DELETE')
-                when 'TRUNCATE' then has_table_privilege(relid, 'TRUNCATE') end
-        or exists (select from pg_partition_ancestors(relid::regclass) a
-                   where a.relid::oid <> ev_oldpol.relid
-                     and case ev_oldpol.op when 'INSERT' then has_any_column_privilege(a.relid, 'INSERT')
-                                           when 'UPDATE' then has_any_column_privilege(a.relid, 'UPDATE')
-                                           when 'DELETE' then has_table_privilege(a.relid, 'DELETE')
-                                           when 'TRUNCATE' then has_table_privilege(a.relid, 'TRUNCATE') end)
-        or case op when 'INSERT' then pg_stat_get_xact_tuples_inserted(relid) > 0
-                   when 'UPDATE' then pg_stat_get_xact_tuples_updated(relid) > 0
-                   when 'DELETE' then pg_stat_get_xact_tuples_deleted(relid) > 0 end);
-create policy apps_publish on v.ev_oldpol for insert to public
-    with check (op = 'PUBLISH' and relid = 0 and routing_id is null
-                and jsonb_typeof(old) = 'object'
-                and length(old ->> 'topic') <= 200
-                and old ->> 'topic' ~ '^[^[:space:],*:%]+:[^[:space:],*]+$'
-                and length(old ->> 'event') <= 100
-                and old ->> 'event' ~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$');
 grant insert (relid, op, data, old, routing_id) on v.ev_norls, v.ev_oldpol to :"writer";
 
 create function v.empty() returns trigger language plpgsql as $$ begin return null; end $$;
@@ -128,6 +107,12 @@ begin
 end
 $f$;
 SQL
+# Version 1's insert policies, as its migration wrote them, on the copy.
+sed -n '/^create policy writers_append_their_own_changes/,/^create policy readers/p' migrations/V1__schema.sql |
+    grep -v -e '^create policy readers' -e '^--' |
+    sed 's/rowcast\.events/v.ev_oldpol/g; s/events\.relid/ev_oldpol.relid/g; s/events\.op/ev_oldpol.op/g' |
+    psql -qX -d "$DB" -v ON_ERROR_STOP=1 >/dev/null
+
 # The writer may update every copy (and nothing else).
 for v in plain empty empty_set ins_norls ins_oldpol ins_policy shipped; do
     psql -qX -d "$DB" -c "grant select, update on v.t_$v to \"$WRITER\"" >/dev/null
