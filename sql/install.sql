@@ -575,6 +575,35 @@ $$;
 -- Re-runnable: `rowcast migrate` applies every file of sql/functions/ after the versioned
 -- migrations, each time. One current definition per object.
 
+-- An event name: letters, digits and underscores in dot-separated parts (no white space
+-- or line breaks, which would break an SSE stream), at most 100 characters, and not a
+-- name a named SSE stream gives its own messages (`subscribed`, `reset`). The one rule
+-- for rowcast.publish(), the insert policy and event rules (rowcast.checked_event());
+-- the service checks the same on what it reads (`mapping::is_event_name`).
+create or replace function rowcast.is_event_name(ev text) returns boolean
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return coalesce(length(ev) <= 100 and ev ~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$'
+                    and ev not in ('subscribed', 'reset'), false);
+end
+$$;
+
+-- A topic an application may publish on: `prefix:value` (the ':' keeps it apart from
+-- every table's topic), no white space, commas, * or %, at most 200 characters. The one
+-- rule for rowcast.publish() and the insert policy.
+create or replace function rowcast.is_published_topic(topic text) returns boolean
+language plpgsql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return coalesce(length(topic) <= 200 and topic ~ '^[^[:space:],*:%]+:[^[:space:],*]+$', false);
+end
+$$;
+
 -- Who may append an event to rowcast.events: the one check of its insert policy, called
 -- for every event a capture trigger, rowcast.publish() or a direct insert appends, as
 -- the appending role. A change of a table is admitted when the role holds the privilege
@@ -583,7 +612,7 @@ $$;
 -- that operation to the table (PostgreSQL counts the rows: a write through a view or a
 -- rule of the owner's, a foreign key's cascade, a row moving between partitions). An
 -- application's own event (op PUBLISH) is admitted with the checks rowcast.publish()
--- makes (a topic with a ':', an event name that a named SSE stream does not use). One PL/pgSQL call instead of the policies' expressions: PostgreSQL builds a
+-- makes. One PL/pgSQL call instead of the policies' expressions: PostgreSQL builds a
 -- policy's expression again for every captured row, and these cost each one-row write
 -- more than the call. No `set` clause (it would cost every row too): every function,
 -- operator and type below is named with its schema, so the caller's search_path
@@ -609,14 +638,8 @@ begin
         return coalesce(event_relid OPERATOR(pg_catalog.=) 0::pg_catalog.oid
                         and event_routing is null
                         and pg_catalog.jsonb_typeof(event_old) OPERATOR(pg_catalog.=) 'object'
-                        and pg_catalog.length(event_old OPERATOR(pg_catalog.->>) 'topic') OPERATOR(pg_catalog.<=) 200
-                        and (event_old OPERATOR(pg_catalog.->>) 'topic')
-                            OPERATOR(pg_catalog.~) '^[^[:space:],*:%]+:[^[:space:],*]+$'
-                        and pg_catalog.length(event_old OPERATOR(pg_catalog.->>) 'event') OPERATOR(pg_catalog.<=) 100
-                        and (event_old OPERATOR(pg_catalog.->>) 'event')
-                            OPERATOR(pg_catalog.~) '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$'
-                        and (event_old OPERATOR(pg_catalog.->>) 'event') OPERATOR(pg_catalog.<>) 'subscribed'
-                        and (event_old OPERATOR(pg_catalog.->>) 'event') OPERATOR(pg_catalog.<>) 'reset',
+                        and rowcast.is_published_topic(event_old OPERATOR(pg_catalog.->>) 'topic')
+                        and rowcast.is_event_name(event_old OPERATOR(pg_catalog.->>) 'event'),
                         false);
     else
         return false;
@@ -891,13 +914,12 @@ set search_path = pg_catalog, pg_temp
 set row_security = on
 as $$
 begin
-    if topic is null or length(topic) > 200 or topic !~ '^[^[:space:],*:%]+:[^[:space:],*]+$' then
+    if not rowcast.is_published_topic(topic) then
         raise exception 'rowcast.publish: topic % must look like prefix:value (no white space, commas, * or %% in it, at most 200 characters)',
             coalesce(quote_literal(topic), 'null')
             using errcode = 'invalid_parameter_value';
     end if;
-    if event is null or length(event) > 100 or event !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$'
-       or event in ('subscribed', 'reset') then
+    if not rowcast.is_event_name(event) then
         raise exception 'rowcast.publish: event name % must be letters, digits and underscores in dot-separated parts, like stats.updated (not subscribed or reset)',
             coalesce(quote_literal(event), 'null')
             using errcode = 'invalid_parameter_value';
@@ -1618,18 +1640,14 @@ begin
 end
 $$;
 
--- An event name, checked: letters, digits and underscores in dot-separated parts (no
--- white space or line breaks, which would break an SSE stream), at most 100 characters,
--- and not one of the names a named SSE stream gives its own messages (`subscribed`,
--- `reset`).
+-- An event name of a rule, checked (rowcast.is_event_name()).
 create or replace function rowcast.checked_event(ev text) returns text
 language plpgsql
 immutable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if ev is null or ev !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$' or length(ev) > 100
-       or ev in ('subscribed', 'reset') then
+    if not rowcast.is_event_name(ev) then
         raise exception 'rowcast.watch: event name % must be letters, digits and underscores in dot-separated parts, like booking.accepted (not subscribed or reset)',
             coalesce(quote_literal(ev), 'null')
             using errcode = 'invalid_parameter_value';
@@ -2988,7 +3006,8 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.left_key(rowcast.routings, integer, jsonb, jsonb),
     rowcast.snapshot_sources(text[]), rowcast.snapshot_rows(text[], integer, text[], integer),
     rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.read_kind(oid), rowcast.snapshot_refusal(oid),
-    rowcast.publish(text, text, jsonb), rowcast.may_append(oid, text, integer, jsonb) to public;
+    rowcast.publish(text, text, jsonb), rowcast.may_append(oid, text, integer, jsonb),
+    rowcast.is_event_name(text), rowcast.is_published_topic(text) to public;
 
 -- Roles given grant_service() or grant_admin() before get what the current definitions
 -- need (functions added or replaced since), on every `rowcast migrate`: a service role
@@ -3013,5 +3032,5 @@ begin
 end
 $$;
 
-insert into rowcast.functions (checksum) values ('6879df5324901070') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('9ccdd07d2584a818') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

@@ -434,18 +434,14 @@ begin
 end
 $$;
 
--- An event name, checked: letters, digits and underscores in dot-separated parts (no
--- white space or line breaks, which would break an SSE stream), at most 100 characters,
--- and not one of the names a named SSE stream gives its own messages (`subscribed`,
--- `reset`).
+-- An event name of a rule, checked (rowcast.is_event_name()).
 create or replace function rowcast.checked_event(ev text) returns text
 language plpgsql
 immutable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if ev is null or ev !~ '^[A-Za-z0-9_]+([.][A-Za-z0-9_]+)*$' or length(ev) > 100
-       or ev in ('subscribed', 'reset') then
+    if not rowcast.is_event_name(ev) then
         raise exception 'rowcast.watch: event name % must be letters, digits and underscores in dot-separated parts, like booking.accepted (not subscribed or reset)',
             coalesce(quote_literal(ev), 'null')
             using errcode = 'invalid_parameter_value';

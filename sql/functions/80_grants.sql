@@ -53,7 +53,8 @@ grant execute on function rowcast.request_wake(), rowcast.capture_args(oid), row
     rowcast.left_key(rowcast.routings, integer, jsonb, jsonb),
     rowcast.snapshot_sources(text[]), rowcast.snapshot_rows(text[], integer, text[], integer),
     rowcast.reads_as(text, regtype), rowcast.base_type(oid), rowcast.read_kind(oid), rowcast.snapshot_refusal(oid),
-    rowcast.publish(text, text, jsonb), rowcast.may_append(oid, text, integer, jsonb) to public;
+    rowcast.publish(text, text, jsonb), rowcast.may_append(oid, text, integer, jsonb),
+    rowcast.is_event_name(text), rowcast.is_published_topic(text) to public;
 
 -- Roles given grant_service() or grant_admin() before get what the current definitions
 -- need (functions added or replaced since), on every `rowcast migrate`: a service role

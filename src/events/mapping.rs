@@ -37,10 +37,9 @@ pub enum MapError {
     NotAnEventName(String),
 }
 
-/// Whether `name` is an event name as `rowcast.publish()` and `rowcast.watch()` check
-/// it: dot-separated parts of ASCII letters, digits and underscores, at most 100
-/// characters, and not a name a named SSE stream gives its own messages (`subscribed`,
-/// `reset`). The service checks again what it reads from the log, so that a row that
+/// Whether `name` is an event name as the database checks it (`rowcast.is_event_name()`):
+/// dot-separated parts of ASCII letters, digits and underscores, at most 100 characters,
+/// and not a name a named SSE stream gives its own messages (`subscribed`, `reset`). The service checks again what it reads from the log, so that a row that
 /// got past the database's checks can never put a line break into an SSE `event:` line
 /// or pass for the stream's own message.
 pub fn is_event_name(name: &str) -> bool {
