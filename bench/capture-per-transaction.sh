@@ -14,6 +14,8 @@
 #   ins_oldpol   the same insert into a copy with schema version 1's two insert policies
 #   ins_policy   the same insert into rowcast.events (its current policy)
 #   shipped      rowcast.capture() as installed, poll mode
+#   shipped_set  the same function with the three `set` clauses the capture trigger
+#                had before it set them itself, only when the writer's session needs it
 #
 # A loop of UPDATEs in one transaction (bench/trigger-variants.sh) shows the cost per row;
 # this shows what a transaction of one row pays on top, which is most of what one-row
@@ -38,7 +40,7 @@ CLIENTS="${CLIENTS:-1}"
 ROUNDS="${ROUNDS:-3}"
 WRITER="${WRITER:-bench_writer}"
 INSTALL="${INSTALL:-sql/install.sql}"
-VARIANTS="${VARIANTS:-plain empty empty_set ins_norls ins_oldpol ins_policy shipped}"
+VARIANTS="${VARIANTS:-plain empty empty_set ins_norls ins_oldpol ins_policy shipped shipped_set}"
 HZ=$(getconf CLK_TCK)
 
 psql -qX -d postgres -c "drop database if exists $DB with (force)" -c "create database $DB" >/dev/null
@@ -91,10 +93,10 @@ do $f$
 declare
     v text;
 begin
-    foreach v in array array['plain', 'empty', 'empty_set', 'ins_norls', 'ins_oldpol', 'ins_policy', 'shipped'] loop
+    foreach v in array array['plain', 'empty', 'empty_set', 'ins_norls', 'ins_oldpol', 'ins_policy', 'shipped', 'shipped_set'] loop
         execute format('create table v.t_%s (like v.base including all)', v);
         execute format('insert into v.t_%s select * from v.base', v);
-        if v = 'shipped' then
+        if v in ('shipped', 'shipped_set') then
             perform rowcast.watch(format('v.t_%s', v)::regclass, wake => 'poll');
         elsif v = 'ins_norls' then
             execute format('create trigger c after insert or update or delete on v.t_%s for each row execute function v.ins_norls()', v);
@@ -106,6 +108,26 @@ begin
     end loop;
 end
 $f$;
+
+-- shipped_set: the installed trigger's body, with the `set` clauses, called with the
+-- arguments rowcast.watch() gave the table's own trigger.
+do $f$
+declare
+    trig record;
+begin
+    execute replace(pg_get_functiondef('rowcast.capture()'::regprocedure),
+                    'FUNCTION rowcast.capture()', 'FUNCTION v.capture_set_clauses()');
+    alter function v.capture_set_clauses()
+        set search_path = pg_catalog, pg_temp set timezone = 'UTC' set row_security = on;
+    select t.tgname, array_to_string(array(select quote_literal(a)
+                                           from unnest((string_to_array(encode(t.tgargs, 'escape'), '\000'))[1:t.tgnargs]) a), ', ') as args
+      into trig
+      from pg_trigger t where t.tgrelid = 'v.t_shipped_set'::regclass and t.tgfoid = 'rowcast.capture()'::regprocedure;
+    execute format('drop trigger %I on v.t_shipped_set', trig.tgname);
+    execute format('create trigger %I after insert or update or delete on v.t_shipped_set for each row execute function v.capture_set_clauses(%s)',
+                   trig.tgname, trig.args);
+end
+$f$;
 SQL
 # Version 1's insert policies, as its migration wrote them, on the copy.
 sed -n '/^create policy writers_append_their_own_changes/,/^create policy readers/p' migrations/V1__schema.sql |
@@ -114,7 +136,7 @@ sed -n '/^create policy writers_append_their_own_changes/,/^create policy reader
     psql -qX -d "$DB" -v ON_ERROR_STOP=1 >/dev/null
 
 # The writer may update every copy (and nothing else).
-for v in plain empty empty_set ins_norls ins_oldpol ins_policy shipped; do
+for v in plain empty empty_set ins_norls ins_oldpol ins_policy shipped shipped_set; do
     psql -qX -d "$DB" -c "grant select, update on v.t_$v to \"$WRITER\"" >/dev/null
 done
 psql -qX -d "$DB" -c "alter role \"$WRITER\" in database $DB set synchronous_commit = ${SYNC:-off}" >/dev/null

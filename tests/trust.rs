@@ -983,18 +983,20 @@ async fn no_lock_or_old_registration_lets_a_role_forge_what_it_did_not_write() {
     inserter.drop_all().await;
 }
 
-/// The insert policy's one check (`rowcast.may_append`) sets no search_path, so it names
-/// every function and operator with its schema: a role that shadows them on the search
-/// path gets no forged event past it, and a writer whose search path puts that role's
-/// schema first never runs the role's code.
+/// The capture trigger (`rowcast.capture`) and the insert policy's one check
+/// (`rowcast.may_append`) set no search_path, so they name every function, operator and
+/// type with their schema: a role that shadows them on the search path gets no forged
+/// event past the check, and a writer whose search path puts that role's schema first
+/// never runs the role's code, on the usual path and on the one that sets the time zone.
 #[tokio::test]
-async fn functions_and_operators_shadowing_the_append_check_are_never_called() {
+async fn functions_and_operators_shadowing_capture_and_the_append_check_are_never_called() {
     let db = TestDb::migrated().await;
     let installer = db.client().await;
     installer
         .batch_execute(
-            "create table accounts (id int primary key, client_id int);
-             select rowcast.watch('accounts');
+            "create table accounts (id int primary key, client_id int, secret text, note text,
+                                    seen timestamptz);
+             select rowcast.watch('accounts', exclude => '{secret}');
              insert into accounts values (1, 7);",
         )
         .await
@@ -1022,6 +1024,13 @@ async fn functions_and_operators_shadowing_the_append_check_are_never_called() {
         ("jsonb_typeof", "jsonb", "text"),
         ("length", "text", "integer"),
         ("pg_partition_ancestors", "regclass", "setof regclass"),
+        ("to_jsonb", "anyelement", "jsonb"),
+        ("current_setting", "text", "text"),
+        ("set_config", "text, text, boolean", "text"),
+        ("pg_column_size", "jsonb", "integer"),
+        ("pg_identify_object_as_address", "oid, oid, integer", "text[]"),
+        ("jsonb_object_keys", "jsonb", "setof text"),
+        ("pg_sequence_last_value", "regclass", "bigint"),
     ] {
         let value = if returns == "boolean" {
             "public.trapped()".to_string()
@@ -1043,14 +1052,22 @@ async fn functions_and_operators_shadowing_the_append_check_are_never_called() {
         (">", "bigint", "integer", "boolean"),
         ("~", "text", "text", "boolean"),
         ("->>", "jsonb", "text", "text"),
+        ("<>", "text", "text", "boolean"),
+        ("=", "jsonb", "jsonb", "boolean"),
+        ("<>", "jsonb", "jsonb", "boolean"),
+        ("->", "jsonb", "text", "jsonb"),
+        ("-", "jsonb", "text[]", "jsonb"),
+        ("||", "text[]", "text", "text[]"),
+        (">", "integer", "integer", "boolean"),
+        ("-", "integer", "integer", "integer"),
     ]
     .into_iter()
     .enumerate()
     {
         let value = if returns == "boolean" {
-            "public.trapped()"
+            "public.trapped()".to_string()
         } else {
-            "case when public.trapped() then null::text end"
+            format!("case when public.trapped() then null::{returns} end")
         };
         traps.push_str(&format!(
             "create function public.trap_op{i}(a {left}, b {right}) returns {returns} language sql as $$ select {value} $$;
@@ -1078,19 +1095,64 @@ async fn functions_and_operators_shadowing_the_append_check_are_never_called() {
         assert!(message.contains("row-level security"), "{sql}: {message}");
     }
     let as_writer = writer.client().await;
+    let long = "n".repeat(2000);
     as_writer
-        .batch_execute(
+        .batch_execute(&format!(
             "set search_path = public, pg_catalog;
-             insert into accounts values (2, 8);
+             insert into accounts values (2, 8, 's', '{long}', '2026-12-06 12:00:00+00');
              update accounts set client_id = 9 where id = 2;
+             update accounts set client_id = 9 where id = 2;
+             set timezone = 'Asia/Tokyo';
+             set row_security = off;
+             update accounts set seen = '2026-12-06 22:00:00' where id = 2;
              delete from accounts where id = 2;
-             select rowcast.publish('stats:global', 'stats.updated', '{}');",
-        )
+             select rowcast.publish('stats:global', 'stats.updated', '{{}}');"
+        ))
         .await
         .expect("a writer with the shadowing schema first on its path writes and is captured");
+    let settings = as_writer
+        .query_one(
+            "select pg_catalog.current_setting('TimeZone'), pg_catalog.current_setting('row_security')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (settings.get::<_, String>(0), settings.get::<_, String>(1)),
+        ("Asia/Tokyo".to_string(), "off".to_string()),
+        "the writer's settings are its own again after the capture"
+    );
     let log = sequenced(&installer).await;
     let ops: Vec<&str> = log.iter().map(|e| e.1.as_str()).collect();
-    assert_eq!(ops, ["INSERT", "INSERT", "UPDATE", "DELETE", "PUBLISH"]);
+    assert_eq!(
+        ops,
+        ["INSERT", "INSERT", "UPDATE", "UPDATE", "DELETE", "PUBLISH"],
+        "the update that changed nothing has no event"
+    );
+    for (_, op, _, data) in &log[1..5] {
+        assert!(data.get("secret").is_none(), "{op}: {data}");
+        assert_eq!(data["note"].as_str().map(str::len), Some(2000), "{op}");
+    }
+    assert_eq!(log[2].3["client_id"], 9);
+    assert_eq!(log[3].3["seen"], "2026-12-06T13:00:00+00:00", "serialised in UTC");
+    let olds: Vec<Value> = installer
+        .query(
+            "select e.old from rowcast.events e where e.op = 'UPDATE' order by e.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        olds,
+        [
+            json!({"client_id": 8}),
+            json!({"seen": "2026-12-06T12:00:00+00:00"}),
+        ],
+        "a large old row is trimmed to the columns that changed"
+    );
     drop((as_mallory, as_writer));
     mallory.drop_all().await;
     writer.drop_all().await;
