@@ -8,14 +8,16 @@
 #
 #   plain        no trigger
 #   empty        an empty PL/pgSQL AFTER ROW trigger
-#   empty_set    the same with the capture trigger's three `set` clauses
+#   empty_set    the same with three `set` clauses (search_path, timezone, row_security)
+#   empty_path   the same with one `set` clause (search_path)
 #   ins_norls    + one insert of a constant event into a copy of rowcast.events without
 #                row-level security (same columns, key, defaults and sequence)
 #   ins_oldpol   the same insert into a copy with schema version 1's two insert policies
 #   ins_policy   the same insert into rowcast.events (its current policy)
 #   shipped      rowcast.capture() as installed, poll mode
-#   shipped_set  the same function with the three `set` clauses the capture trigger
-#                had before it set them itself, only when the writer's session needs it
+#   shipped_set  the same function with the `timezone` and `row_security` set clauses
+#                it had before it checked them (and set them only when the writer's
+#                session differs)
 #
 # A loop of UPDATEs in one transaction (bench/trigger-variants.sh) shows the cost per row;
 # this shows what a transaction of one row pays on top, which is most of what one-row
@@ -68,6 +70,9 @@ create function v.empty() returns trigger language plpgsql as $$ begin return nu
 create function v.empty_set() returns trigger language plpgsql
     set search_path = pg_catalog, pg_temp set timezone = 'UTC' set row_security = on
     as $$ begin return null; end $$;
+create function v.empty_path() returns trigger language plpgsql
+    set search_path = pg_catalog, pg_temp
+    as $$ begin return null; end $$;
 do $f$
 declare
     t text;
@@ -93,7 +98,7 @@ do $f$
 declare
     v text;
 begin
-    foreach v in array array['plain', 'empty', 'empty_set', 'ins_norls', 'ins_oldpol', 'ins_policy', 'shipped', 'shipped_set'] loop
+    foreach v in array array['plain', 'empty', 'empty_set', 'empty_path', 'ins_norls', 'ins_oldpol', 'ins_policy', 'shipped', 'shipped_set'] loop
         execute format('create table v.t_%s (like v.base including all)', v);
         execute format('insert into v.t_%s select * from v.base', v);
         if v in ('shipped', 'shipped_set') then
@@ -117,8 +122,7 @@ declare
 begin
     execute replace(pg_get_functiondef('rowcast.capture()'::regprocedure),
                     'FUNCTION rowcast.capture()', 'FUNCTION v.capture_set_clauses()');
-    alter function v.capture_set_clauses()
-        set search_path = pg_catalog, pg_temp set timezone = 'UTC' set row_security = on;
+    alter function v.capture_set_clauses() set timezone = 'UTC' set row_security = on;
     select t.tgname, array_to_string(array(select quote_literal(a)
                                            from unnest((string_to_array(encode(t.tgargs, 'escape'), '\000'))[1:t.tgnargs]) a), ', ') as args
       into trig
@@ -136,7 +140,7 @@ sed -n '/^create policy writers_append_their_own_changes/,/^create policy reader
     psql -qX -d "$DB" -v ON_ERROR_STOP=1 >/dev/null
 
 # The writer may update every copy (and nothing else).
-for v in plain empty empty_set ins_norls ins_oldpol ins_policy shipped shipped_set; do
+for v in plain empty empty_set empty_path ins_norls ins_oldpol ins_policy shipped shipped_set; do
     psql -qX -d "$DB" -c "grant select, update on v.t_$v to \"$WRITER\"" >/dev/null
 done
 psql -qX -d "$DB" -c "alter role \"$WRITER\" in database $DB set synchronous_commit = ${SYNC:-off}" >/dev/null

@@ -983,11 +983,12 @@ async fn no_lock_or_old_registration_lets_a_role_forge_what_it_did_not_write() {
     inserter.drop_all().await;
 }
 
-/// The capture trigger (`rowcast.capture`) and the insert policy's one check
-/// (`rowcast.may_append`) set no search_path, so they name every function, operator and
-/// type with their schema: a role that shadows them on the search path gets no forged
-/// event past the check, and a writer whose search path puts that role's schema first
-/// never runs the role's code, on the usual path and on the one that sets the time zone.
+/// The insert policy's one check (`rowcast.may_append`) sets no search_path, so it names
+/// every function, operator and type with its schema: a role that shadows them on the
+/// search path gets no forged event past the check, and a writer whose search path puts
+/// that role's schema first never runs the role's code, in the capture trigger either
+/// (on its usual path and on the one that changes the writer's settings and puts them
+/// back).
 #[tokio::test]
 async fn functions_and_operators_shadowing_capture_and_the_append_check_are_never_called() {
     let db = TestDb::migrated().await;
@@ -1028,7 +1029,11 @@ async fn functions_and_operators_shadowing_capture_and_the_append_check_are_neve
         ("current_setting", "text", "text"),
         ("set_config", "text, text, boolean", "text"),
         ("pg_column_size", "jsonb", "integer"),
-        ("pg_identify_object_as_address", "oid, oid, integer", "text[]"),
+        (
+            "pg_identify_object_as_address",
+            "oid, oid, integer",
+            "text[]",
+        ),
         ("jsonb_object_keys", "jsonb", "setof text"),
         ("pg_sequence_last_value", "regclass", "bigint"),
     ] {
@@ -1134,7 +1139,10 @@ async fn functions_and_operators_shadowing_capture_and_the_append_check_are_neve
         assert_eq!(data["note"].as_str().map(str::len), Some(2000), "{op}");
     }
     assert_eq!(log[2].3["client_id"], 9);
-    assert_eq!(log[3].3["seen"], "2026-12-06T13:00:00+00:00", "serialised in UTC");
+    assert_eq!(
+        log[3].3["seen"], "2026-12-06T13:00:00+00:00",
+        "serialised in UTC"
+    );
     let olds: Vec<Value> = installer
         .query(
             "select e.old from rowcast.events e where e.op = 'UPDATE' order by e.id",
@@ -1206,4 +1214,85 @@ async fn an_event_name_check_holds_without_standard_conforming_strings() {
     assert_eq!(log.len(), 1);
     drop(client);
     app.drop_all().await;
+}
+
+/// A captured row reads the same whatever the writer's session says about time zones,
+/// float digits, interval and bytea styles or row-level security, on the row path and
+/// the statement path, and the writer's settings are its own again after each write.
+#[tokio::test]
+async fn a_captured_row_reads_the_same_whatever_the_writers_session_settings() {
+    let db = TestDb::migrated().await;
+    let installer = db.client().await;
+    installer
+        .batch_execute(
+            r#"create table "Readings" (id int primary key, f float8, iv interval, b bytea, at timestamptz);
+               create table readings_set (like "Readings" including all);
+               select rowcast.watch('"Readings"');
+               select rowcast.watch('readings_set');
+               select rowcast.capture_statements('readings_set');"#,
+        )
+        .await
+        .unwrap();
+    let writer = Role::new(
+        &db,
+        "sessions",
+        r#"grant select, insert, update on "Readings", readings_set to {role};"#,
+    )
+    .await;
+    let client = writer.client().await;
+    let odd = "set extra_float_digits = 0; set intervalstyle = 'iso_8601'; \
+               set bytea_output = 'escape'; set timezone = 'America/New_York'; \
+               set row_security = off;";
+    let show = "select current_setting('extra_float_digits'), current_setting('IntervalStyle'), \
+                current_setting('bytea_output'), current_setting('TimeZone'), \
+                current_setting('row_security')";
+    for (id, settings) in [(1, ""), (2, odd)] {
+        client.batch_execute(settings).await.unwrap();
+        let before = client.query_one(show, &[]).await.unwrap();
+        for table in [r#""Readings""#, "readings_set"] {
+            client
+                .batch_execute(&format!(
+                    "insert into {table} values ({id}, 0.1::float8 + 0.2, '1 day 2 hours', '\\x01ff', \
+                     '2026-12-06 12:00:00+00');
+                     update {table} set f = f * 3, at = at + interval '1 hour' where id = {id};"
+                ))
+                .await
+                .unwrap();
+        }
+        let after = client.query_one(show, &[]).await.unwrap();
+        for column in 0..5 {
+            assert_eq!(
+                before.get::<_, String>(column),
+                after.get::<_, String>(column),
+                "setting {column} is the writer's own again"
+            );
+        }
+    }
+    let rows = installer
+        .query(
+            "select e.relid::regclass::text, e.op, e.data - 'id', e.old - 'id' \
+             from rowcast.events e order by e.relid, (e.data ->> 'id')::int, e.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let captured: Vec<(String, String, Value, Option<Value>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(captured.len(), 8, "{captured:#?}");
+    let insert = json!({"f": 0.30000000000000004, "iv": "1 day 02:00:00", "b": "\\x01ff",
+                        "at": "2026-12-06T12:00:00+00:00"});
+    for pair in captured.chunks(2) {
+        let [(_, ins_op, ins, _), (_, upd_op, upd, old)] = pair else {
+            unreachable!()
+        };
+        assert_eq!((ins_op.as_str(), upd_op.as_str()), ("INSERT", "UPDATE"));
+        assert_eq!(ins, &insert, "{captured:#?}");
+        assert_eq!(upd["at"], "2026-12-06T13:00:00+00:00", "{captured:#?}");
+        assert_eq!(upd["f"], 0.9000000000000001, "{captured:#?}");
+        assert_eq!(old.as_ref(), Some(&insert), "{captured:#?}");
+    }
+    drop(client);
+    writer.drop_all().await;
 }

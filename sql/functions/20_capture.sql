@@ -118,16 +118,18 @@ $$;
 -- rowcast.events admits only for the writer's own writes. For 'notify' tables it then
 -- asks for a wake-up.
 --
--- It serialises in UTC and appends with row-level security on, whatever the writer's
--- session says. It has no `set` clause, which would cost every one-row transaction more
--- than the rest of the trigger machinery: when the session's time zone has no offset
--- and row_security is on (the usual case) it changes nothing; otherwise it sets both
--- for the transaction (`set_config(..., true)`) and puts the session's values back before
--- it returns (an error rolls them back with the transaction or savepoint). Every
--- function, operator and type below is named with its schema, so the writer's
--- search_path changes nothing, and no literal depends on `standard_conforming_strings`.
+-- A captured row reads the same whatever the writer's session says: it is serialised
+-- in UTC, with floats exact (`extra_float_digits` above 0), intervals and bytea in
+-- PostgreSQL's default styles, and appended with `row_security = on` (a restore under
+-- `row_security = off` still writes). Only `search_path` is a `set` clause, so that an
+-- owner's cast to json, which `to_jsonb` calls, resolves its names as the owner wrote
+-- them rather than through the writer's path. The others are checked instead, because
+-- each `set` clause costs every one-row transaction: when the session differs they are
+-- set for the transaction (`set_config(..., true)`) and put back before the trigger
+-- returns (an error rolls them back with the transaction or savepoint).
 create or replace function rowcast.capture() returns trigger
 language plpgsql
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     -- The trigger's arguments, as rowcast.arm_triggers() writes them: tg_argv[0] the
@@ -135,67 +137,67 @@ declare
     -- the column numbers of excluded columns in the watched table. Read where they are
     -- used: every assignment is one more expression PostgreSQL prepares in every
     -- transaction.
-    new_row pg_catalog.jsonb;
-    old_row pg_catalog.jsonb;
-    gone    pg_catalog.text[];
-    i       pg_catalog.int4;
+    new_row jsonb;
+    old_row jsonb;
+    gone    text[];
+    i       int;
     -- The writer's settings, kept only when they had to be changed.
-    zone    pg_catalog.text;
-    rls     pg_catalog.text;
+    saved   text[];
 begin
-    if pg_catalog.current_setting('TimeZone') OPERATOR(pg_catalog.<>) all
-           ('{UTC,Etc/UTC,UCT,Etc/UCT,GMT,Etc/GMT,Universal,Etc/Universal,Zulu,Etc/Zulu}'::pg_catalog.text[])
-       or pg_catalog.current_setting('row_security') OPERATOR(pg_catalog.<>) 'on' then
-        zone := pg_catalog.current_setting('TimeZone');
-        rls := pg_catalog.current_setting('row_security');
-        perform pg_catalog.set_config('TimeZone', 'UTC', true),
-                pg_catalog.set_config('row_security', 'on', true);
+    if current_setting('TimeZone') <> all ('{UTC,Etc/UTC,UCT,Etc/UCT,GMT,Etc/GMT,Universal,Etc/Universal,Zulu,Etc/Zulu}')
+       or current_setting('row_security') <> 'on'
+       or current_setting('extra_float_digits') not in ('1', '2', '3')
+       or current_setting('IntervalStyle') <> 'postgres'
+       or current_setting('bytea_output') <> 'hex' then
+        saved := array[current_setting('TimeZone'), current_setting('row_security'),
+                       current_setting('extra_float_digits'), current_setting('IntervalStyle'),
+                       current_setting('bytea_output')];
+        perform set_config('TimeZone', 'UTC', true), set_config('row_security', 'on', true),
+                set_config('extra_float_digits', '1', true), set_config('IntervalStyle', 'postgres', true),
+                set_config('bytea_output', 'hex', true);
     end if;
-    if tg_op OPERATOR(pg_catalog.=) 'DELETE' then
-        new_row := pg_catalog.to_jsonb(old);
+    if tg_op = 'DELETE' then
+        new_row := to_jsonb(old);
     else
-        new_row := pg_catalog.to_jsonb(new);
+        new_row := to_jsonb(new);
     end if;
-    if tg_nargs OPERATOR(pg_catalog.>) 3 then
+    if tg_nargs > 3 then
         -- Names from the watched table (a partition's column numbers may differ).
-        for i in 3 .. tg_nargs OPERATOR(pg_catalog.-) 1 loop
-            gone := gone OPERATOR(pg_catalog.||) coalesce((pg_catalog.pg_identify_object_as_address(
-                        'pg_catalog.pg_class'::pg_catalog.regclass, tg_argv[1]::pg_catalog.oid,
-                        tg_argv[i]::pg_catalog.int4)).object_names[3], '');
+        for i in 3 .. tg_nargs - 1 loop
+            gone := gone || coalesce((pg_identify_object_as_address('pg_class'::regclass, tg_argv[1]::oid,
+                                                                    tg_argv[i]::int)).object_names[3], '');
         end loop;
-        new_row := new_row OPERATOR(pg_catalog.-) gone;
+        new_row := new_row - gone;
     end if;
-    if tg_op OPERATOR(pg_catalog.=) 'UPDATE' then
-        old_row := pg_catalog.to_jsonb(old);
+    if tg_op = 'UPDATE' then
+        old_row := to_jsonb(old);
         if gone is not null then
-            old_row := old_row OPERATOR(pg_catalog.-) gone;
+            old_row := old_row - gone;
         end if;
         -- A large old row is trimmed to the columns that changed: the log stays narrow.
-        if pg_catalog.pg_column_size(old_row) OPERATOR(pg_catalog.>) 1024
-           and new_row OPERATOR(pg_catalog.<>) old_row then
-            old_row := old_row OPERATOR(pg_catalog.-) array(
-                select s.k from pg_catalog.jsonb_object_keys(old_row) as s(k)
-                where coalesce((new_row OPERATOR(pg_catalog.->) s.k) OPERATOR(pg_catalog.=) (old_row OPERATOR(pg_catalog.->) s.k),
-                               false));
+        if pg_column_size(old_row) > 1024 and new_row <> old_row then
+            old_row := old_row - array(select s.k from (select jsonb_object_keys(old_row) as k) s
+                                       where new_row -> s.k is not distinct from old_row -> s.k);
         end if;
     end if;
 
     -- Nothing visible changed: no event.
-    if old_row is null or new_row OPERATOR(pg_catalog.<>) old_row then
+    if old_row is null or new_row <> old_row then
         insert into rowcast.events (relid, op, data, old, routing_id)
-        values (tg_relid, tg_op, new_row, old_row, tg_argv[0]::pg_catalog.int4);
+        values (tg_relid, tg_op, new_row, old_row, tg_argv[0]::int);
 
         -- The event row is inserted before the flag is read, so that a sequencer that
         -- cleared the flag after this read sees the event.
-        if tg_argv[2] OPERATOR(pg_catalog.=) 'notify'
-           and (pg_catalog.pg_sequence_last_value('rowcast.wake_hint'::pg_catalog.regclass) is null
-                or pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed') then
+        if tg_argv[2] = 'notify'
+           and (pg_sequence_last_value('rowcast.wake_hint'::regclass) is null
+                or current_setting('transaction_isolation') <> 'read committed') then
             perform rowcast.request_wake();
         end if;
     end if;
-    if zone is not null then
-        perform pg_catalog.set_config('TimeZone', zone, true),
-                pg_catalog.set_config('row_security', rls, true);
+    if saved is not null then
+        perform set_config('TimeZone', saved[1], true), set_config('row_security', saved[2], true),
+                set_config('extra_float_digits', saved[3], true), set_config('IntervalStyle', saved[4], true),
+                set_config('bytea_output', saved[5], true);
     end if;
     return null;
 end
@@ -214,8 +216,12 @@ $$;
 create or replace function rowcast.capture_set() returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp
+-- Rows read as rowcast.capture() serialises them (see there).
 set timezone = 'UTC'
 set row_security = on
+set extra_float_digits = 1
+set intervalstyle = 'postgres'
+set bytea_output = 'hex'
 -- The planner cannot estimate the pairing join (it guesses rows squared), and JIT
 -- compiling it took longer than the statement's capture; the two sorts of a 200,000-row
 -- UPDATE fit in memory within 64 MB (at 4 MB they spill to disk).

@@ -178,7 +178,11 @@ returns table (source int, topic text, table_name text, data text, key text[], r
 language plpgsql
 stable
 set search_path = pg_catalog, pg_temp
+-- Rows read as rowcast.capture() serialises them (see there).
 set timezone = 'UTC'
+set extra_float_digits = 1
+set intervalstyle = 'postgres'
+set bytea_output = 'hex'
 as $$
 #variable_conflict use_column
 declare
