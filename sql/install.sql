@@ -691,9 +691,10 @@ $$;
 -- asks for a wake-up.
 --
 -- A captured row reads the same whatever the writer's session says: it is serialised
--- in UTC, with floats exact (`extra_float_digits` above 0), intervals and bytea in
--- PostgreSQL's default styles, and appended with `row_security = on` (a restore under
--- `row_security = off` still writes). Only `search_path` is a `set` clause, so that an
+-- in UTC, with floats exact (`extra_float_digits` above 0), intervals, bytea and dates
+-- in ranges in PostgreSQL's default styles, identifiers quoted only where needed, and
+-- appended with `row_security = on` (a restore under `row_security = off` still
+-- writes). (`money` follows `lc_monetary`, which is not changed.) Only `search_path` is a `set` clause, so that an
 -- owner's cast to json, which `to_jsonb` calls, resolves its names as the owner wrote
 -- them rather than through the writer's path. The others are checked instead, because
 -- each `set` clause costs every one-row transaction: when the session differs they are
@@ -713,20 +714,47 @@ declare
     old_row jsonb;
     gone    text[];
     i       int;
-    -- The writer's settings, kept only when they had to be changed.
+    -- The writer's settings that had to be changed: name, value, name, value, ...
     saved   text[];
 begin
-    if current_setting('TimeZone') <> all ('{UTC,Etc/UTC,UCT,Etc/UCT,GMT,Etc/GMT,Universal,Etc/Universal,Zulu,Etc/Zulu}')
+    -- How every row is serialised (see above). One test on the usual path; on the other,
+    -- only what differs is changed.
+    if current_setting('TimeZone') not in ('UTC', 'Etc/UTC')
        or current_setting('row_security') <> 'on'
        or current_setting('extra_float_digits') not in ('1', '2', '3')
        or current_setting('IntervalStyle') <> 'postgres'
-       or current_setting('bytea_output') <> 'hex' then
-        saved := array[current_setting('TimeZone'), current_setting('row_security'),
-                       current_setting('extra_float_digits'), current_setting('IntervalStyle'),
-                       current_setting('bytea_output')];
-        perform set_config('TimeZone', 'UTC', true), set_config('row_security', 'on', true),
-                set_config('extra_float_digits', '1', true), set_config('IntervalStyle', 'postgres', true),
-                set_config('bytea_output', 'hex', true);
+       or current_setting('bytea_output') <> 'hex'
+       or current_setting('DateStyle') not like 'ISO,%'
+       or current_setting('quote_all_identifiers') <> 'off' then
+        saved := '{}';
+        if current_setting('TimeZone') not in ('UTC', 'Etc/UTC') then
+            saved := saved || array['TimeZone', current_setting('TimeZone')];
+            perform set_config('TimeZone', 'UTC', true);
+        end if;
+        if current_setting('row_security') <> 'on' then
+            saved := saved || array['row_security', current_setting('row_security')];
+            perform set_config('row_security', 'on', true);
+        end if;
+        if current_setting('extra_float_digits') not in ('1', '2', '3') then
+            saved := saved || array['extra_float_digits', current_setting('extra_float_digits')];
+            perform set_config('extra_float_digits', '1', true);
+        end if;
+        if current_setting('IntervalStyle') <> 'postgres' then
+            saved := saved || array['IntervalStyle', current_setting('IntervalStyle')];
+            perform set_config('IntervalStyle', 'postgres', true);
+        end if;
+        if current_setting('bytea_output') <> 'hex' then
+            saved := saved || array['bytea_output', current_setting('bytea_output')];
+            perform set_config('bytea_output', 'hex', true);
+        end if;
+        if current_setting('DateStyle') not like 'ISO,%' then
+            saved := saved || array['DateStyle', current_setting('DateStyle')];
+            perform set_config('DateStyle', 'ISO', true);
+        end if;
+        if current_setting('quote_all_identifiers') <> 'off' then
+            saved := saved || array['quote_all_identifiers', current_setting('quote_all_identifiers')];
+            perform set_config('quote_all_identifiers', 'off', true);
+        end if;
     end if;
     if tg_op = 'DELETE' then
         new_row := to_jsonb(old);
@@ -767,9 +795,9 @@ begin
         end if;
     end if;
     if saved is not null then
-        perform set_config('TimeZone', saved[1], true), set_config('row_security', saved[2], true),
-                set_config('extra_float_digits', saved[3], true), set_config('IntervalStyle', saved[4], true),
-                set_config('bytea_output', saved[5], true);
+        for i in 1 .. array_length(saved, 1) by 2 loop
+            perform set_config(saved[i], saved[i + 1], true);
+        end loop;
     end if;
     return null;
 end
@@ -794,6 +822,8 @@ set row_security = on
 set extra_float_digits = 1
 set intervalstyle = 'postgres'
 set bytea_output = 'hex'
+set datestyle = 'ISO'
+set quote_all_identifiers = off
 -- The planner cannot estimate the pairing join (it guesses rows squared), and JIT
 -- compiling it took longer than the statement's capture; the two sorts of a 200,000-row
 -- UPDATE fit in memory within 64 MB (at 4 MB they spill to disk).
@@ -2426,6 +2456,8 @@ set timezone = 'UTC'
 set extra_float_digits = 1
 set intervalstyle = 'postgres'
 set bytea_output = 'hex'
+set datestyle = 'ISO'
+set quote_all_identifiers = off
 as $$
 #variable_conflict use_column
 declare
@@ -3067,5 +3099,5 @@ begin
 end
 $$;
 
-insert into rowcast.functions (checksum) values ('61011cab0c43bc11') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('7a062ac7833b87ac') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;

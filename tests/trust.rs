@@ -1217,15 +1217,17 @@ async fn an_event_name_check_holds_without_standard_conforming_strings() {
 }
 
 /// A captured row reads the same whatever the writer's session says about time zones,
-/// float digits, interval and bytea styles or row-level security, on the row path and
-/// the statement path, and the writer's settings are its own again after each write.
+/// float digits, interval, bytea and date styles, identifier quoting or row-level
+/// security, on the row path and the statement path, and the writer's settings are its
+/// own again after each write.
 #[tokio::test]
 async fn a_captured_row_reads_the_same_whatever_the_writers_session_settings() {
     let db = TestDb::migrated().await;
     let installer = db.client().await;
     installer
         .batch_execute(
-            r#"create table "Readings" (id int primary key, f float8, iv interval, b bytea, at timestamptz);
+            r#"create table "Readings" (id int primary key, f float8, iv interval, b bytea, at timestamptz,
+                                        r tstzrange, c regclass);
                create table readings_set (like "Readings" including all);
                select rowcast.watch('"Readings"');
                select rowcast.watch('readings_set');
@@ -1242,25 +1244,28 @@ async fn a_captured_row_reads_the_same_whatever_the_writers_session_settings() {
     let client = writer.client().await;
     let odd = "set extra_float_digits = 0; set intervalstyle = 'iso_8601'; \
                set bytea_output = 'escape'; set timezone = 'America/New_York'; \
-               set row_security = off;";
+               set row_security = off; set datestyle = 'SQL, DMY'; set quote_all_identifiers = on;";
+    // A zone without an offset whose abbreviation is not UTC.
+    let gmt = "reset all; set timezone = 'GMT'; set datestyle = 'Postgres';";
     let show = "select current_setting('extra_float_digits'), current_setting('IntervalStyle'), \
                 current_setting('bytea_output'), current_setting('TimeZone'), \
-                current_setting('row_security')";
-    for (id, settings) in [(1, ""), (2, odd)] {
+                current_setting('row_security'), current_setting('DateStyle'), \
+                current_setting('quote_all_identifiers')";
+    for (id, settings) in [(1, ""), (2, odd), (3, gmt)] {
         client.batch_execute(settings).await.unwrap();
         let before = client.query_one(show, &[]).await.unwrap();
         for table in [r#""Readings""#, "readings_set"] {
             client
                 .batch_execute(&format!(
                     "insert into {table} values ({id}, 0.1::float8 + 0.2, '1 day 2 hours', '\\x01ff', \
-                     '2026-12-06 12:00:00+00');
+                     '2026-12-06 12:00:00+00', '[2026-12-06 12:00+00,2026-12-07 00:00+00)', 'readings_set');
                      update {table} set f = f * 3, at = at + interval '1 hour' where id = {id};"
                 ))
                 .await
                 .unwrap();
         }
         let after = client.query_one(show, &[]).await.unwrap();
-        for column in 0..5 {
+        for column in 0..7 {
             assert_eq!(
                 before.get::<_, String>(column),
                 after.get::<_, String>(column),
@@ -1280,9 +1285,11 @@ async fn a_captured_row_reads_the_same_whatever_the_writers_session_settings() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
-    assert_eq!(captured.len(), 8, "{captured:#?}");
+    assert_eq!(captured.len(), 12, "{captured:#?}");
     let insert = json!({"f": 0.30000000000000004, "iv": "1 day 02:00:00", "b": "\\x01ff",
-                        "at": "2026-12-06T12:00:00+00:00"});
+                        "at": "2026-12-06T12:00:00+00:00",
+                        "r": "[\"2026-12-06 12:00:00+00\",\"2026-12-07 00:00:00+00\")",
+                        "c": "public.readings_set"});
     for pair in captured.chunks(2) {
         let [(_, ins_op, ins, _), (_, upd_op, upd, old)] = pair else {
             unreachable!()

@@ -183,6 +183,8 @@ set timezone = 'UTC'
 set extra_float_digits = 1
 set intervalstyle = 'postgres'
 set bytea_output = 'hex'
+set datestyle = 'ISO'
+set quote_all_identifiers = off
 as $$
 #variable_conflict use_column
 declare
