@@ -232,6 +232,7 @@ impl Application {
             config.retention.clone(),
             ctx.shutdown.clone(),
         ));
+        tasks.spawn(crate::metrics::upkeep(ctx.shutdown.clone()));
         tasks.close();
 
         let app = serve::public_router(&ctx, operator.is_some());

@@ -74,6 +74,26 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// How often the recorder's histograms are drained into their summaries when nobody
+/// scrapes `/metrics`.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drains the recorder's histograms every few seconds until `shutdown`. A histogram keeps
+/// every sample it records until it is drained, which otherwise happens only when
+/// `/metrics` is rendered: a service that nobody scrapes would grow by every sequencer
+/// round it times, without bound.
+pub(crate) async fn upkeep(shutdown: tokio_util::sync::CancellationToken) {
+    let handle = handle();
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
 /// Label values each labelled counter starts with (more appear as they happen): the
 /// connection roles, the close reasons of sessions, and the refusal codes of the protocol
 /// and of the HTTP side.
