@@ -15,9 +15,8 @@
 #   ins_oldpol   the same insert into a copy with schema version 1's two insert policies
 #   ins_policy   the same insert into rowcast.events (its current policy)
 #   shipped      rowcast.capture() as installed, poll mode
-#   shipped_set  the same function with the `timezone` and `row_security` set clauses
-#                it had before it checked them (and set them only when the writer's
-#                session differs)
+#   shipped_set  the same function with `set` clauses for the five settings it checks
+#                instead (and sets only when the writer's session differs)
 #
 # A loop of UPDATEs in one transaction (bench/trigger-variants.sh) shows the cost per row;
 # this shows what a transaction of one row pays on top, which is most of what one-row
@@ -122,7 +121,8 @@ declare
 begin
     execute replace(pg_get_functiondef('rowcast.capture()'::regprocedure),
                     'FUNCTION rowcast.capture()', 'FUNCTION v.capture_set_clauses()');
-    alter function v.capture_set_clauses() set timezone = 'UTC' set row_security = on;
+    alter function v.capture_set_clauses() set extra_float_digits = 1 set intervalstyle = 'postgres'
+        set bytea_output = 'hex' set datestyle = 'ISO' set quote_all_identifiers = off;
     select t.tgname, array_to_string(array(select quote_literal(a)
                                            from unnest((string_to_array(encode(t.tgargs, 'escape'), '\000'))[1:t.tgnargs]) a), ', ') as args
       into trig

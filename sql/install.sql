@@ -694,15 +694,19 @@ $$;
 -- in UTC, with floats exact (`extra_float_digits` above 0), intervals, bytea and dates
 -- in ranges in PostgreSQL's default styles, identifiers quoted only where needed, and
 -- appended with `row_security = on` (a restore under `row_security = off` still
--- writes). (`money` follows `lc_monetary`, which is not changed.) Only `search_path` is a `set` clause, so that an
--- owner's cast to json, which `to_jsonb` calls, resolves its names as the owner wrote
--- them rather than through the writer's path. The others are checked instead, because
--- each `set` clause costs every one-row transaction: when the session differs they are
--- set for the transaction (`set_config(..., true)`) and put back before the trigger
--- returns (an error rolls them back with the transaction or savepoint).
+-- writes). (`money` follows `lc_monetary`, which is not changed.) `search_path`, the time
+-- zone and `row_security` are `set` clauses: the path so that an owner's cast to json,
+-- which `to_jsonb` calls, resolves its names as the owner wrote them, and the time zone
+-- because many sessions have another one. The other settings are checked instead, since
+-- each `set` clause costs every one-row transaction and sessions rarely change them: when
+-- the session differs they are set for the transaction (`set_config(..., true)`) and put
+-- back before the trigger returns (an error rolls them back with the transaction or
+-- savepoint).
 create or replace function rowcast.capture() returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp
+set timezone = 'UTC'
+set row_security = on
 as $$
 declare
     -- The trigger's arguments, as rowcast.arm_triggers() writes them: tg_argv[0] the
@@ -719,22 +723,12 @@ declare
 begin
     -- How every row is serialised (see above). One test on the usual path; on the other,
     -- only what differs is changed.
-    if current_setting('TimeZone') not in ('UTC', 'Etc/UTC')
-       or current_setting('row_security') <> 'on'
-       or current_setting('extra_float_digits') not in ('1', '2', '3')
+    if current_setting('extra_float_digits') not in ('1', '2', '3')
        or current_setting('IntervalStyle') <> 'postgres'
        or current_setting('bytea_output') <> 'hex'
        or current_setting('DateStyle') not like 'ISO,%'
        or current_setting('quote_all_identifiers') <> 'off' then
         saved := '{}';
-        if current_setting('TimeZone') not in ('UTC', 'Etc/UTC') then
-            saved := saved || array['TimeZone', current_setting('TimeZone')];
-            perform set_config('TimeZone', 'UTC', true);
-        end if;
-        if current_setting('row_security') <> 'on' then
-            saved := saved || array['row_security', current_setting('row_security')];
-            perform set_config('row_security', 'on', true);
-        end if;
         if current_setting('extra_float_digits') not in ('1', '2', '3') then
             saved := saved || array['extra_float_digits', current_setting('extra_float_digits')];
             perform set_config('extra_float_digits', '1', true);
@@ -3099,5 +3093,5 @@ begin
 end
 $$;
 
-insert into rowcast.functions (checksum) values ('7a062ac7833b87ac') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
+insert into rowcast.functions (checksum) values ('db7f1303746cc8bc') on conflict (singleton) do update set checksum = excluded.checksum, applied_on = clock_timestamp();
 commit;
