@@ -1109,6 +1109,7 @@ async fn functions_and_operators_shadowing_capture_and_the_append_check_are_neve
              update accounts set client_id = 9 where id = 2;
              set timezone = 'Asia/Tokyo';
              set row_security = off;
+             set intervalstyle = 'sql_standard';
              update accounts set seen = '2026-12-06 22:00:00' where id = 2;
              delete from accounts where id = 2;
              select rowcast.publish('stats:global', 'stats.updated', '{{}}');"
@@ -1117,14 +1118,23 @@ async fn functions_and_operators_shadowing_capture_and_the_append_check_are_neve
         .expect("a writer with the shadowing schema first on its path writes and is captured");
     let settings = as_writer
         .query_one(
-            "select pg_catalog.current_setting('TimeZone'), pg_catalog.current_setting('row_security')",
+            "select pg_catalog.current_setting('TimeZone'), pg_catalog.current_setting('row_security'), \
+             pg_catalog.current_setting('IntervalStyle')",
             &[],
         )
         .await
         .unwrap();
     assert_eq!(
-        (settings.get::<_, String>(0), settings.get::<_, String>(1)),
-        ("Asia/Tokyo".to_string(), "off".to_string()),
+        (
+            settings.get::<_, String>(0),
+            settings.get::<_, String>(1),
+            settings.get::<_, String>(2)
+        ),
+        (
+            "Asia/Tokyo".to_string(),
+            "off".to_string(),
+            "sql_standard".to_string()
+        ),
         "the writer's settings are its own again after the capture"
     );
     let log = sequenced(&installer).await;
