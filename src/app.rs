@@ -23,7 +23,7 @@ use crate::db::{self, DbError};
 use crate::events::Mappings;
 use crate::hub::Hub;
 use crate::migrate::{self, MigrateError};
-use crate::serve::{self, AppContext, auth, health};
+use crate::serve::{self, AppContext, Shared, auth, health};
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +135,7 @@ impl Application {
             None => None,
         };
         let bus = Bus::connect(&config.bus).await?;
-        let ctx = AppContext {
+        let ctx = AppContext::new(Shared {
             hub: Hub::new(head),
             pool,
             mappings: Mappings::new(),
@@ -148,7 +148,7 @@ impl Application {
             auth,
             limits: Arc::new(config.limits.clone()),
             connections: Arc::default(),
-        };
+        });
         Ok(Application {
             listener,
             operator,

@@ -76,9 +76,28 @@ impl Default for SessionConfig {
     }
 }
 
-/// State shared by every handler.
+/// State shared by every handler and session: one allocation, so that a clone (one per
+/// request, one held by every session) is a reference count, not a copy of every field.
 #[derive(Clone)]
-pub(crate) struct AppContext {
+pub(crate) struct AppContext(Arc<Shared>);
+
+impl AppContext {
+    /// Shares `shared` with every handler and session.
+    pub(crate) fn new(shared: Shared) -> AppContext {
+        AppContext(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppContext {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppContext`] shares.
+pub(crate) struct Shared {
     /// Topic index and fan-out.
     pub(crate) hub: Arc<Hub>,
     /// Pool for short queries.

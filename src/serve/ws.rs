@@ -95,9 +95,10 @@ async fn upgrade(
     };
     let max = ctx.session.max_frame;
     // Per-session memory: the read buffer is zero-filled to its capacity on every read,
-    // so all of it is resident for every idle session. Client frames are small; a larger
-    // one grows the buffer for as long as it needs it.
-    ws.read_buffer_size(256)
+    // so all of it is resident for every idle session. Client frames are small (a
+    // subscribe to one topic fits in 64 bytes); a larger one grows the buffer for as long
+    // as it needs it.
+    ws.read_buffer_size(64)
         // Frames queued for a session are written together up to this size; a single
         // frame is written at once (send flushes). Idle sessions hold no write buffer.
         .write_buffer_size(16 * 1024)
@@ -105,8 +106,12 @@ async fn upgrade(
         .max_frame_size(max)
         .max_message_size(max)
         .on_upgrade(move |socket| {
+            // The session gets a task of its own, sized by its own future: axum's upgrade
+            // task, which would otherwise hold it, also keeps the upgrade's state (the
+            // callback, the configuration) for as long as the session lasts.
             let sessions = ctx.sessions.clone();
-            sessions.track_future(Session::new(ctx, socket, wire, principal, permit).run())
+            sessions.spawn(Session::new(ctx, socket, wire, principal, permit).run());
+            std::future::ready(())
         })
 }
 
@@ -157,30 +162,35 @@ impl Session {
         }
     }
 
-    async fn run(mut self) {
-        let end = self.serve().await;
-        let reason = match &end {
-            End::Close(code, _) => close::label(*code),
-            End::Gone => "client_gone",
-        };
-        metrics::counter!(crate::metrics::SESSIONS_CLOSED, "reason" => reason).increment(1);
-        // Whatever happens now, the hub writes no more events to this socket.
-        self.wire.hold();
-        if let End::Close(code, reason) = end {
-            let frame = CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
+    /// The session's task. An `async` block rather than an `async fn`: an `async fn`
+    /// keeps its `self` argument twice in its future (as the argument and as the local
+    /// it is moved into), which is 0.6 KiB more for every idle session.
+    fn run(mut self) -> impl std::future::Future<Output = ()> {
+        async move {
+            let end = self.serve().await;
+            let reason = match &end {
+                End::Close(code, _) => close::label(*code),
+                End::Gone => "client_gone",
             };
-            // A client that stopped reading may never take the close frame. Boxed, like
-            // every write below: a write's future (its timeout's timer, the socket's
-            // sink) would otherwise size every idle session's task.
-            let _ = Box::pin(tokio::time::timeout(
-                Duration::from_secs(1),
-                self.socket.send(Message::Close(Some(frame))),
-            ))
-            .await;
+            metrics::counter!(crate::metrics::SESSIONS_CLOSED, "reason" => reason).increment(1);
+            // Whatever happens now, the hub writes no more events to this socket.
+            self.wire.hold();
+            if let End::Close(code, reason) = end {
+                let frame = CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                // A client that stopped reading may never take the close frame. Boxed, like
+                // every write below: a write's future (its timeout's timer, the socket's
+                // sink) would otherwise size every idle session's task.
+                let _ = Box::pin(tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.socket.send(Message::Close(Some(frame))),
+                ))
+                .await;
+            }
+            tracing::debug!(session = self.member.id(), "session ended");
         }
-        tracing::debug!(session = self.member.id(), "session ended");
     }
 
     async fn serve(&mut self) -> End {
