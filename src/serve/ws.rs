@@ -165,6 +165,7 @@ impl Session {
     /// The session's task. An `async` block rather than an `async fn`: an `async fn`
     /// keeps its `self` argument twice in its future (as the argument and as the local
     /// it is moved into), which is 0.6 KiB more for every idle session.
+    #[allow(clippy::manual_async_fn)]
     fn run(mut self) -> impl std::future::Future<Output = ()> {
         async move {
             let end = self.serve().await;
