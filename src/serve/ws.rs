@@ -96,11 +96,12 @@ async fn upgrade(
     let max = ctx.session.max_frame;
     // Per-session memory: the read buffer is zero-filled to its capacity on every read,
     // so all of it is resident for every idle session. Client frames are small (a
-    // subscribe to one topic fits in 64 bytes); a larger one grows the buffer for as long
-    // as it needs it.
+    // subscribe to one topic fits in 64 bytes); a larger one grows the buffer, which then
+    // keeps that size (at most `max_frame`).
     ws.read_buffer_size(64)
         // Frames queued for a session are written together up to this size; a single
-        // frame is written at once (send flushes). Idle sessions hold no write buffer.
+        // frame is written at once (send flushes). An idle session keeps the capacity of
+        // the last frame it wrote itself (a reply; events go through the wire).
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_frame_size(max)
