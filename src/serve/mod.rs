@@ -105,13 +105,13 @@ pub(crate) struct Shared {
     /// Domain mappings by id, shared by the tailer and replays.
     pub(crate) mappings: Arc<Mappings>,
     /// Session limits.
-    pub(crate) session: Arc<SessionConfig>,
+    pub(crate) session: SessionConfig,
     /// Cancelled when the service shuts down.
     pub(crate) shutdown: CancellationToken,
     /// Tracks sessions so shutdown can wait for them.
     pub(crate) sessions: TaskTracker,
     /// The database side, sampled by [`health::monitor`].
-    pub(crate) db_stats: Arc<health::DbStats>,
+    pub(crate) db_stats: health::DbStats,
     /// `/readyz` turns unready above this many undelivered events.
     pub(crate) ready_max_lag: i64,
     /// `/readyz` fails once sequencing has stalled this long (`sequencer.stall_limit`).
